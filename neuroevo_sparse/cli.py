@@ -1,0 +1,114 @@
+"""`neuroevo run / resume / inspect / plot / export`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from .config import ConfigError
+
+log = logging.getLogger("neuroevo_sparse")
+
+
+class StopFlag:
+    """First SIGINT/SIGTERM: finish the generation in flight, checkpoint, stop. Second: stop now."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("%s received: stopping after the generation in flight (again to stop now)",
+                    signal.Signals(signum).name)
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="neuroevo", description=__doc__)
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run an experiment in a new run directory")
+    run.add_argument("experiment", type=Path, help="experiment TOML file")
+    run.add_argument("--run-dir", type=Path, help="run directory (default: populations/<name>/<run-id>)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set evolution.population=8 (repeatable)")
+    run.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    run.set_defaults(func=cmd_run)
+
+    res = sub.add_parser("resume", help="continue a run from its newest valid checkpoint")
+    res.add_argument("run_dir", type=Path)
+    res.add_argument("--generations", type=int, help="new total number of generations")
+    res.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    res.add_argument("--address", help="Ray cluster to join")
+    res.set_defaults(func=cmd_resume)
+    return p
+
+
+def _address_overrides(args) -> list[str]:
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    return [f'resources.address="{address}"'] if address else []
+
+
+def cmd_run(args) -> int:
+    from . import config, runs
+    from .data import DatasetNotFound
+
+    exp = config.load(args.experiment, args.overrides + _address_overrides(args))
+    stop = StopFlag()
+    try:
+        run, state = runs.start(exp, args.run_dir, should_stop=stop)
+    except DatasetNotFound as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return _finished(run, state, exp.evolution.generations, stop)
+
+
+def cmd_resume(args) -> int:
+    from . import runs
+
+    stop = StopFlag()
+    run, state = runs.resume(args.run_dir, args.overrides + _address_overrides(args), args.generations,
+                             should_stop=stop)
+    return _finished(run, state, run.config().evolution.generations, stop)
+
+
+def _finished(run, state, generations: int, stop: StopFlag) -> int:
+    if state.generation < generations:
+        print(f"stopped after generation {state.generation} of {generations}, checkpoint saved; "
+              f"continue with:\n  neuroevo resume {run.path}", file=sys.stderr)
+        return 130 if stop.requested else 1
+    print(f"done: {generations} generation(s) in {run.path}\n"
+          f"  best individual: {run.best}\n  history: pandas.read_parquet('{run.history}')",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,396 @@
+"""Experiment configuration: a TOML file mapped one-to-one onto frozen dataclasses.
+
+Every section of the TOML file is a dataclass below and every key a field, so the file
+format is documented by this module alone. Validation is complete before anything runs:
+all problems in a file are collected and reported together, each naming its key path and
+what is allowed, so a user fixes a file in one pass instead of one error per launch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; `problems` lists every problem found."""
+
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = problems
+        self.source = source
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source} is invalid ({len(problems)} problem(s)):\n{lines}")
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+           hi_open: bool = False, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    """A dataclass field whose numeric value must lie in a range (checked by `validate`)."""
+    return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open)}, **kw)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "experiment"
+    seed: int = _range(0, default=0)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Literal["digits", "fashion_mnist", "mnist", "cifar10", "synthetic"] = "digits"
+    # Directory holding the dataset files; each dataset has a default (see data.py).
+    path: str | None = None
+    # Fraction of the training split held out for validation (fitness uses validation).
+    validation_fraction: float = _range(0.0, 1.0, lo_open=True, hi_open=True, default=0.15)
+    # Fraction of the remaining training samples actually used (sample-efficiency studies).
+    train_fraction: float = _range(0.0, 1.0, lo_open=True, default=1.0)
+    # Size of the synthetic dataset (tests); ignored by the real datasets.
+    synthetic_samples: int = _range(10, default=600)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: Literal["mlp", "cnn"] = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [128, 64])
+    channels: list[int] = field(default_factory=lambda: [16, 32])
+    activation: Literal["relu", "tanh", "gelu"] = "relu"
+    # Biases and norms stay dense unless asked; masking biases is rarely useful.
+    mask_biases: bool = False
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    # Target fraction of active weights over all maskable tensors.
+    density: float = _range(0.0, 1.0, lo_open=True, default=0.2)
+    # "uniform": every layer at `density`; "erdos_renyi": SET/RigL's ERK rule, wide layers sparser.
+    init: Literal["uniform", "erdos_renyi"] = "erdos_renyi"
+    # Tensors (by parameter name, e.g. "layers.2.weight") that are never masked.
+    dense_layers: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EvolutionConfig:
+    population: int = _range(2, default=8)
+    # Offspring per generation; defaults to the population size.
+    offspring: int | None = _range(1, default=None)
+    generations: int = _range(0, default=5)
+    crossover: Literal["neuron", "connection", "layer", "none"] = "neuron"
+    crossover_prob: float = _range(0.0, 1.0, default=0.5)
+    mutations: list[Literal["set", "rewire"]] = field(default_factory=lambda: ["set"])
+    mutation_prob: float = _range(0.0, 1.0, default=1.0)
+    # SET's zeta: fraction of each layer's active connections pruned (smallest |w|) and regrown.
+    prune_fraction: float = _range(0.0, 1.0, hi_open=True, default=0.2)
+    # Fraction of each layer's active connections moved to random positions by "rewire".
+    rewire_fraction: float = _range(0.0, 1.0, hi_open=True, default=0.05)
+    # "plus": survivors are the best of parents + offspring; "comma": of the offspring,
+    # with the `elitism` best parents kept.
+    survival: Literal["plus", "comma"] = "plus"
+    elitism: int = _range(0, default=1)
+    tournament_size: int = _range(1, default=3)
+    # Train surviving parents again each generation (their fitness is then re-measured).
+    retrain_survivors: bool = False
+    # "lamarckian": trained weights are written back into the genome and inherited;
+    # "baldwinian": fitness comes from training, but offspring inherit the untrained weights.
+    inheritance: Literal["lamarckian", "baldwinian"] = "lamarckian"
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: float = _range(0.0, lo_open=True, default=1.0)
+    # If set, train this many optimiser steps instead of `epochs`.
+    steps: int | None = _range(1, default=None)
+    batch_size: int = _range(1, default=64)
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = _range(0.0, lo_open=True, default=1e-3)
+    momentum: float = _range(0.0, 1.0, hi_open=True, default=0.9)
+    weight_decay: float = _range(0.0, default=0.0)
+    # Scale of the initialisation for connections an individual did not inherit.
+    init: Literal["kaiming_uniform", "xavier_uniform"] = "kaiming_uniform"
+
+
+@dataclass(frozen=True)
+class FitnessConfig:
+    # "weighted": one fitness value, sum(weights * objectives); "pareto": NSGA-II on the
+    # objectives themselves, the sign of each weight giving its direction.
+    mode: Literal["weighted", "pareto"] = "weighted"
+    objectives: list[Literal["val_accuracy", "density", "active_params", "flops"]] = field(
+        default_factory=lambda: ["val_accuracy", "density"])
+    weights: list[float] = field(default_factory=lambda: [1.0, -0.1])
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    backend: Literal["ray", "local"] = "ray"
+    # Ray cluster to join ("auto", "127.0.0.1:6379", ...); None starts a local Ray.
+    address: str | None = None
+    # CPUs of a locally started Ray; None lets Ray use every core.
+    num_cpus: int | None = _range(1, default=None)
+    cpus_per_job: float = _range(0.0, lo_open=True, default=1.0)
+    gpus_per_job: float = _range(0.0, default=0.0)
+    # Intra-op threads of one training job. Fixed so results do not depend on the worker.
+    torch_threads: int = _range(1, default=1)
+    # Retries of a job whose worker process or node died.
+    max_retries: int = _range(0, default=3)
+    # A job running longer than this is cancelled and recorded as failed.
+    job_timeout_s: float | None = _range(0.0, lo_open=True, default=None)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    root: str = "populations"
+    checkpoint_every: int = _range(1, default=1)
+    # Also checkpoint when this many seconds passed since the last checkpoint.
+    checkpoint_seconds: float | None = _range(0.0, lo_open=True, default=None)
+    keep_checkpoints: int = _range(1, default=3)
+    progress: Literal["auto", "bar", "log", "none"] = "auto"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    fitness: FitnessConfig = field(default_factory=FitnessConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def n_offspring(self) -> int:
+        return self.evolution.offspring or self.evolution.population
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Stable hash of the settings that determine results (all but RESUME_SAFE_KEYS)."""
+        flat = {k: v for k, v in flatten(self.to_dict()).items() if k not in RESUME_SAFE_KEYS}
+        return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Keys that may change between a run and its resume without changing what was computed.
+RESUME_SAFE_KEYS = frozenset({
+    "evolution.generations", "output.progress", "output.checkpoint_every",
+    "output.checkpoint_seconds", "output.keep_checkpoints", "output.root",
+    "resources.address", "resources.num_cpus", "resources.backend",
+    "resources.max_retries", "resources.job_timeout_s",
+})
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Experiment:
+    """Read, override and validate an experiment file; raises ConfigError on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"file not found: {path}"], source=str(path))
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"not valid TOML: {e}"], source=str(path)) from None
+    return from_dict(apply_overrides(raw, overrides or []), source=str(path))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides; values are parsed as TOML, else taken as strings."""
+    raw = json.loads(json.dumps(raw))  # deep copy of plain TOML data
+    problems = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            problems.append(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. evolution.population=8")
+            continue
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        section = raw.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            problems.append(f"--set {item!r}: [{parts[0]}] is not a section")
+            continue
+        section[parts[1]] = value
+    if problems:
+        raise ConfigError(problems, source="--set")
+    return raw
+
+
+def from_dict(raw: Mapping[str, Any], source: str = "config") -> Experiment:
+    problems: list[str] = []
+    sections = {f.name: f for f in dataclasses.fields(Experiment)}
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in sections:
+            problems.append(_unknown(name, sections))
+        elif not isinstance(value, dict):
+            problems.append(f"{name}: must be a [{name}] table, got {_show(value)}")
+        else:
+            kwargs[name] = _build(sections[name].type, value, name, problems)
+    if not problems:
+        exp = Experiment(**{k: v for k, v in kwargs.items() if v is not None})
+        _cross_checks(exp, problems)
+        if not problems:
+            return exp
+    raise ConfigError(problems, source=source)
+
+
+def _build(cls_name: Any, values: dict[str, Any], prefix: str, problems: list[str]) -> Any:
+    cls = _SECTION_TYPES[cls_name] if isinstance(cls_name, str) else cls_name
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    before = len(problems)
+    for key, value in values.items():
+        path = f"{prefix}.{key}"
+        if key not in fields:
+            problems.append(_unknown(path, fields))
+            continue
+        error = _check_type(value, hints[key])
+        if error is None:
+            error = _check_range(value, fields[key].metadata.get("range"))
+        if error:
+            problems.append(f"{path}: {error}")
+        else:
+            kwargs[key] = float(value) if hints[key] is float else value
+    return cls(**kwargs) if len(problems) == before else None
+
+
+def _check_type(value: Any, tp: Any) -> str | None:
+    """None if `value` fits the annotation `tp`, else what was expected."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(value, inner[0])
+    if origin is Literal:
+        return None if value in args else f"must be one of {', '.join(map(repr, args))}; got {_show(value)}"
+    if origin is list:
+        if not isinstance(value, list):
+            return f"must be a list, got {_show(value)}"
+        for i, item in enumerate(value):
+            error = _check_type(item, args[0])
+            if error:
+                return f"item {i}: {error}"
+        return None
+    if tp is bool:
+        return None if isinstance(value, bool) else f"must be true or false, got {_show(value)}"
+    if tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else f"must be an integer, got {_show(value)}"
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok else f"must be a number, got {_show(value)}"
+    if tp is str:
+        return None if isinstance(value, str) else f"must be a string, got {_show(value)}"
+    raise TypeError(f"unsupported annotation {tp}")
+
+
+def _check_range(value: Any, spec: tuple | None) -> str | None:
+    if spec is None or value is None:
+        return None
+    lo, hi, lo_open, hi_open = spec
+    bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
+    bad_hi = hi is not None and (value >= hi if hi_open else value > hi)
+    if not (bad_lo or bad_hi):
+        return None
+    left = "" if lo is None else ("(" if lo_open else "[") + f"{lo}"
+    right = "" if hi is None else f"{hi}" + (")" if hi_open else "]")
+    if lo is not None and hi is not None:
+        return f"must be in {left}, {right}; got {value}"
+    if lo is not None:
+        return f"must be {'>' if lo_open else '>='} {lo}; got {value}"
+    return f"must be {'<' if hi_open else '<='} {hi}; got {value}"
+
+
+def _cross_checks(exp: Experiment, problems: list[str]) -> None:
+    """Constraints that involve more than one key."""
+    f, ev = exp.fitness, exp.evolution
+    if not f.objectives:
+        problems.append("fitness.objectives: at least one objective is required")
+    if len(f.weights) != len(f.objectives):
+        problems.append(f"fitness.weights: needs one weight per objective "
+                        f"({len(f.objectives)}), got {len(f.weights)}")
+    if any(w == 0 for w in f.weights):
+        problems.append("fitness.weights: a weight of 0 gives an objective no direction; remove it instead")
+    if len(set(f.objectives)) != len(f.objectives):
+        problems.append("fitness.objectives: an objective is listed twice")
+    if f.mode == "pareto" and len(f.objectives) < 2:
+        problems.append('fitness.mode: "pareto" needs at least two objectives')
+    if ev.elitism >= ev.population:
+        problems.append(f"evolution.elitism: must be < evolution.population ({ev.population}); got {ev.elitism}")
+    if ev.survival == "comma" and exp.n_offspring + ev.elitism < ev.population:
+        problems.append(f"evolution.offspring: with survival = \"comma\", offspring + elitism must be "
+                        f">= population ({ev.population}); got {exp.n_offspring} + {ev.elitism}")
+    if not ev.mutations and ev.crossover == "none":
+        problems.append("evolution.mutations: empty while evolution.crossover = \"none\": nothing would vary")
+    if exp.model.kind == "cnn" and exp.data.dataset in ("digits", "synthetic"):
+        pass  # flat datasets are reshaped to images by data.py when their size is square
+    if exp.resources.gpus_per_job > 1 and exp.resources.gpus_per_job != int(exp.resources.gpus_per_job):
+        problems.append("resources.gpus_per_job: above 1 it must be a whole number of GPUs")
+
+
+def _unknown(path: str, allowed: Mapping[str, Any]) -> str:
+    key = path.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{path}: unknown key{hint}; allowed: {', '.join(allowed)}"
+
+
+def _show(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+_SECTION_TYPES = {f.type: typing.get_type_hints(Experiment)[f.name] for f in dataclasses.fields(Experiment)}
+
+
+# ----------------------------------------------------------------------------- writing
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def to_toml(exp: Experiment) -> str:
+    """The resolved experiment as TOML that `load` reads back to an equal Experiment."""
+    lines = []
+    for section, values in exp.to_dict().items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if value is not None:  # TOML has no null: an absent key means the default None
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+
+def diff(old: Experiment, new: Experiment) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ, as {key: (old, new)}."""
+    a, b = flatten(old.to_dict()), flatten(new.to_dict())
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}

@@ -1,0 +1,161 @@
+"""Datasets as in-memory numpy arrays split into train / validation / test.
+
+Arrays, not torch DataLoaders: a whole split is shipped once to each worker (or put once in
+Ray's object store) and batches are drawn by index with a seed carried by each training
+job, so the batch order does not depend on which worker trains an individual.
+Fitness uses the validation split only; the test split is reported, never optimised.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import DataConfig
+from .seeds import derive
+
+DEFAULT_PATHS = {
+    "fashion_mnist": "/usr/share/datasets/fashion-mnist",
+    "mnist": "/usr/share/datasets/mnist",
+    "cifar10": "~/.cache/neuroevo_sparse/cifar-10-batches-py",
+}
+
+HOW_TO_GET = {
+    "fashion_mnist": "on Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist`; or download the four "
+                     "*-ubyte.gz files of Fashion-MNIST and set data.path to their directory",
+    "mnist": "download the four MNIST *-ubyte(.gz) files and set data.path to their directory",
+    "cifar10": "download and unpack 'CIFAR-10 python version' (cifar-10-python.tar.gz) and set "
+               "data.path to the cifar-10-batches-py directory",
+}
+
+
+class DatasetNotFound(FileNotFoundError):
+    pass
+
+
+@dataclass(frozen=True)
+class Splits:
+    """float32 inputs (N, *shape) and int64 labels (N,) for each split."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    def summary(self) -> str:
+        return (f"train {len(self.train_y)}, validation {len(self.val_y)}, test {len(self.test_y)}, "
+                f"input {self.input_shape}, {self.num_classes} classes")
+
+
+def load(cfg: DataConfig, seed: int) -> Splits:
+    """Load the configured dataset; the validation split is drawn with a seed derived from `seed`."""
+    loaders = {"digits": _digits, "fashion_mnist": _idx, "mnist": _idx,
+               "cifar10": _cifar10, "synthetic": _synthetic}
+    (train_x, train_y), (test_x, test_y) = loaders[cfg.dataset](cfg, seed)
+    rng = np.random.default_rng(derive(seed, "data-split"))
+    order = rng.permutation(len(train_y))
+    n_val = max(1, int(round(cfg.validation_fraction * len(order))))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    if cfg.train_fraction < 1.0:
+        train_idx = train_idx[: max(1, int(round(cfg.train_fraction * len(train_idx))))]
+    mean, std = train_x[train_idx].mean(), train_x[train_idx].std() + 1e-8
+    norm = lambda x: ((x - mean) / std).astype(np.float32)  # noqa: E731
+    num_classes = int(max(train_y.max(), test_y.max()) + 1)
+    return Splits(norm(train_x[train_idx]), train_y[train_idx].astype(np.int64),
+                  norm(train_x[val_idx]), train_y[val_idx].astype(np.int64),
+                  norm(test_x), test_y.astype(np.int64), num_classes)
+
+
+def _digits(cfg: DataConfig, seed: int):
+    """scikit-learn's 8x8 digits: ships inside scikit-learn, so it needs no download."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = d.images.astype(np.float32)[:, None] / 16.0  # (N, 1, 8, 8)
+    y = d.target
+    # Digits has no official test split: a fixed 20% is held out with a seed of its own.
+    order = np.random.default_rng(derive(seed, "digits-test")).permutation(len(y))
+    n_test = len(y) // 5
+    return (x[order[n_test:]], y[order[n_test:]]), (x[order[:n_test]], y[order[:n_test]])
+
+
+def _resolve(cfg: DataConfig, required: list[str]) -> Path:
+    root = Path(os.path.expanduser(cfg.path or DEFAULT_PATHS[cfg.dataset]))
+    missing = [name for name in required if _find(root, name) is None]
+    if missing:
+        raise DatasetNotFound(
+            f"dataset {cfg.dataset!r}: looked in {root} and did not find {', '.join(missing)}.\n"
+            f"To get it: {HOW_TO_GET[cfg.dataset]}.")
+    return root
+
+
+def _find(root: Path, name: str) -> Path | None:
+    for candidate in (root / name, root / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped), the format of MNIST and Fashion-MNIST."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+    shape = struct.unpack(f">{ndim}I", data[4: 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: truncated IDX file ({body.size} of {int(np.prod(shape))} values)")
+    return body.reshape(shape)
+
+
+def _idx(cfg: DataConfig, seed: int):
+    names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    root = _resolve(cfg, names)
+    xtr, ytr, xte, yte = (read_idx(_find(root, n)) for n in names)
+    to_x = lambda a: a.astype(np.float32)[:, None] / 255.0  # noqa: E731  (N, 1, 28, 28)
+    return (to_x(xtr), ytr), (to_x(xte), yte)
+
+
+def _cifar10(cfg: DataConfig, seed: int):
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    root = _resolve(cfg, names)
+
+    def batch(name: str):
+        with open(root / name, "rb") as f:
+            # The CIFAR-10 python batches are pickles of plain dicts of arrays; they are read
+            # only from the user's own data directory, never from a run directory.
+            d = pickle.load(f, encoding="bytes")
+        return d[b"data"].reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, np.array(d[b"labels"])
+
+    parts = [batch(n) for n in names[:5]]
+    test = batch(names[5])
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])), test
+
+
+def _synthetic(cfg: DataConfig, seed: int):
+    """Gaussian blobs as 1x8x8 'images': learnable in a few steps, for fast tests."""
+    rng = np.random.default_rng(derive(seed, "synthetic"))
+    n, classes = cfg.synthetic_samples, 4
+    centres = rng.normal(0, 1.0, size=(classes, 64)).astype(np.float32)
+    y = rng.integers(0, classes, size=n)
+    x = centres[y] + rng.normal(0, 0.7, size=(n, 64)).astype(np.float32)
+    x = x.reshape(n, 1, 8, 8)
+    n_test = n // 5
+    return (x[n_test:], y[n_test:]), (x[:n_test], y[:n_test])

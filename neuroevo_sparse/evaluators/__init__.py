@@ -1,0 +1,36 @@
+"""Evaluators train a list of TrainJobs and return their TrainResults in the same order.
+
+`local` trains in the driver process (debugging, tests, tiny runs); `ray` spreads jobs over
+Ray workers on one machine or a cluster. Both run the same `training.train`, with the same
+thread count, so they give bit-identical results for the same jobs.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from ..config import Experiment
+from ..data import Splits
+from ..jobs import TrainJob, TrainResult, TrainSpec
+
+OnResult = Callable[[TrainResult], None]
+
+
+class ClusterLost(RuntimeError):
+    """The Ray cluster stopped answering; the run cannot go on without it."""
+
+
+class Evaluator(Protocol):
+    def evaluate(self, jobs: list[TrainJob], on_result: OnResult | None = None) -> list[TrainResult]:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+def make(exp: Experiment, spec: TrainSpec, splits: Splits) -> Evaluator:
+    if exp.resources.backend == "local":
+        from .local import LocalEvaluator
+        return LocalEvaluator(spec, splits, exp.resources.gpus_per_job)
+    from .ray import RayEvaluator
+    return RayEvaluator(spec, splits, exp.resources)

@@ -1,0 +1,106 @@
+"""Evaluation on Ray: a local Ray started for the run, or an existing cluster (`--address`).
+
+What is sent where: the dataset splits are put in the object store once per run; each job
+is one Ray task carrying plain arrays (masks and weights of one individual, ~5 bytes per
+weight) and its seed; the task returns the trained weights and metrics. Workers keep the
+dataset as tensors on their device between tasks, so a GPU receives it once per worker.
+
+Faults: a task whose worker process or node dies is retried by Ray (`resources.max_retries`);
+one that still fails is recorded as failed and gets the worst fitness. A job that raises or
+times out is a failure of that individual only. If the cluster itself stops answering,
+`ClusterLost` is raised and the driver stops with its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+import ray.exceptions
+
+from ..config import ResourcesConfig
+from ..data import Splits
+from ..jobs import TrainJob, TrainResult, TrainSpec
+from ..training import DeviceData, pick_device, train
+from . import ClusterLost, OnResult
+
+log = logging.getLogger(__name__)
+
+# A worker process keeps each run's dataset on its device between tasks.
+_WORKER_DATA: dict[str, DeviceData] = {}
+
+# Failures of the worker or node rather than of the job: Ray retries these itself.
+_INFRASTRUCTURE = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+                   ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError,
+                   ray.exceptions.TaskCancelledError)
+
+
+def _train_task(spec: TrainSpec, job: TrainJob, splits: Splits, data_key: str, gpus: float) -> TrainResult:
+    data = _WORKER_DATA.get(data_key)
+    if data is None:
+        _WORKER_DATA.clear()  # one run's data at a time per worker
+        data = _WORKER_DATA[data_key] = DeviceData(splits, pick_device(gpus))
+    return train(job, spec, data)
+
+
+class RayEvaluator:
+    def __init__(self, spec: TrainSpec, splits: Splits, resources: ResourcesConfig):
+        self.spec = spec
+        self.started_ray = False
+        if not ray.is_initialized():
+            address = resources.address or os.environ.get("RAY_ADDRESS")
+            if address:
+                log.info("joining the Ray cluster at %s", address)
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+            else:
+                ray.init(num_cpus=resources.num_cpus, include_dashboard=False,
+                         logging_level=logging.WARNING, log_to_driver=True)
+                self.started_ray = True
+        cluster = ray.cluster_resources()
+        gpus = resources.gpus_per_job
+        if gpus > 0 and cluster.get("GPU", 0) == 0:
+            log.warning("resources.gpus_per_job = %s but the Ray cluster has no GPU: training on CPU", gpus)
+            gpus = 0.0
+        self.gpus = gpus
+        self.slots = max(1, int(cluster.get("CPU", 1) // resources.cpus_per_job))
+        log.info("Ray: %d node(s), %s CPU, %s GPU; %s CPU and %s GPU per job",
+                 len(ray.nodes()), cluster.get("CPU", 0), cluster.get("GPU", 0),
+                 resources.cpus_per_job, gpus)
+        self.data_ref = ray.put(splits)
+        self.data_key = self.data_ref.hex()
+        self.task = ray.remote(_train_task).options(
+            num_cpus=resources.cpus_per_job, num_gpus=gpus,
+            max_retries=resources.max_retries, retry_exceptions=False)
+
+    def evaluate(self, jobs: list[TrainJob], on_result: OnResult | None = None) -> list[TrainResult]:
+        try:
+            refs = [self.task.remote(self.spec, job, self.data_ref, self.data_key, self.gpus) for job in jobs]
+            index = {ref: i for i, ref in enumerate(refs)}
+            results: list[TrainResult | None] = [None] * len(jobs)
+            pending = list(refs)
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                for ref in ready:
+                    i = index[ref]
+                    results[i] = self._collect(ref, jobs[i])
+                    if on_result:
+                        on_result(results[i])
+            return results  # type: ignore[return-value]
+        except (ray.exceptions.RaySystemError, ray.exceptions.LocalRayletDiedError,
+                ray.exceptions.RpcError, ConnectionError) as e:
+            raise ClusterLost(f"the Ray cluster stopped answering: {type(e).__name__}: {e}") from e
+
+    def _collect(self, ref: ray.ObjectRef, job: TrainJob) -> TrainResult:
+        try:
+            return ray.get(ref)
+        except _INFRASTRUCTURE as e:
+            return TrainResult(job.individual_id, job.weights, status="failed",
+                               error=f"worker lost after retries: {type(e).__name__}: {str(e)[:300]}")
+        except ray.exceptions.RayTaskError as e:
+            return TrainResult(job.individual_id, job.weights, status="failed",
+                               error=f"{type(e).__name__}: {str(e)[:300]}")
+
+    def close(self) -> None:
+        if self.started_ray and ray.is_initialized():
+            ray.shutdown()

@@ -1,0 +1,245 @@
+"""The generational loop: select parents, vary, train, write back, select survivors, record.
+
+Read `Evolution.run` top to bottom: it is the whole algorithm. Each generation g draws all
+its random choices from a generator derived from (seed, "variation", g) and trains each
+individual with the seed (seed, "train", g, id). A generation is therefore a pure function
+of the population that entered it, which is what a checkpoint stores: resuming from
+generation g gives exactly the run that never stopped.
+
+History: generation 0 records the initial population; generation g >= 1 records the
+population that entered it (parents) and the offspring born in it, one row each, with
+`evaluated` (trained in g) and `selected` (survived g). A run of G generations, population
+mu and lambda offspring therefore has mu + G * (mu + lambda) rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import __version__, models, seeds
+from .config import Experiment
+from .data import Splits
+from .evaluators import Evaluator
+from .fitness import Objectives
+from .genome import Genome, random_genome, target_counts
+from .jobs import TrainJob
+from .operators import make_toolbox
+from .progress import Progress
+from .store import RunDir
+
+log = logging.getLogger("neuroevo_sparse")
+
+
+@dataclass
+class State:
+    """Everything the next generation depends on."""
+
+    generation: int
+    population: list[Genome]
+    archive: list[Genome]
+    next_id: int
+
+
+class Evolution:
+    def __init__(self, exp: Experiment, splits: Splits, evaluator: Evaluator, run: RunDir,
+                 should_stop: Callable[[], bool] = lambda: False):
+        self.exp = exp
+        self.seed = exp.experiment.seed
+        self.evaluator = evaluator
+        self.run_dir = run
+        self.should_stop = should_stop
+        model = models.build(exp.model, splits.input_shape, splits.num_classes)
+        self.info = models.layer_info(model, splits.input_shape)
+        self.maskable = models.maskable(model, exp.sparsity, exp.model.mask_biases)
+        self.template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+        self.objectives = Objectives(exp.fitness, self.info)
+        self.toolbox = make_toolbox(exp, self.info)
+        self.archive = self.objectives.make_archive()
+
+    # ------------------------------------------------------------------------ the loop
+    def run(self, state: State | None = None, generations: int | None = None) -> State:
+        ev = self.exp.evolution
+        last = ev.generations if generations is None else generations
+        first = 0 if state is None else state.generation + 1
+        jobs = (self.exp.evolution.population if first == 0 else 0) + \
+            (last - max(first, 1) + 1) * self._jobs_per_generation()
+        progress = Progress(self.exp.output.progress, max(jobs, 0), first, last)
+        last_checkpoint = time.monotonic()
+        try:
+            if state is None:
+                state = self._initial(progress)
+                self._checkpoint(state)
+                last_checkpoint = time.monotonic()
+            while state.generation < last and not self.should_stop():
+                state = self._generation(state, progress)
+                if self._checkpoint_due(state, last, last_checkpoint):
+                    self._checkpoint(state)
+                    last_checkpoint = time.monotonic()
+        except BaseException:
+            # The generation in flight is lost; what completed before it is kept on disk.
+            if state is not None and not self._checkpointed(state):
+                self._checkpoint(state)
+            raise
+        finally:
+            progress.close()
+        if not self._checkpointed(state):
+            self._checkpoint(state)
+        return state
+
+    def _initial(self, progress: Progress) -> State:
+        ev = self.exp.evolution
+        rng = seeds.rng(self.seed, "init")
+        counts = target_counts(self.info, self.maskable, self.exp.sparsity.density, self.exp.sparsity.init)
+        population = [random_genome(i, self.template, self.info, counts, self.exp.training.init, rng)
+                      for i in range(ev.population)]
+        progress.generation_started(0)
+        self._evaluate(population, 0, progress)
+        self.archive.update(population)
+        self._record(0, parents=[], offspring=population, survivors=population, progress=progress)
+        return State(0, population, list(self.archive), ev.population)
+
+    def _generation(self, state: State, progress: Progress) -> State:
+        ev, g = self.exp.evolution, state.generation + 1
+        progress.generation_started(g)
+        rng = seeds.rng(self.seed, "variation", g)
+
+        n = self.exp.n_offspring
+        parents = self.objectives.select_parents(state.population, n + n % 2, ev.tournament_size, rng)
+        offspring = self._vary(parents, state.next_id, g, rng)[:n]
+
+        trained = offspring + (state.population if ev.retrain_survivors else [])
+        self._evaluate(trained, g, progress)
+
+        if ev.survival == "plus":
+            survivors = self.objectives.select_survivors(state.population + offspring, ev.population)
+        else:
+            elites = self.objectives.select_survivors(state.population, ev.elitism)
+            survivors = elites + self.objectives.select_survivors(offspring, ev.population - ev.elitism)
+        self.archive.update(survivors)
+        self._record(g, state.population, offspring, survivors, progress)
+        return State(g, survivors, list(self.archive), state.next_id + len(offspring))
+
+    def _vary(self, parents: list[Genome], next_id: int, g: int, rng: np.random.Generator) -> list[Genome]:
+        """Pairs of parents -> pairs of new children: crossover with probability crossover_prob,
+        then mutation with probability mutation_prob. A child that drew neither operator is
+        mutated anyway, so no training is spent on an exact copy of a parent."""
+        ev, tb = self.exp.evolution, self.toolbox
+        children = []
+        for i in range(0, len(parents), 2):
+            a, b = parents[i], parents[i + 1]
+            ids = (next_id + i, next_id + i + 1)
+            crossed = hasattr(tb, "mate") and rng.random() < ev.crossover_prob
+            pair = tb.mate(a, b, ids, g, rng) if crossed else (a, b)
+            for gid, child in zip(ids, pair):
+                if tb.mutations and (not crossed or rng.random() < ev.mutation_prob):
+                    op = tb.mutations[rng.integers(len(tb.mutations))]
+                    mutant = getattr(tb, f"mutate_{op}")(child, gid, g, rng)
+                    if crossed:  # lineage: the crossover's parents, both operators
+                        mutant.parents, mutant.operator = child.parents, f"{child.operator}+{mutant.operator}"
+                    child = mutant
+                children.append(child)
+        return children
+
+    # ------------------------------------------------------------------------ evaluation
+    def _evaluate(self, genomes: list[Genome], generation: int, progress: Progress) -> None:
+        """Train on the evaluator, write the results back (Lamarckian), assign fitness."""
+        jobs = [TrainJob(g.id, generation, seeds.derive(self.seed, "train", generation, g.id),
+                         g.masks, g.weights) for g in genomes]
+        results = self.evaluator.evaluate(jobs, on_result=progress.job_done)
+        for g, job, r in zip(genomes, jobs, results):
+            if self.exp.evolution.inheritance == "lamarckian":
+                g.weights = r.weights
+            g.metrics = {**r.metrics(), "seed": job.seed, "evaluated_in": generation}
+            self.objectives.assign(g)
+
+    # ------------------------------------------------------------------------ records
+    def _record(self, g: int, parents: list[Genome], offspring: list[Genome],
+                survivors: list[Genome], progress: Progress) -> None:
+        chosen = {s.id for s in survivors}
+        rows = [self._row(ind, g, ind.id in chosen) for ind in parents + offspring]
+        self.run_dir.write_history(g, rows)
+        best = self.objectives.best(survivors)
+        progress.generation_done({"fitness": list(best.fitness.values), **best.metrics,
+                                  "density": best.density()},
+                                 evaluated=sum(r["evaluated"] for r in rows))
+
+    def _row(self, ind: Genome, g: int, selected: bool) -> dict:
+        m = ind.metrics
+        row = {
+            "run_id": self.run_dir.run_id, "generation": g, "individual_id": ind.id,
+            "parent_ids": list(ind.parents), "operator": ind.operator, "born": ind.born,
+            "seed": m.get("seed"), "evaluated": m.get("evaluated_in") == g, "selected": selected,
+            "status": m.get("status"), "error": m.get("error"),
+            "train_loss": m.get("train_loss"), "val_loss": m.get("val_loss"),
+            "val_accuracy": m.get("val_accuracy"), "test_accuracy": m.get("test_accuracy"),
+            "active_params": ind.active_params(), "density": ind.density(),
+            "flops": ind.flops(self.info), "fitness": list(ind.fitness.values),
+            "steps": m.get("steps"), "train_seconds": m.get("train_seconds"), "worker": m.get("worker"),
+        }
+        row.update({f"density.{k}": v for k, v in ind.layer_density().items()})
+        return row
+
+    # ------------------------------------------------------------------------ checkpoints
+    def _jobs_per_generation(self) -> int:
+        ev = self.exp.evolution
+        return self.exp.n_offspring + (ev.population if ev.retrain_survivors else 0)
+
+    def _checkpoint_due(self, state: State, last: int, since: float) -> bool:
+        out = self.exp.output
+        return (state.generation % out.checkpoint_every == 0 or state.generation == last
+                or self.should_stop()
+                or (out.checkpoint_seconds is not None and time.monotonic() - since >= out.checkpoint_seconds))
+
+    def _checkpointed(self, state: State) -> bool:
+        return getattr(self, "_saved_generation", None) == state.generation
+
+    def _checkpoint(self, state: State) -> None:
+        genomes = {g.id: g for g in state.population + state.archive}
+        arrays = {f"g{gid}/{k}": v for gid, g in genomes.items() for k, v in g.to_arrays().items()}
+        meta = {
+            "generation": state.generation, "next_id": state.next_id,
+            "population": [g.id for g in state.population], "archive": [g.id for g in state.archive],
+            "genomes": [g.meta() for g in genomes.values()],
+            "config_hash": self.exp.hash(), "seed": self.seed,
+            # Every random draw is derived from (seed, purpose, generation, id): the RNG state
+            # of the next generation is fully given by the seed and the generation counter.
+            "rng": {"scheme": "derived", "seed": self.seed, "next_generation": state.generation + 1},
+            "versions": _versions(),
+        }
+        self.run_dir.save_checkpoint(state.generation, meta, arrays, self.exp.output.keep_checkpoints)
+        best = self.objectives.best(state.population)
+        self.run_dir.save_model(self.run_dir.best, best.weights, best.masks, self.summary(best))
+        self._saved_generation = state.generation
+
+    def restore(self, meta: dict, arrays: dict[str, np.ndarray]) -> State:
+        genomes = {}
+        for gm in meta["genomes"]:
+            prefix = f"g{gm['id']}/"
+            g = Genome.from_arrays(gm, {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+            self.objectives.restore(g, gm["fitness"])
+            genomes[g.id] = g
+        state = State(meta["generation"], [genomes[i] for i in meta["population"]],
+                      [genomes[i] for i in meta["archive"]], meta["next_id"])
+        self.archive.update(state.archive)
+        self._saved_generation = state.generation
+        return state
+
+    def summary(self, g: Genome) -> dict:
+        """What is reported about one individual (best/metrics.json, `inspect`, `export`)."""
+        return {"id": g.id, "born": g.born, "parents": list(g.parents), "operator": g.operator,
+                "fitness": list(g.fitness.values), "objectives": self.exp.fitness.objectives,
+                "density": g.density(), "active_params": g.active_params(), "flops": g.flops(self.info),
+                "layer_density": g.layer_density(), "model": self.exp.to_dict()["model"],
+                **{k: v for k, v in g.metrics.items() if k != "worker"}}
+
+
+def _versions() -> dict[str, str]:
+    import deap
+    import torch
+    return {"neuroevo_sparse": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "deap": deap.__version__}

@@ -1,0 +1,94 @@
+"""Objectives, DEAP fitness, selection and the archive of the best.
+
+"weighted": one fitness value, sum(weight_i * objective_i), maximised.
+"pareto": the objectives themselves, each maximised or minimised by the sign of its weight;
+survivors by NSGA-II (DEAP's selNSGA2), parents by binary tournaments on (front, crowding).
+An individual whose training failed gets each objective's worst possible value (accuracy 0,
+density 1, dense parameter count, dense FLOPs): finite, so NSGA-II's crowding stays defined.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from deap import base, tools
+
+from .config import FitnessConfig
+from .genome import Genome
+from .models import LayerInfo
+
+
+class Objectives:
+    def __init__(self, cfg: FitnessConfig, info: dict[str, LayerInfo]):
+        self.cfg = cfg
+        self.info = info
+        weights = (1.0,) if cfg.mode == "weighted" else tuple(float(np.sign(w)) for w in cfg.weights)
+        # A class per experiment rather than creator.create: no global registry to collide in.
+        self.fitness_class = type("Fitness", (base.Fitness,), {"weights": weights})
+
+    def measure(self, g: Genome) -> dict[str, float]:
+        """Objective values of an evaluated genome (worst values if its training failed)."""
+        failed = g.metrics.get("status", "ok") != "ok"
+        masked = [self.info[n] for n in g.masks]
+        dense_params = g.active_params() - sum(int(m.sum()) for m in g.masks.values()) + sum(i.size for i in masked)
+        values = {
+            "val_accuracy": 0.0 if failed else float(g.metrics["val_accuracy"]),
+            "density": 1.0 if failed else g.density(),
+            "active_params": float(dense_params if failed else g.active_params()),
+            "flops": float(sum(2 * i.size * i.positions for i in masked) if failed else g.flops(self.info)),
+        }
+        return {k: values[k] for k in self.cfg.objectives}
+
+    def assign(self, g: Genome) -> None:
+        values = list(self.measure(g).values())
+        g.fitness = self.fitness_class()
+        if self.cfg.mode == "weighted":
+            g.fitness.values = (float(np.dot(self.cfg.weights, values)),)
+        else:
+            g.fitness.values = tuple(values)
+
+    def restore(self, g: Genome, values: Sequence[float]) -> None:
+        g.fitness = self.fitness_class()
+        g.fitness.values = tuple(values)
+
+    # ------------------------------------------------------------------- selection
+    def select_parents(self, population: list[Genome], k: int, tournament: int,
+                       rng: np.random.Generator) -> list[Genome]:
+        """`k` parents by tournaments: on fitness ("weighted") or on (front, crowding) ("pareto")."""
+        key = self._rank_keys(population)
+        size = tournament if self.cfg.mode == "weighted" else 2
+        chosen = []
+        for _ in range(k):
+            entrants = rng.choice(len(population), size=min(size, len(population)), replace=False)
+            chosen.append(population[max(entrants, key=lambda i: key[i])])
+        return chosen
+
+    def select_survivors(self, pool: list[Genome], k: int) -> list[Genome]:
+        if self.cfg.mode == "weighted":
+            # Stable sort: ties keep pool order, which is itself deterministic.
+            return sorted(pool, key=lambda g: g.fitness.wvalues, reverse=True)[:k]
+        return tools.selNSGA2(pool, k)
+
+    def _rank_keys(self, population: list[Genome]) -> list[Any]:
+        if self.cfg.mode == "weighted":
+            return [g.fitness.wvalues for g in population]
+        fronts = tools.sortNondominated(population, len(population))
+        rank = {}
+        for r, front in enumerate(fronts):
+            tools.emo.assignCrowdingDist(front)
+            for g in front:
+                rank[id(g)] = r
+        return [(-rank[id(g)], g.fitness.crowding_dist) for g in population]
+
+    def best(self, population: list[Genome]) -> Genome:
+        """The individual reported as "best": top fitness, or in pareto mode the most accurate
+        member of the first front (accuracy is what a user usually wants first)."""
+        if self.cfg.mode == "weighted":
+            return max(population, key=lambda g: g.fitness.wvalues)
+        front = tools.sortNondominated(population, len(population), first_front_only=True)[0]
+        return max(front, key=lambda g: (g.metrics.get("val_accuracy", 0.0), -g.density()))
+
+    def make_archive(self, size: int = 10) -> tools.HallOfFame:
+        same = lambda a, b: a.id == b.id  # noqa: E731
+        return tools.HallOfFame(size, similar=same) if self.cfg.mode == "weighted" else tools.ParetoFront(same)

@@ -1,0 +1,143 @@
+"""The mask genome: one boolean mask per maskable tensor, the weights it inherited, its lineage.
+
+Invariant: for every masked tensor, `weights[name] == weights[name] * masks[name]`; an
+inactive connection holds exactly zero, so a genome's state_dict can be exported as it is.
+Weights are numpy float32 (not tensors) so a genome crosses process boundaries as plain
+data and is saved without pickle.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .models import LayerInfo
+
+
+@dataclass
+class Genome:
+    id: int
+    masks: dict[str, np.ndarray]      # maskable parameter name -> bool array
+    weights: dict[str, np.ndarray]    # every parameter and buffer of the model -> float32
+    parents: tuple[int, ...] = ()
+    born: int = 0                      # generation of birth
+    operator: str = "init"
+    metrics: dict[str, Any] = field(default_factory=dict)  # last evaluation (TrainResult fields)
+    fitness: Any = None                # a deap.base.Fitness, attached by the driver
+
+    # --------------------------------------------------------------------- counting
+    def active(self, name: str) -> int:
+        return int(self.masks[name].sum())
+
+    def density(self) -> float:
+        """Active fraction of the maskable weights (the quantity sparsity.density targets)."""
+        total = sum(m.size for m in self.masks.values())
+        return sum(int(m.sum()) for m in self.masks.values()) / total
+
+    def layer_density(self) -> dict[str, float]:
+        return {name: float(m.mean()) for name, m in self.masks.items()}
+
+    def active_params(self) -> int:
+        """Parameters that can be non-zero: active masked entries plus every unmasked tensor."""
+        dense = sum(w.size for name, w in self.weights.items() if name not in self.masks)
+        return dense + sum(int(m.sum()) for m in self.masks.values())
+
+    def flops(self, info: dict[str, LayerInfo]) -> int:
+        """Forward FLOPs per sample of the masked layers (a multiply-add counts as 2)."""
+        return sum(2 * int(m.sum()) * info[name].positions for name, m in self.masks.items())
+
+    # --------------------------------------------------------------------- storage
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {f"mask/{k}": v for k, v in self.masks.items()}
+        arrays.update({f"weight/{k}": v for k, v in self.weights.items()})
+        return arrays
+
+    def meta(self) -> dict[str, Any]:
+        values = list(self.fitness.values) if self.fitness is not None and self.fitness.valid else None
+        return {"id": self.id, "parents": list(self.parents), "born": self.born,
+                "operator": self.operator, "metrics": self.metrics, "fitness": values}
+
+    @classmethod
+    def from_arrays(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "Genome":
+        masks = {k[5:]: v.astype(bool) for k, v in arrays.items() if k.startswith("mask/")}
+        weights = {k[7:]: v for k, v in arrays.items() if k.startswith("weight/")}
+        return cls(id=int(meta["id"]), masks=masks, weights=weights,
+                   parents=tuple(meta["parents"]), born=int(meta["born"]),
+                   operator=meta["operator"], metrics=dict(meta["metrics"]))
+
+
+# ------------------------------------------------------------------------- initialising
+
+def layer_densities(info: dict[str, LayerInfo], names: list[str], density: float,
+                    rule: str) -> dict[str, float]:
+    """Per-layer densities whose active counts add up to `density` of all maskable weights.
+
+    "erdos_renyi" is the ERK rule of SET/RigL: density of a layer proportional to
+    sum(shape) / prod(shape) (epsilon chosen to meet the global target), so small layers stay
+    denser. Layers that would exceed 1 are made dense and epsilon re-solved for the rest.
+    """
+    if rule == "uniform":
+        return {n: density for n in names}
+    sizes = {n: info[n].size for n in names}
+    raw = {n: sum(info[n].shape) / info[n].size for n in names}
+    budget = density * sum(sizes.values())
+    dense: set[str] = set()
+    while True:
+        free = [n for n in names if n not in dense]
+        remaining = budget - sum(sizes[n] for n in dense)
+        eps = remaining / sum(raw[n] * sizes[n] for n in free)
+        saturated = {n for n in free if eps * raw[n] > 1.0}
+        if not saturated:
+            out = {n: 1.0 for n in dense}
+            out.update({n: eps * raw[n] for n in free})
+            return out
+        dense |= saturated
+
+
+def target_counts(info: dict[str, LayerInfo], names: list[str], density: float,
+                  rule: str) -> dict[str, int]:
+    dens = layer_densities(info, names, density, rule)
+    return {n: max(1, min(info[n].size, int(round(dens[n] * info[n].size)))) for n in names}
+
+
+def init_bound(info: LayerInfo, density: float, kind: str) -> float:
+    """Uniform init bound that keeps activation variance for a layer at `density`.
+
+    A sparse neuron has density * fan_in inputs, so the dense bound is widened accordingly
+    (as in sparse-aware Kaiming/Xavier init); otherwise sparse nets start with vanishing signal.
+    """
+    fan_in = max(1.0, density * info.fan_in)
+    fan_out = max(1.0, density * info.fan_out)
+    if kind == "xavier_uniform":
+        return math.sqrt(6.0 / (fan_in + fan_out))
+    return math.sqrt(6.0 / fan_in)  # kaiming_uniform, ReLU gain
+
+
+def fresh_weights(n: int, bound: float, rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(-bound, bound, size=n).astype(np.float32)
+
+
+def random_genome(gid: int, template: dict[str, np.ndarray], info: dict[str, LayerInfo],
+                  counts: dict[str, int], init: str, rng: np.random.Generator) -> Genome:
+    """A genome with `counts[name]` active connections per masked tensor at random positions.
+
+    `template` gives the names and shapes of all model tensors; unmasked weights get the
+    same init at density 1, biases start at zero.
+    """
+    masks, weights = {}, {}
+    for name, like in template.items():
+        if name in counts:
+            flat = np.zeros(like.size, dtype=bool)
+            flat[rng.choice(like.size, size=counts[name], replace=False)] = True
+            masks[name] = flat.reshape(like.shape)
+            w = np.zeros(like.size, dtype=np.float32)
+            w[flat] = fresh_weights(counts[name], init_bound(info[name], counts[name] / like.size, init), rng)
+            weights[name] = w.reshape(like.shape)
+        elif name in info and name.endswith("weight"):
+            weights[name] = fresh_weights(like.size, init_bound(info[name], 1.0, init), rng).reshape(like.shape)
+        else:
+            weights[name] = np.zeros(like.shape, dtype=np.float32)
+    return Genome(id=gid, masks=masks, weights=weights)

@@ -1,0 +1,187 @@
+"""Variation operators on mask genomes, registered in a DEAP toolbox.
+
+All operators are pure: they return new genomes and never modify their parents, and every
+random choice comes from the numpy Generator passed in (derived from the run seed and the
+generation), never from Python's global `random`.
+
+Density: each operator ends with `repair`, which brings every layer back to its target
+count of active connections (the parents' mean count). Surplus connections are removed by
+smallest |w| (the least useful, as in SET); missing ones are grown at random with a fresh
+initialisation. Inherited connections keep their parent's exact trained weight.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from deap import base
+
+from .config import Experiment
+from .genome import Genome, fresh_weights, init_bound
+from .models import LayerInfo
+
+Operator = Callable[..., Genome]
+
+
+class Variation:
+    """What operators need to know about the model: layer shapes, init, and biases per layer."""
+
+    def __init__(self, info: dict[str, LayerInfo], init: str):
+        self.info = info
+        self.init = init
+
+    def bound(self, name: str, count: int) -> float:
+        return init_bound(self.info[name], count / self.info[name].size, self.init)
+
+    # ------------------------------------------------------------------ density repair
+    def repair(self, child: Genome, targets: dict[str, int], rng: np.random.Generator) -> Genome:
+        for name, target in targets.items():
+            mask, w = child.masks[name].reshape(-1), child.weights[name].reshape(-1)
+            count = int(mask.sum())
+            if count > target:
+                active = np.flatnonzero(mask)
+                drop = active[np.argsort(np.abs(w[active]), kind="stable")[: count - target]]
+                mask[drop] = False
+                w[drop] = 0.0
+            elif count < target:
+                self.grow(name, mask, w, target - count, rng)
+        return child
+
+    def grow(self, name: str, mask: np.ndarray, w: np.ndarray, n: int,
+             rng: np.random.Generator, exclude: np.ndarray | None = None) -> None:
+        """Activate `n` random inactive positions of a flat mask, with fresh weights."""
+        candidates = np.flatnonzero(~mask if exclude is None else ~(mask | exclude))
+        if len(candidates) < n:  # nothing else free: allow re-growing the excluded positions
+            candidates = np.flatnonzero(~mask)
+        new = rng.choice(candidates, size=min(n, len(candidates)), replace=False)
+        mask[new] = True
+        w[new] = fresh_weights(len(new), self.bound(name, int(mask.sum())), rng)
+
+
+def _targets(a: Genome, b: Genome) -> dict[str, int]:
+    return {n: int(round((a.active(n) + b.active(n)) / 2)) for n in a.masks}
+
+
+def _child(gid: int, parents: tuple[Genome, ...], generation: int, operator: str,
+           masks: dict[str, np.ndarray], weights: dict[str, np.ndarray]) -> Genome:
+    return Genome(id=gid, masks=masks, weights=weights, parents=tuple(p.id for p in parents),
+                  born=generation, operator=operator)
+
+
+def _bias_of(name: str, weights: dict[str, np.ndarray]) -> str | None:
+    bias = name[: -len("weight")] + "bias"
+    return bias if name.endswith("weight") and bias in weights else None
+
+
+# ------------------------------------------------------------------------ crossovers
+
+def cx_neuron(var: Variation, a: Genome, b: Genome, ids: tuple[int, int], generation: int,
+              rng: np.random.Generator) -> tuple[Genome, Genome]:
+    """Neuron-wise: each output neuron (row of a masked tensor, with its bias) comes whole from
+    one parent; the second child takes the other parent's row."""
+    ca_m, ca_w = _copy(a)
+    cb_m, cb_w = _copy(b)
+    for name in a.masks:
+        rows = rng.random(a.masks[name].shape[0]) < 0.5  # rows the first child takes from b
+        ca_m[name][rows], cb_m[name][rows] = b.masks[name][rows], a.masks[name][rows]
+        ca_w[name][rows], cb_w[name][rows] = b.weights[name][rows], a.weights[name][rows]
+        bias = _bias_of(name, a.weights)
+        if bias and bias not in a.masks:
+            ca_w[bias][rows], cb_w[bias][rows] = b.weights[bias][rows], a.weights[bias][rows]
+    return _finish(var, a, b, ids, generation, "cx_neuron", (ca_m, ca_w), (cb_m, cb_w), rng)
+
+
+def cx_connection(var: Variation, a: Genome, b: Genome, ids: tuple[int, int], generation: int,
+                  rng: np.random.Generator) -> tuple[Genome, Genome]:
+    """Connection-wise uniform: each position (mask bit with its weight) from either parent."""
+    ca_m, ca_w = _copy(a)
+    cb_m, cb_w = _copy(b)
+    for name in a.masks:
+        pick = rng.random(a.masks[name].shape) < 0.5  # positions the first child takes from b
+        ca_m[name][pick], cb_m[name][pick] = b.masks[name][pick], a.masks[name][pick]
+        ca_w[name][pick], cb_w[name][pick] = b.weights[name][pick], a.weights[name][pick]
+    return _finish(var, a, b, ids, generation, "cx_connection", (ca_m, ca_w), (cb_m, cb_w), rng)
+
+
+def cx_layer(var: Variation, a: Genome, b: Genome, ids: tuple[int, int], generation: int,
+             rng: np.random.Generator) -> tuple[Genome, Genome]:
+    """Layer-wise: each masked tensor (with its bias) comes whole from one parent."""
+    ca_m, ca_w = _copy(a)
+    cb_m, cb_w = _copy(b)
+    for name in a.masks:
+        if rng.random() < 0.5:
+            ca_m[name], cb_m[name] = b.masks[name].copy(), a.masks[name].copy()
+            for key in filter(None, (name, _bias_of(name, a.weights))):
+                ca_w[key], cb_w[key] = b.weights[key].copy(), a.weights[key].copy()
+    return _finish(var, a, b, ids, generation, "cx_layer", (ca_m, ca_w), (cb_m, cb_w), rng)
+
+
+def _copy(g: Genome) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    return ({k: v.copy() for k, v in g.masks.items()}, {k: v.copy() for k, v in g.weights.items()})
+
+
+def _finish(var, a, b, ids, generation, op, first, second, rng):
+    targets = _targets(a, b)
+    return tuple(var.repair(_child(gid, (a, b), generation, op, m, w), targets, rng)
+                 for gid, (m, w) in zip(ids, (first, second)))
+
+
+# ------------------------------------------------------------------------- mutations
+
+def mut_set(var: Variation, g: Genome, gid: int, generation: int, rng: np.random.Generator,
+            fraction: float) -> Genome:
+    """SET (Mocanu et al. 2018): per layer, prune the `fraction` of active connections with the
+    smallest |w| and regrow as many at random positions that were not just pruned."""
+    masks, weights = _copy(g)
+    for name in masks:
+        mask, w = masks[name].reshape(-1), weights[name].reshape(-1)
+        active = np.flatnonzero(mask)
+        n = int(round(fraction * len(active)))
+        if n == 0:
+            continue
+        drop = active[np.argsort(np.abs(w[active]), kind="stable")[:n]]
+        pruned = np.zeros_like(mask)
+        pruned[drop] = True
+        mask[drop] = False
+        w[drop] = 0.0
+        var.grow(name, mask, w, n, rng, exclude=pruned)
+    return _child(gid, (g,), generation, "mut_set", masks, weights)
+
+
+def mut_rewire(var: Variation, g: Genome, gid: int, generation: int, rng: np.random.Generator,
+               fraction: float) -> Genome:
+    """Random rewiring: per layer, move a random `fraction` of active connections elsewhere."""
+    masks, weights = _copy(g)
+    for name in masks:
+        mask, w = masks[name].reshape(-1), weights[name].reshape(-1)
+        active = np.flatnonzero(mask)
+        n = int(round(fraction * len(active)))
+        if n == 0:
+            continue
+        drop = rng.choice(active, size=n, replace=False)
+        moved = np.zeros_like(mask)
+        moved[drop] = True
+        mask[drop] = False
+        w[drop] = 0.0
+        var.grow(name, mask, w, n, rng, exclude=moved)
+    return _child(gid, (g,), generation, "mut_rewire", masks, weights)
+
+
+CROSSOVERS = {"neuron": cx_neuron, "connection": cx_connection, "layer": cx_layer}
+
+
+def make_toolbox(exp: Experiment, info: dict[str, LayerInfo]) -> base.Toolbox:
+    """The DEAP toolbox of this experiment: `mate(a, b, ids, generation, rng)` and one
+    `mutate_<name>(g, gid, generation, rng)` per configured mutation."""
+    var = Variation(info, exp.training.init)
+    ev = exp.evolution
+    toolbox = base.Toolbox()
+    if ev.crossover != "none":
+        toolbox.register("mate", CROSSOVERS[ev.crossover], var)
+    fractions = {"set": ev.prune_fraction, "rewire": ev.rewire_fraction}
+    functions = {"set": mut_set, "rewire": mut_rewire}
+    for name in ev.mutations:
+        toolbox.register(f"mutate_{name}", functions[name], var, fraction=fractions[name])
+    toolbox.mutations = list(ev.mutations)
+    return toolbox

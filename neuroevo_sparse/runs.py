@@ -1,0 +1,74 @@
+"""Starting and resuming runs: data, evaluator, run directory and loop put together."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from . import data
+from .config import RESUME_SAFE_KEYS, ConfigError, Experiment, diff, to_toml
+from .evaluators import make as make_evaluator
+from .evolution import Evolution, State
+from .jobs import TrainSpec
+from .store import RunDir
+
+log = logging.getLogger("neuroevo_sparse")
+
+
+def start(exp: Experiment, run_dir: str | Path | None = None,
+          should_stop: Callable[[], bool] = lambda: False) -> tuple[RunDir, State]:
+    """Run an experiment from generation 0 in a new run directory."""
+    splits = data.load(exp.data, exp.experiment.seed)  # before the run dir: a missing dataset leaves nothing
+    run = RunDir.create(exp, run_dir)
+    log.info("run directory: %s", run.path)
+    log.info("data: %s %s", exp.data.dataset, splits.summary())
+    return run, _execute(exp, run, splits, None, should_stop)
+
+
+def resume(run_path: str | Path, overrides: list[str] | None = None, generations: int | None = None,
+           should_stop: Callable[[], bool] = lambda: False) -> tuple[RunDir, State]:
+    """Continue a run from its newest valid checkpoint, as if it had never stopped.
+
+    Overrides may change only keys that cannot change what is computed (RESUME_SAFE_KEYS);
+    anything else is refused with the list of changed keys.
+    """
+    run = RunDir(run_path)
+    if not run.config_path.is_file():
+        raise FileNotFoundError(f"{run.path} is not a run directory (no config.toml)")
+    original = run.config()
+    exp = run.config(overrides)
+    if generations is not None:
+        exp = replace(exp, evolution=replace(exp.evolution, generations=generations))
+    changed = {k: v for k, v in diff(original, exp).items() if k not in RESUME_SAFE_KEYS}
+    if changed:
+        lines = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()]
+        raise ConfigError(lines + [f"only these keys may change on resume: {', '.join(sorted(RESUME_SAFE_KEYS))}"],
+                          source=f"resuming {run.path}")
+    loaded = run.load_checkpoint()
+    for why in loaded.skipped:
+        log.warning("checkpoint %s is damaged and was skipped: using an older one", why)
+    if loaded.state["config_hash"] != original.hash():
+        raise ConfigError([f"config.toml of {run.path} does not match the checkpoint's config hash "
+                           f"({original.hash()} != {loaded.state['config_hash']}): it was edited by hand"],
+                          source=str(run.config_path))
+    if exp != original:
+        run.config_path.write_text(to_toml(exp))
+    splits = data.load(exp.data, exp.experiment.seed)
+    dropped = run.drop_history_after(loaded.state["generation"])
+    log.info("resuming %s from %s%s", run.path, loaded.path.name,
+             f" (history of {len(dropped)} later generation(s) replaced)" if dropped else "")
+    return run, _execute(exp, run, splits, loaded, should_stop)
+
+
+def _execute(exp, run, splits, loaded, should_stop) -> State:
+    spec = TrainSpec.of(exp, splits.input_shape, splits.num_classes)
+    evaluator = make_evaluator(exp, spec, splits)
+    try:
+        evo = Evolution(exp, splits, evaluator, run, should_stop)
+        state = evo.restore(loaded.state, loaded.arrays) if loaded else None
+        return evo.run(state)
+    finally:
+        evaluator.close()
+

@@ -1,0 +1,101 @@
+"""The run directory: everything a run leaves on disk, and nothing else writes there.
+
+    RUN_DIR/config.toml          the resolved experiment, exactly what ran
+    RUN_DIR/history/             one parquet part per generation (see history.py)
+    RUN_DIR/checkpoints/         atomic checkpoints (see checkpoint.py)
+    RUN_DIR/best/                the best individual: model.pt (plain state_dict, masks applied),
+                                 masks.npz and metrics.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import Experiment, load as load_config, to_toml
+from . import checkpoint, history
+
+
+class RunDirExists(FileExistsError):
+    pass
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.history = self.path / "history"
+        self.checkpoints = self.path / "checkpoints"
+        self.best = self.path / "best"
+        self.config_path = self.path / "config.toml"
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @classmethod
+    def create(cls, exp: Experiment, path: str | Path | None = None) -> "RunDir":
+        """A new run directory; refuses one that already holds a run (resume it instead)."""
+        if path is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            base = Path(exp.output.root) / exp.experiment.name / f"{stamp}-seed{exp.experiment.seed}"
+            path, n = base, 1
+            while path.exists():  # two runs started in the same second
+                n += 1
+                path = base.with_name(f"{base.name}-{n}")
+        run = cls(path)
+        if run.config_path.exists() or run.checkpoints.exists():
+            raise RunDirExists(f"{run.path} already holds a run; continue it with "
+                               f"`neuroevo resume {run.path}` or choose another --run-dir")
+        run.path.mkdir(parents=True, exist_ok=True)
+        _write_text(run.config_path, to_toml(exp))
+        return run
+
+    def config(self, overrides: list[str] | None = None) -> Experiment:
+        return load_config(self.config_path, overrides)
+
+    # ------------------------------------------------------------------ history
+    def write_history(self, generation: int, rows: list[dict[str, Any]]) -> Path:
+        return history.write_part(self.history, generation, rows)
+
+    def drop_history_after(self, generation: int) -> list[Path]:
+        return history.drop_parts_after(self.history, generation) if self.history.exists() else []
+
+    def read_history(self):
+        import pandas as pd
+        return pd.read_parquet(self.history)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, generation: int, state: dict[str, Any], arrays: dict[str, np.ndarray],
+                        keep: int) -> Path:
+        return checkpoint.save(self.checkpoints, generation, state, arrays, keep)
+
+    def load_checkpoint(self) -> checkpoint.Loaded:
+        return checkpoint.load_latest(self.checkpoints)
+
+    # ------------------------------------------------------------------ best model
+    def save_model(self, out_dir: Path, weights: dict[str, np.ndarray], masks: dict[str, np.ndarray],
+                   metrics: dict[str, Any]) -> Path:
+        """A plain torch state_dict (masks already applied), masks and metrics, loadable with
+        `torch.load(path, weights_only=True)` and no code from this package."""
+        import torch
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / f".model.pt.tmp-{os.getpid()}"
+        torch.save({k: torch.from_numpy(np.array(v)) for k, v in weights.items()}, tmp)
+        os.replace(tmp, out_dir / "model.pt")
+        tmp = out_dir / f".masks.npz.tmp-{os.getpid()}.npz"
+        np.savez(tmp, **masks)
+        os.replace(tmp, out_dir / "masks.npz")
+        _write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=float))
+        return out_dir
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

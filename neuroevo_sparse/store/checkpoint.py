@@ -1,0 +1,143 @@
+"""Atomic, checksummed checkpoints made of JSON and .npz: loading one never runs code.
+
+Layout of RUN_DIR/checkpoints/:
+    gen-000005/state.json     plain JSON (generation, counters, lineage, fitness, config hash)
+    gen-000005/arrays.npz     masks and weights, read with allow_pickle=False
+    gen-000005/MANIFEST.json  sha256 of the two files above, written last
+    LATEST                    name of the newest complete checkpoint
+
+A checkpoint is built in a hidden temporary directory and renamed into place, then LATEST
+is replaced; a kill at any moment leaves the previous checkpoint intact and named. On
+load, a checkpoint whose files are missing, truncated or do not match their checksums is
+reported and the next older one is tried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = 1
+FILES = ("state.json", "arrays.npz")
+
+
+class NoValidCheckpoint(RuntimeError):
+    pass
+
+
+@dataclass
+class Loaded:
+    path: Path
+    state: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    skipped: list[str]  # "<dir>: <why>" for each newer checkpoint that could not be used
+
+
+def name(generation: int) -> str:
+    return f"gen-{generation:06d}"
+
+
+def save(ckpt_dir: Path, generation: int, state: dict[str, Any], arrays: dict[str, np.ndarray],
+         keep: int) -> Path:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / name(generation)
+    tmp = ckpt_dir / f".tmp-{name(generation)}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    (tmp / "state.json").write_text(json.dumps({"format": FORMAT, **state}, indent=1))
+    np.savez(tmp / "arrays.npz", **arrays)
+    manifest = {"format": FORMAT, "files": {f: _sha256(tmp / f) for f in FILES}}
+    for f in FILES:
+        _fsync(tmp / f)
+    (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
+    _fsync(tmp / "MANIFEST.json")
+    if final.exists():  # re-checkpointing a generation (after a resume): replace it whole
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _write_atomic(ckpt_dir / "LATEST", final.name + "\n")
+    _fsync_dir(ckpt_dir)
+    _prune(ckpt_dir, keep)
+    return final
+
+
+def load_latest(ckpt_dir: Path) -> Loaded:
+    """The newest valid checkpoint; newer ones that are damaged are listed in `skipped`."""
+    # Newest first by name, not by LATEST alone: a checkpoint renamed into place just before
+    # a kill (LATEST not yet updated) is complete and verified, so it is the one to use.
+    candidates = sorted((p for p in ckpt_dir.glob("gen-*") if p.is_dir()), reverse=True)
+    skipped = []
+    for path in candidates:
+        try:
+            state, arrays = read(path)
+        except (OSError, ValueError, KeyError) as e:
+            skipped.append(f"{path.name}: {e}")
+            continue
+        return Loaded(path, state, arrays, skipped)
+    where = "; ".join(skipped) if skipped else "there are none"
+    raise NoValidCheckpoint(f"no valid checkpoint in {ckpt_dir} ({where})")
+
+
+def read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Verify and read one checkpoint directory. Raises ValueError naming what is wrong."""
+    manifest_path = path / "MANIFEST.json"
+    if not manifest_path.is_file():
+        raise ValueError("no MANIFEST.json (checkpoint incomplete)")
+    manifest = json.loads(manifest_path.read_text())
+    for f in FILES:
+        if not (path / f).is_file():
+            raise ValueError(f"{f} is missing")
+        digest = _sha256(path / f)
+        if digest != manifest["files"].get(f):
+            raise ValueError(f"{f} does not match its checksum (truncated or modified)")
+    state = json.loads((path / "state.json").read_text())
+    if state.get("format") != FORMAT:
+        raise ValueError(f"format {state.get('format')} is not {FORMAT}")
+    # allow_pickle=False: an object array (the only way a pickle hides in .npz) is refused.
+    with np.load(path / "arrays.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    return state, arrays
+
+
+def _prune(ckpt_dir: Path, keep: int) -> None:
+    complete = sorted(p for p in ckpt_dir.glob("gen-*") if p.is_dir())
+    for old in complete[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for tmp in ckpt_dir.glob(".tmp-*"):
+        if not tmp.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    _fsync(tmp)
+    os.replace(tmp, path)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

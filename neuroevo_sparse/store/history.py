@@ -1,0 +1,57 @@
+"""History parts: one parquet file per generation under RUN_DIR/history/.
+
+Parts are written to a temporary name and renamed, so a reader (or a resume) never sees a
+half-written part; `pandas.read_parquet(RUN_DIR / "history")` reads them all as one table.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# Columns every run has; per-layer densities follow as "density.<tensor name>" float columns.
+FIXED = [
+    ("run_id", pa.string()), ("generation", pa.int64()), ("individual_id", pa.int64()),
+    ("parent_ids", pa.list_(pa.int64())), ("operator", pa.string()), ("born", pa.int64()),
+    ("seed", pa.int64()), ("evaluated", pa.bool_()), ("selected", pa.bool_()),
+    ("status", pa.string()), ("error", pa.string()),
+    ("train_loss", pa.float64()), ("val_loss", pa.float64()), ("val_accuracy", pa.float64()),
+    ("test_accuracy", pa.float64()), ("active_params", pa.int64()), ("density", pa.float64()),
+    ("flops", pa.int64()), ("fitness", pa.list_(pa.float64())), ("steps", pa.int64()),
+    ("train_seconds", pa.float64()), ("worker", pa.string()),
+]
+
+# Columns that vary between identical runs (timing, placement); everything else must not.
+NONDETERMINISTIC = ("train_seconds", "worker")
+
+
+def part_path(history_dir: Path, generation: int) -> Path:
+    return history_dir / f"gen-{generation:06d}.parquet"
+
+
+def write_part(history_dir: Path, generation: int, rows: list[dict[str, Any]]) -> Path:
+    history_dir.mkdir(parents=True, exist_ok=True)
+    layer_cols = sorted({k for r in rows for k in r if k.startswith("density.")})
+    schema = pa.schema(FIXED + [(c, pa.float64()) for c in layer_cols])
+    table = pa.Table.from_pylist(rows, schema=schema)
+    path = part_path(history_dir, generation)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def drop_parts_after(history_dir: Path, generation: int) -> list[Path]:
+    """Remove parts of generations > `generation` (written after the checkpoint resumed from)."""
+    dropped = []
+    for p in sorted(history_dir.glob("gen-*.parquet")):
+        if int(p.stem.split("-")[1]) > generation:
+            p.unlink()
+            dropped.append(p)
+    for p in history_dir.glob(".gen-*.tmp-*"):
+        p.unlink()
+    return dropped

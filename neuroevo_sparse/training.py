@@ -1,0 +1,149 @@
+"""Brief masked training of one individual, then evaluation.
+
+The mask is enforced at every step: gradients of inactive connections are zeroed before the
+optimiser step (so no momentum builds up on them) and the weights are multiplied by the mask
+after it (so weight decay or numerical drift cannot revive them). The batch order comes from
+the job's own seed, never from a global generator.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+import warnings
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import models
+from .data import Splits
+from .jobs import TrainJob, TrainResult, TrainSpec
+
+
+class DeviceData:
+    """A dataset's splits as tensors on one device, built once per worker and reused."""
+
+    def __init__(self, splits: Splits, device: str = "cpu"):
+        def t(a: np.ndarray) -> torch.Tensor:
+            # Arrays from Ray's object store are read-only and shared: torch only reads them,
+            # so they are wrapped without a copy.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                return torch.as_tensor(a).to(device)
+        self.device = device
+        self.train = (t(splits.train_x), t(splits.train_y))
+        self.val = (t(splits.val_x), t(splits.val_y))
+        self.test = (t(splits.test_x), t(splits.test_y))
+
+
+def pick_device(gpus: float) -> str:
+    """The device a job that asked for `gpus` GPUs trains on: CUDA if asked and present."""
+    return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def build_model(spec: TrainSpec, weights: dict[str, np.ndarray], device: str) -> nn.Module:
+    model = models.build(spec.model, spec.input_shape, spec.num_classes)
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+    return model.to(device)
+
+
+def train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
+    """Train one individual; failures become a result with a status, never an exception."""
+    start = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(spec.torch_threads)
+    try:
+        result = _train(job, spec, data)
+    except Exception as e:  # a failing individual must not stop the generation
+        result = TrainResult(job.individual_id, job.weights, status="failed",
+                             error=f"{type(e).__name__}: {e}")
+    finally:
+        torch.set_num_threads(previous_threads)
+    result.train_seconds = time.perf_counter() - start
+    result.worker = f"{socket.gethostname()}:{os.getpid()}"
+    return result
+
+
+def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
+    cfg = spec.training
+    device = data.device
+    model = build_model(spec, job.weights, device)
+    params = dict(model.named_parameters())
+    masks = {k: torch.from_numpy(np.array(v)).to(device=device, dtype=params[k].dtype)
+             for k, v in job.masks.items()}
+    optimiser = _optimiser(cfg, model)
+    loss_fn = nn.CrossEntropyLoss()
+    x_train, y_train = data.train
+    n = len(y_train)
+    steps = cfg.steps or max(1, math.ceil(cfg.epochs * n / cfg.batch_size))
+
+    model.train()
+    total, done = 0.0, 0
+    deadline = None if spec.time_limit_s is None else time.perf_counter() + spec.time_limit_s
+    for idx in _batches(n, cfg.batch_size, steps, job.seed, device):
+        if deadline is not None and time.perf_counter() > deadline:
+            return TrainResult(job.individual_id, job.weights, status="failed", steps=done,
+                               error=f"timeout: {spec.time_limit_s}s (resources.job_timeout_s) "
+                                     f"passed after {done} of {steps} steps")
+        loss = loss_fn(model(x_train[idx]), y_train[idx])
+        if not torch.isfinite(loss):
+            return TrainResult(job.individual_id, job.weights, status="diverged", steps=done,
+                               error=f"loss became {loss.item()} at step {done + 1} of {steps}")
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            for name, m in masks.items():
+                params[name].grad.mul_(m)
+        optimiser.step()
+        with torch.no_grad():
+            for name, m in masks.items():
+                params[name].mul_(m)
+        total += loss.item()
+        done += 1
+
+    weights = {k: v.detach().cpu().numpy().astype(np.float32, copy=True)
+               for k, v in model.state_dict().items()}
+    if not all(np.isfinite(w).all() for w in weights.values()):
+        return TrainResult(job.individual_id, job.weights, status="diverged", steps=done,
+                           error="weights became non-finite during training")
+    val_loss, val_acc = evaluate(model, *data.val)
+    _, test_acc = evaluate(model, *data.test)
+    return TrainResult(job.individual_id, weights, train_loss=total / done, val_loss=val_loss,
+                       val_accuracy=val_acc, test_accuracy=test_acc, steps=done)
+
+
+def _optimiser(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _batches(n: int, batch_size: int, steps: int, seed: int, device: str) -> Iterator[torch.Tensor]:
+    """`steps` mini-batches of indices: epochs of seeded permutations, the last one partial."""
+    gen = torch.Generator().manual_seed(seed)
+    done = 0
+    while done < steps:
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n, batch_size):
+            if done == steps:
+                return
+            yield order[i: i + batch_size].to(device)
+            done += 1
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 2048) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over a whole split."""
+    model.eval()
+    loss, correct = 0.0, 0
+    for i in range(0, len(y), batch):
+        out = model(x[i: i + batch])
+        loss += nn.functional.cross_entropy(out, y[i: i + batch], reduction="sum").item()
+        correct += (out.argmax(1) == y[i: i + batch]).sum().item()
+    model.train()
+    return loss / len(y), correct / len(y)
