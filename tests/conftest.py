@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny real experiment (synthetic data, small MLP) that trains in seconds."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from neuroevo_sparse import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = """
+[experiment]
+name = "tiny"
+seed = 7
+
+[data]
+dataset = "synthetic"
+synthetic_samples = 400
+
+[model]
+hidden = [32, 16]
+
+[sparsity]
+density = 0.3
+
+[evolution]
+population = 4
+generations = 2
+mutations = ["set", "rewire"]
+
+[training]
+steps = 20
+batch_size = 32
+lr = 0.01
+
+[resources]
+backend = "local"
+
+[output]
+progress = "none"
+"""
+
+
+@pytest.fixture
+def tiny_toml(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture
+def tiny(tiny_toml: Path) -> config.Experiment:
+    return config.load(tiny_toml)
+
+
+def neuroevo_cmd() -> list[str]:
+    """The installed console script's entry point, run with this interpreter."""
+    return [sys.executable, "-m", "neuroevo_sparse.cli"]

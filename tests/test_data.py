@@ -1,0 +1,59 @@
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neuroevo_sparse import data
+from neuroevo_sparse.config import DataConfig
+
+FASHION = Path(data.DEFAULT_PATHS["fashion_mnist"])
+needs_fashion = pytest.mark.skipif(
+    not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
+
+
+@needs_fashion
+def test_real_fashion_mnist():
+    s = data.load(DataConfig(dataset="fashion_mnist", validation_fraction=0.1), seed=0)
+    assert (len(s.train_y), len(s.val_y), len(s.test_y)) == (54000, 6000, 10000)
+    assert s.input_shape == (1, 28, 28) and s.num_classes == 10
+    assert s.train_x.dtype == np.float32 and abs(float(s.train_x.mean())) < 1e-3
+    assert np.bincount(s.test_y).tolist() == [1000] * 10  # the official balanced test split
+
+
+def test_digits_splits_are_disjoint_and_seeded():
+    a = data.load(DataConfig(dataset="digits"), seed=0)
+    b = data.load(DataConfig(dataset="digits"), seed=0)
+    c = data.load(DataConfig(dataset="digits"), seed=1)
+    assert len(a.train_y) + len(a.val_y) + len(a.test_y) == 1797
+    assert np.array_equal(a.val_x, b.val_x) and not np.array_equal(a.val_x, c.val_x)
+    rows = lambda x: {r.tobytes() for r in x}  # noqa: E731
+    assert not rows(a.val_x) & rows(a.test_x)
+
+
+def test_train_fraction():
+    full = data.load(DataConfig(dataset="digits"), seed=0)
+    part = data.load(DataConfig(dataset="digits", train_fraction=0.25), seed=0)
+    assert len(part.train_y) == round(0.25 * len(full.train_y))
+    assert np.array_equal(part.val_y, full.val_y)  # validation unchanged
+
+
+def test_missing_dataset_says_where_and_how(tmp_path):
+    with pytest.raises(data.DatasetNotFound) as e:
+        data.load(DataConfig(dataset="fashion_mnist", path=str(tmp_path)), seed=0)
+    msg = str(e.value)
+    assert str(tmp_path) in msg and "train-images-idx3-ubyte" in msg
+    assert "apt-get install dataset-fashion-mnist" in msg
+
+
+def test_idx_reader_round_trip_and_truncation(tmp_path):
+    arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    header = bytes([0, 0, 0x08, 3]) + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+    good = tmp_path / "x-idx3-ubyte.gz"
+    good.write_bytes(gzip.compress(header + arr.tobytes()))
+    assert np.array_equal(data.read_idx(good), arr)
+    bad = tmp_path / "y-idx3-ubyte"
+    bad.write_bytes(header + arr.tobytes()[:-5])
+    with pytest.raises(ValueError, match="truncated"):
+        data.read_idx(bad)

@@ -1,0 +1,81 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from neuroevo_sparse import data, models
+from neuroevo_sparse.genome import random_genome, target_counts
+from neuroevo_sparse.jobs import TrainJob, TrainSpec
+from neuroevo_sparse.training import DeviceData, train
+
+
+def make(exp, density=0.3, **training):
+    exp = dataclasses.replace(exp, training=dataclasses.replace(exp.training, **training))
+    splits = data.load(exp.data, exp.experiment.seed)
+    model = models.build(exp.model, splits.input_shape, splits.num_classes)
+    info = models.layer_info(model, splits.input_shape)
+    names = models.maskable(model, exp.sparsity)
+    template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    g = random_genome(0, template, info, target_counts(info, names, density, "uniform"),
+                      "kaiming_uniform", np.random.default_rng(0))
+    spec = TrainSpec.of(exp, splits.input_shape, splits.num_classes)
+    return g, spec, DeviceData(splits)
+
+
+def job(g, seed=1):
+    return TrainJob(g.id, 0, seed, g.masks, g.weights)
+
+
+def test_mask_enforced_during_training(tiny):
+    # Adam with weight decay would move every weight if the mask were not enforced each step.
+    g, spec, d = make(tiny, steps=50, weight_decay=0.1, lr=0.05)
+    r = train(job(g), spec, d)
+    assert r.status == "ok", r.error
+    for name, m in g.masks.items():
+        assert np.all(r.weights[name][~m] == 0.0), name
+        assert not np.array_equal(r.weights[name][m], g.weights[name][m]), "active weights must train"
+
+
+def test_training_learns(tiny):
+    g, spec, d = make(tiny, steps=60, lr=0.01)
+    r = train(job(g), spec, d)
+    assert r.val_accuracy > 0.8 and r.test_accuracy is not None and r.steps == 60
+
+
+def test_same_job_same_result(tiny):
+    g, spec, d = make(tiny, steps=20)
+    a, b = train(job(g, seed=5), spec, d), train(job(g, seed=5), spec, d)
+    c = train(job(g, seed=6), spec, d)
+    assert all(np.array_equal(a.weights[k], b.weights[k]) for k in a.weights)
+    assert a.val_accuracy == b.val_accuracy and a.train_loss == b.train_loss
+    assert not all(np.array_equal(a.weights[k], c.weights[k]) for k in a.weights)
+
+
+def test_diverging_individual_is_reported_not_raised(tiny):
+    g, spec, d = make(tiny, steps=20)
+    name = next(iter(g.masks))
+    g.weights[name][g.masks[name]] = np.nan
+    r = train(job(g), spec, d)
+    assert r.status == "diverged" and "loss became nan at step 1" in r.error
+    assert r.weights is g.weights  # nothing written back from a diverged run
+
+
+def test_huge_learning_rate_diverges(tiny):
+    g, spec, d = make(tiny, steps=200, lr=1e12, optimizer="sgd", momentum=0.0)
+    r = train(job(g), spec, d)
+    assert r.status == "diverged", (r.status, r.train_loss)
+
+
+def test_time_limit(tiny):
+    g, spec, d = make(tiny, steps=10_000_000)
+    spec = dataclasses.replace(spec, time_limit_s=0.2)
+    r = train(job(g), spec, d)
+    assert r.status == "failed" and r.error.startswith("timeout")
+
+
+@pytest.mark.parametrize("steps,epochs", [(7, 1.0), (None, 0.5)])
+def test_step_budget(tiny, steps, epochs):
+    g, spec, d = make(tiny, steps=steps, epochs=epochs, batch_size=32)
+    r = train(job(g), spec, d)
+    expected = steps or int(np.ceil(0.5 * len(d.train[1]) / 32))
+    assert r.steps == expected
