@@ -50,9 +50,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="neuroevo", description=__doc__)
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p = argparse.ArgumentParser(prog="neuroevo", description=__doc__, parents=[common])
     sub = p.add_subparsers(required=True, metavar="COMMAND")
+    add = sub.add_parser
+    sub.add_parser = lambda *a, **k: add(*a, parents=[common], **k)  # -q after the command too
 
     run = sub.add_parser("run", help="run an experiment in a new run directory")
     run.add_argument("experiment", type=Path, help="experiment TOML file")
@@ -68,6 +71,23 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     res.add_argument("--address", help="Ray cluster to join")
     res.set_defaults(func=cmd_resume)
+
+    ins = sub.add_parser("inspect", help="print tables of a run: generations, top individuals, Pareto front")
+    ins.add_argument("run_dir", type=Path)
+    ins.add_argument("--top", type=int, default=10, help="how many top individuals (default 10)")
+    ins.add_argument("--json", action="store_true", help="one JSON object instead of tables")
+    ins.set_defaults(func=cmd_inspect)
+
+    plot = sub.add_parser("plot", help="write PNG figures of a run (default into RUN_DIR/plots)")
+    plot.add_argument("run_dir", type=Path)
+    plot.add_argument("--out", type=Path, help="directory for the PNGs")
+    plot.set_defaults(func=cmd_plot)
+
+    exp = sub.add_parser("export", help="write an individual as a plain torch state_dict + masks + metrics")
+    exp.add_argument("run_dir", type=Path)
+    exp.add_argument("--out", type=Path, help="output file (default RUN_DIR/export/individual-ID.pt)")
+    exp.add_argument("--id", type=int, dest="individual", help="individual id (default: the best)")
+    exp.set_defaults(func=cmd_export)
     return p
 
 
@@ -97,6 +117,46 @@ def cmd_resume(args) -> int:
     run, state = runs.resume(args.run_dir, args.overrides + _address_overrides(args), args.generations,
                              should_stop=stop)
     return _finished(run, state, run.config().evolution.generations, stop)
+
+
+def cmd_inspect(args) -> int:
+    import json
+
+    import pandas as pd
+
+    from . import report
+
+    history = report.load(args.run_dir)
+    tables = {"generations": report.generations(history).reset_index(),
+              "top": report.top(history, args.top), "pareto_front": report.pareto_front(history)}
+    if args.json:
+        print(json.dumps({k: json.loads(v.to_json(orient="records")) for k, v in tables.items()}, indent=1))
+        return 0
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 4):
+        for title, table in [("Generations (population after selection)", tables["generations"]),
+                             (f"Top {args.top} individuals", tables["top"]),
+                             ("Pareto front: validation accuracy vs active parameters", tables["pareto_front"])]:
+            print(f"== {title}\n{table.to_string(index=False)}\n")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from . import plots
+
+    for path in plots.all_figures(args.run_dir, args.out):
+        print(path)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export
+
+    try:
+        print(export(args.run_dir, args.out, args.individual))
+    except KeyError as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _finished(run, state, generations: int, stop: StopFlag) -> int:

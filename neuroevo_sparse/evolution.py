@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__, models, seeds
+from . import __version__, faults, models, seeds
 from .config import Experiment
 from .data import Splits
 from .evaluators import Evaluator
@@ -53,6 +53,7 @@ class Evolution:
         self.evaluator = evaluator
         self.run_dir = run
         self.should_stop = should_stop
+        self.input_shape, self.num_classes = splits.input_shape, splits.num_classes
         model = models.build(exp.model, splits.input_shape, splits.num_classes)
         self.info = models.layer_info(model, splits.input_shape)
         self.maskable = models.maskable(model, exp.sparsity, exp.model.mask_biases)
@@ -133,7 +134,8 @@ class Evolution:
         for i in range(0, len(parents), 2):
             a, b = parents[i], parents[i + 1]
             ids = (next_id + i, next_id + i + 1)
-            crossed = hasattr(tb, "mate") and rng.random() < ev.crossover_prob
+            # Drawn even when a is b, so that the stream of draws does not depend on who was picked.
+            crossed = hasattr(tb, "mate") and rng.random() < ev.crossover_prob and a.id != b.id
             pair = tb.mate(a, b, ids, g, rng) if crossed else (a, b)
             for gid, child in zip(ids, pair):
                 if tb.mutations and (not crossed or rng.random() < ev.mutation_prob):
@@ -150,7 +152,11 @@ class Evolution:
         """Train on the evaluator, write the results back (Lamarckian), assign fitness."""
         jobs = [TrainJob(g.id, generation, seeds.derive(self.seed, "train", generation, g.id),
                          g.masks, g.weights) for g in genomes]
-        results = self.evaluator.evaluate(jobs, on_result=progress.job_done)
+        def on_result(result) -> None:
+            progress.job_done(result)
+            faults.point("mid-generation", generation)
+
+        results = self.evaluator.evaluate(jobs, on_result=on_result)
         for g, job, r in zip(genomes, jobs, results):
             if self.exp.evolution.inheritance == "lamarckian":
                 g.weights = r.weights
@@ -163,6 +169,7 @@ class Evolution:
         chosen = {s.id for s in survivors}
         rows = [self._row(ind, g, ind.id in chosen) for ind in parents + offspring]
         self.run_dir.write_history(g, rows)
+        faults.point("history-written", g)
         best = self.objectives.best(survivors)
         progress.generation_done({"fitness": list(best.fitness.values), **best.metrics,
                                   "density": best.density()},
@@ -206,6 +213,7 @@ class Evolution:
             "population": [g.id for g in state.population], "archive": [g.id for g in state.archive],
             "genomes": [g.meta() for g in genomes.values()],
             "config_hash": self.exp.hash(), "seed": self.seed,
+            "input_shape": list(self.input_shape), "num_classes": self.num_classes,
             # Every random draw is derived from (seed, purpose, generation, id): the RNG state
             # of the next generation is fully given by the seed and the generation counter.
             "rng": {"scheme": "derived", "seed": self.seed, "next_generation": state.generation + 1},

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from .. import faults
+
 FORMAT = 1
 FILES = ("state.json", "arrays.npz")
 
@@ -57,11 +59,13 @@ def save(ckpt_dir: Path, generation: int, state: dict[str, Any], arrays: dict[st
     manifest = {"format": FORMAT, "files": {f: _sha256(tmp / f) for f in FILES}}
     for f in FILES:
         _fsync(tmp / f)
+    faults.point("checkpoint-files", generation)
     (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
     _fsync(tmp / "MANIFEST.json")
     if final.exists():  # re-checkpointing a generation (after a resume): replace it whole
         shutil.rmtree(final)
     os.rename(tmp, final)
+    faults.point("checkpoint-renamed", generation)
     _write_atomic(ckpt_dir / "LATEST", final.name + "\n")
     _fsync_dir(ckpt_dir)
     _prune(ckpt_dir, keep)

@@ -1,0 +1,93 @@
+"""Tables computed from a run's history: what `neuroevo inspect` prints and `plot` draws.
+
+Everything here reads the parquet history only (no checkpoint, no torch), so it works on a
+run that is still going, or one copied off a cluster without its checkpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def load(run_dir: str | Path) -> pd.DataFrame:
+    path = Path(run_dir) / "history"
+    if not path.is_dir() or not any(path.glob("gen-*.parquet")):
+        raise FileNotFoundError(f"{run_dir} has no history (expected {path}/gen-*.parquet)")
+    return pd.read_parquet(path)
+
+
+def population(history: pd.DataFrame) -> pd.DataFrame:
+    """The population after each generation: the rows that were selected."""
+    return history[history.selected]
+
+
+def evaluations(history: pd.DataFrame) -> pd.DataFrame:
+    """One row per training of an individual (its metrics when it was evaluated)."""
+    return history[history.evaluated]
+
+
+def generations(history: pd.DataFrame) -> pd.DataFrame:
+    """Per generation: fitness (first value) best / mean / worst over the population, mean
+    density, and the best validation and test accuracy in the population."""
+    pop = population(history).assign(f0=lambda d: d.fitness.map(lambda v: v[0]))
+    grouped = pop.groupby("generation")
+    out = pd.DataFrame({
+        "evaluated": evaluations(history).groupby("generation").size(),
+        "best_fitness": grouped.f0.max(), "mean_fitness": grouped.f0.mean(), "worst_fitness": grouped.f0.min(),
+        "mean_density": grouped.density.mean(), "best_val_acc": grouped.val_accuracy.max(),
+        "best_test_acc": grouped.test_accuracy.max(),
+        "failed": evaluations(history).assign(bad=lambda d: d.status != "ok").groupby("generation").bad.sum(),
+    })
+    return out.fillna({"evaluated": 0, "failed": 0}).astype({"evaluated": int, "failed": int})
+
+
+def top(history: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """The `n` best individuals ever evaluated (by fitness, first value), latest record each."""
+    ev = evaluations(history).drop_duplicates("individual_id", keep="last")
+    ev = ev.assign(f0=ev.fitness.map(lambda v: v[0])).sort_values(["f0", "val_accuracy"], ascending=False)
+    cols = ["individual_id", "generation", "born", "operator", "parent_ids", "fitness", "val_accuracy",
+            "test_accuracy", "density", "active_params", "flops"]
+    return ev[cols].head(n).reset_index(drop=True)
+
+
+def pareto_front(history: pd.DataFrame, x: str = "active_params", y: str = "val_accuracy") -> pd.DataFrame:
+    """Individuals not dominated in (min `x`, max `y`) among all evaluated, sorted by `x`."""
+    ev = evaluations(history)
+    ev = ev[ev.status == "ok"].drop_duplicates("individual_id", keep="last")
+    ev = ev.sort_values([x, y], ascending=[True, False])
+    best, keep = -np.inf, []
+    for i, v in zip(ev.index, ev[y]):
+        if v > best:
+            keep.append(i)
+            best = v
+    cols = ["individual_id", "born", x, y, "test_accuracy", "density", "operator"]
+    return ev.loc[keep, list(dict.fromkeys(cols))].reset_index(drop=True)
+
+
+def lineage(history: pd.DataFrame, individual_id: int, depth: int = 12) -> pd.DataFrame:
+    """Ancestors of an individual up to `depth` generations back, one row each."""
+    rows = history.drop_duplicates("individual_id", keep="first").set_index("individual_id")
+    seen, frontier, out = set(), [individual_id], []
+    while frontier:
+        gid = frontier.pop()
+        if gid in seen or gid not in rows.index:
+            continue
+        seen.add(gid)
+        r = rows.loc[gid]
+        out.append({"individual_id": gid, "born": int(r.born), "operator": r.operator,
+                    "parent_ids": list(r.parent_ids), "val_accuracy": _first_eval(history, gid)})
+        if rows.loc[individual_id].born - r.born < depth:
+            frontier.extend(int(p) for p in r.parent_ids)
+    return pd.DataFrame(out).sort_values(["born", "individual_id"]).reset_index(drop=True)
+
+
+def _first_eval(history: pd.DataFrame, gid: int) -> float:
+    ev = history[(history.individual_id == gid) & history.evaluated]
+    return float(ev.val_accuracy.iloc[0]) if len(ev) else float("nan")
+
+
+def best_id(history: pd.DataFrame) -> int:
+    return int(top(history, 1).individual_id.iloc[0])

@@ -1,0 +1,172 @@
+"""Kill a run anywhere, resume it, and get the run that never stopped."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import neuroevo_cmd
+from neuroevo_sparse.store import checkpoint
+from neuroevo_sparse.store.history import NONDETERMINISTIC
+
+ARGS = ["--set", "evolution.generations=4", "--set", "training.steps=60"]
+
+
+def cli(*args, env=None, timeout=300):
+    return subprocess.run(neuroevo_cmd() + list(args), capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def history(run: Path) -> pd.DataFrame:
+    df = pd.read_parquet(run / "history").drop(columns=["run_id", *NONDETERMINISTIC])
+    return df.sort_values(["generation", "individual_id"]).reset_index(drop=True)
+
+
+def final_state(run: Path):
+    loaded = checkpoint.load_latest(run / "checkpoints")
+    state = {k: v for k, v in loaded.state.items() if k not in ("versions",)}
+    for g in state["genomes"]:
+        g["metrics"] = {k: v for k, v in g["metrics"].items() if k not in NONDETERMINISTIC}
+    return loaded.path.name, state, loaded.arrays
+
+
+def assert_same_run(a: Path, b: Path):
+    pd.testing.assert_frame_equal(history(a), history(b))
+    name_a, state_a, arrays_a = final_state(a)
+    name_b, state_b, arrays_b = final_state(b)
+    assert name_a == name_b
+    pop_a = [g for g in state_a["genomes"] if g["id"] in state_a["population"]]
+    pop_b = [g for g in state_b["genomes"] if g["id"] in state_b["population"]]
+    assert state_a["population"] == state_b["population"] and pop_a == pop_b
+    for gid in state_a["population"]:
+        keys = [k for k in arrays_a if k.startswith(f"g{gid}/")]
+        assert keys and all(np.array_equal(arrays_a[k], arrays_b[k]) for k in keys)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run."""
+    root = tmp_path_factory.mktemp("ref")
+    toml = root / "tiny.toml"
+    from conftest import TINY
+    toml.write_text(TINY)
+    run = root / "run"
+    p = cli("run", str(toml), "--run-dir", str(run), *ARGS)
+    assert p.returncode == 0, p.stderr
+    return toml, run
+
+
+@pytest.mark.parametrize("fault", ["mid-generation@2", "history-written@2", "checkpoint-files@3",
+                                   "checkpoint-renamed@1", "mid-generation@0"])
+def test_sigkill_and_resume_gives_the_same_run(reference, tmp_path, fault):
+    toml, ref = reference
+    run = tmp_path / "run"
+    p = cli("run", str(toml), "--run-dir", str(run), *ARGS, env={"NEUROEVO_FAULT": fault})
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    if fault == "mid-generation@0":  # killed before the first checkpoint: nothing to resume
+        r = cli("resume", str(run))
+        assert r.returncode != 0 and "no valid checkpoint" in r.stderr
+        return
+    r = cli("resume", str(run))
+    assert r.returncode == 0, r.stderr
+    assert_same_run(ref, run)
+
+
+def test_kill_at_a_random_moment_then_resume_twice(reference, tmp_path):
+    toml, ref = reference
+    run = tmp_path / "run"
+    proc = subprocess.Popen(neuroevo_cmd() + ["run", str(toml), "--run-dir", str(run), *ARGS],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (run / "checkpoints" / "gen-000001").exists() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    p = cli("resume", str(run), env={"NEUROEVO_FAULT": "mid-generation@3"})
+    assert p.returncode == -signal.SIGKILL
+    assert cli("resume", str(run)).returncode == 0
+    assert_same_run(ref, run)
+
+
+def test_truncated_newest_checkpoint_falls_back(reference, tmp_path):
+    toml, ref = reference
+    run = tmp_path / "run"
+    assert cli("run", str(toml), "--run-dir", str(run), *ARGS[:2], "--set", "evolution.generations=2",
+               *ARGS[2:]).returncode == 0
+    newest = run / "checkpoints" / "gen-000002" / "arrays.npz"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    r = cli("resume", str(run), "--generations", "4")
+    assert r.returncode == 0, r.stderr
+    assert "gen-000002: arrays.npz does not match its checksum" in r.stderr
+    assert "resuming" in r.stderr and "from gen-000001" in r.stderr
+    assert_same_run(ref, run)
+
+
+class Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("how", ["raw-pickle", "object-array-in-npz"])
+def test_malicious_checkpoint_runs_no_code(reference, tmp_path, how):
+    toml, _ = reference
+    run = tmp_path / "run"
+    assert cli("run", str(toml), "--run-dir", str(run), *ARGS[:2], "--set", "evolution.generations=2",
+               *ARGS[2:]).returncode == 0
+    marker = tmp_path / "PWNED"
+    ckpt = run / "checkpoints" / "gen-000002"
+    target = ckpt / "arrays.npz"
+    if how == "raw-pickle":
+        target.write_bytes(pickle.dumps(Exploit(marker)))
+    else:
+        np.savez(target, evil=np.array([Exploit(marker)], dtype=object))
+    # The attacker also fixes the checksum, so only the loader's refusal to unpickle stands.
+    manifest = json.loads((ckpt / "MANIFEST.json").read_text())
+    manifest["files"]["arrays.npz"] = checkpoint._sha256(target)
+    (ckpt / "MANIFEST.json").write_text(json.dumps(manifest))
+    r = cli("resume", str(run), "--generations", "3")
+    assert not marker.exists(), "code from the checkpoint ran"
+    assert r.returncode == 0, r.stderr
+    assert "gen-000002" in r.stderr and "skipped" in r.stderr
+
+
+def test_resume_refuses_changed_config_but_allows_safe_keys(reference, tmp_path):
+    toml, _ = reference
+    run = tmp_path / "run"
+    assert cli("run", str(toml), "--run-dir", str(run), *ARGS[:2], "--set", "evolution.generations=1",
+               *ARGS[2:]).returncode == 0
+    r = cli("resume", str(run), "--set", "training.lr=0.5", "--set", "sparsity.density=0.5")
+    assert r.returncode == 2
+    assert "training.lr: 0.01 -> 0.5" in r.stderr and "sparsity.density: 0.3 -> 0.5" in r.stderr
+    assert "evolution.generations" in r.stderr  # the keys that may change are listed
+    r = cli("resume", str(run), "--generations", "2", "--set", 'output.progress="log"')
+    assert r.returncode == 0, r.stderr
+    assert len(history(run)) == 4 + 2 * 8
+
+
+def test_sigint_stops_after_the_generation_with_a_checkpoint(reference, tmp_path):
+    toml, ref = reference
+    run = tmp_path / "run"
+    proc = subprocess.Popen(neuroevo_cmd() + ["run", str(toml), "--run-dir", str(run), *ARGS,
+                                              "--set", "training.steps=400"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (run / "history" / "gen-000000.parquet").exists() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "SIGINT received: stopping after the generation in flight" in err
+    assert f"neuroevo resume {run}" in err
+    stopped_at = int(checkpoint.load_latest(run / "checkpoints").path.name.split("-")[1])
+    assert stopped_at < 4
+    assert sorted(int(p.stem.split("-")[1]) for p in (run / "history").glob("*.parquet")) == \
+        list(range(stopped_at + 1))
