@@ -187,6 +187,7 @@ class Evolution:
             "active_params": ind.active_params(), "density": ind.density(),
             "flops": ind.flops(self.info), "fitness": list(ind.fitness.values),
             "steps": m.get("steps"), "train_seconds": m.get("train_seconds"), "worker": m.get("worker"),
+            "device": m.get("device"),
         }
         row.update({f"density.{k}": v for k, v in ind.layer_density().items()})
         return row

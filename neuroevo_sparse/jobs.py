@@ -51,7 +51,8 @@ class TrainResult:
     test_accuracy: float | None = None
     steps: int = 0
     train_seconds: float = 0.0
-    worker: str = ""
+    worker: str = ""                   # host:pid of the process that trained it
+    device: str = ""                   # "cpu" or "cuda"
     attempts: int = 1
     extra: dict[str, float] = field(default_factory=dict)
 

@@ -65,6 +65,7 @@ def train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
         torch.set_num_threads(previous_threads)
     result.train_seconds = time.perf_counter() - start
     result.worker = f"{socket.gethostname()}:{os.getpid()}"
+    result.device = data.device
     return result
 
 

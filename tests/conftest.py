@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# Every Ray process of the tests (clusters, drivers, workers) stays on 127.0.0.1. On Linux
+# Ray otherwise rewrites 127.0.0.1 to the machine's interface address.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 import pytest
 

@@ -16,9 +16,6 @@ from __future__ import annotations
 import logging
 import os
 
-import ray
-import ray.exceptions
-
 from ..config import ResourcesConfig
 from ..data import Splits
 from ..jobs import TrainJob, TrainResult, TrainSpec
@@ -30,10 +27,17 @@ log = logging.getLogger(__name__)
 # A worker process keeps each run's dataset on its device between tasks.
 _WORKER_DATA: dict[str, DeviceData] = {}
 
-# Failures of the worker or node rather than of the job: Ray retries these itself.
-_INFRASTRUCTURE = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
-                   ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError,
-                   ray.exceptions.TaskCancelledError)
+
+
+def _import_ray(local: bool):
+    """Import Ray; a Ray started for one run listens on loopback only (what Ray itself does
+    on macOS and Windows), so a laptop run opens no port to the network. Read by Ray at
+    import time, so it only applies if Ray was not imported before."""
+    if local:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+    import ray.exceptions
+    return ray
 
 
 def _train_task(spec: TrainSpec, job: TrainJob, splits: Splits, data_key: str, gpus: float) -> TrainResult:
@@ -48,8 +52,9 @@ class RayEvaluator:
     def __init__(self, spec: TrainSpec, splits: Splits, resources: ResourcesConfig):
         self.spec = spec
         self.started_ray = False
+        address = resources.address or os.environ.get("RAY_ADDRESS")
+        self.ray = ray = _import_ray(local=not address)
         if not ray.is_initialized():
-            address = resources.address or os.environ.get("RAY_ADDRESS")
             if address:
                 log.info("joining the Ray cluster at %s", address)
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
@@ -74,16 +79,22 @@ class RayEvaluator:
             max_retries=resources.max_retries, retry_exceptions=False)
 
     def evaluate(self, jobs: list[TrainJob], on_result: OnResult | None = None) -> list[TrainResult]:
+        ray = self.ray
         try:
             refs = [self.task.remote(self.spec, job, self.data_ref, self.data_key, self.gpus) for job in jobs]
             index = {ref: i for i, ref in enumerate(refs)}
             results: list[TrainResult | None] = [None] * len(jobs)
             pending = list(refs)
+            warned = False
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
                 for ref in ready:
                     i = index[ref]
                     results[i] = self._collect(ref, jobs[i])
+                    if self.gpus > 0 and results[i].device == "cpu" and not warned:
+                        log.warning("a job given %s GPU by Ray trained on the CPU: CUDA is not available "
+                                    "to torch on worker %s", self.gpus, results[i].worker)
+                        warned = True
                     if on_result:
                         on_result(results[i])
             return results  # type: ignore[return-value]
@@ -91,16 +102,20 @@ class RayEvaluator:
                 ray.exceptions.RpcError, ConnectionError) as e:
             raise ClusterLost(f"the Ray cluster stopped answering: {type(e).__name__}: {e}") from e
 
-    def _collect(self, ref: ray.ObjectRef, job: TrainJob) -> TrainResult:
+    def _collect(self, ref, job: TrainJob) -> TrainResult:
+        ex = self.ray.exceptions
+        # Failures of the worker or node rather than of the job, left after Ray's retries.
+        infrastructure = (ex.WorkerCrashedError, ex.NodeDiedError, ex.ObjectLostError,
+                          ex.OwnerDiedError, ex.TaskCancelledError)
         try:
-            return ray.get(ref)
-        except _INFRASTRUCTURE as e:
+            return self.ray.get(ref)
+        except infrastructure as e:
             return TrainResult(job.individual_id, job.weights, status="failed",
                                error=f"worker lost after retries: {type(e).__name__}: {str(e)[:300]}")
-        except ray.exceptions.RayTaskError as e:
+        except ex.RayTaskError as e:
             return TrainResult(job.individual_id, job.weights, status="failed",
                                error=f"{type(e).__name__}: {str(e)[:300]}")
 
     def close(self) -> None:
-        if self.started_ray and ray.is_initialized():
-            ray.shutdown()
+        if self.started_ray and self.ray.is_initialized():
+            self.ray.shutdown()

@@ -22,11 +22,11 @@ FIXED = [
     ("train_loss", pa.float64()), ("val_loss", pa.float64()), ("val_accuracy", pa.float64()),
     ("test_accuracy", pa.float64()), ("active_params", pa.int64()), ("density", pa.float64()),
     ("flops", pa.int64()), ("fitness", pa.list_(pa.float64())), ("steps", pa.int64()),
-    ("train_seconds", pa.float64()), ("worker", pa.string()),
+    ("train_seconds", pa.float64()), ("worker", pa.string()), ("device", pa.string()),
 ]
 
 # Columns that vary between identical runs (timing, placement); everything else must not.
-NONDETERMINISTIC = ("train_seconds", "worker")
+NONDETERMINISTIC = ("train_seconds", "worker", "device")
 
 
 def part_path(history_dir: Path, generation: int) -> Path:

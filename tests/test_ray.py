@@ -1,0 +1,193 @@
+"""The Ray evaluator on real Ray: a 2-node cluster started with `ray start` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import TINY, neuroevo_cmd
+from neuroevo_sparse.store.history import NONDETERMINISTIC
+
+pytestmark = pytest.mark.ray
+RAY = str(Path(sys.executable).with_name("ray"))
+ARGS = ["--set", "evolution.generations=2", "--set", "training.steps=300"]
+
+
+def ray_stop() -> None:
+    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+
+
+class LoopbackCluster:
+    """A real multi-node Ray cluster on 127.0.0.1: a head and worker nodes, each its own GCS
+    client, raylet and object store processes (ray.cluster_utils.Cluster). `ray start` is not
+    used because on Linux it rewrites 127.0.0.1 to the machine's interface address."""
+
+    def __init__(self, head_cpus: int, workers: list[dict]):
+        from ray.cluster_utils import Cluster
+
+        self.cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": head_cpus, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+        self.workers = [self.cluster.add_node(node_ip_address="127.0.0.1", **w) for w in workers]
+        self.cluster.wait_for_nodes()
+        self.address = self.cluster.address
+
+    def kill_node(self, node) -> None:
+        self.cluster.remove_node(node, allow_graceful=False)
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
+
+
+@pytest.fixture
+def cluster_factory():
+    """Clusters made by a test are shut down when it ends, passed or failed."""
+    made: list[LoopbackCluster] = []
+
+    def make(head_cpus: int = 1, workers: list[dict] | None = None) -> LoopbackCluster:
+        made.append(LoopbackCluster(head_cpus, workers if workers is not None else [{"num_cpus": 1}]))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.shutdown()
+    ray_stop()
+
+
+@pytest.fixture(scope="module")
+def toml(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ray") / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_history(toml, tmp_path_factory) -> pd.DataFrame:
+    run = tmp_path_factory.mktemp("local") / "run"
+    p = cli("run", str(toml), "--run-dir", str(run), *ARGS)
+    assert p.returncode == 0, p.stderr
+    return history(run)
+
+
+def cli(*args, timeout=600):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run(neuroevo_cmd() + list(args), capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def history(run: Path) -> pd.DataFrame:
+    df = pd.read_parquet(run / "history")
+    return df.sort_values(["generation", "individual_id"]).reset_index(drop=True)
+
+
+def metrics(df: pd.DataFrame) -> pd.DataFrame:
+    return df.drop(columns=["run_id", *NONDETERMINISTIC])
+
+
+def test_multi_node_cluster_gives_the_local_history(toml, local_history, tmp_path, cluster_factory):
+    cluster = cluster_factory()
+    run = tmp_path / "run"
+    p = cli("run", str(toml), "--run-dir", str(run), *ARGS, "--address", cluster.address,
+            "--set", 'resources.backend="ray"', "--set", "resources.gpus_per_job=0.5")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "Ray: 2 node(s)" in p.stderr
+    assert "has no GPU: training on CPU" in p.stderr  # asked for a GPU on a CPU-only cluster
+    df = history(run)
+    pd.testing.assert_frame_equal(metrics(df), metrics(local_history))
+    assert df.worker.nunique() >= 2 and set(df.device) == {"cpu"}
+
+
+def test_one_worker_gives_the_same_history(toml, local_history, tmp_path):
+    run = tmp_path / "run"
+    try:
+        p = cli("run", str(toml), "--run-dir", str(run), *ARGS,
+                "--set", 'resources.backend="ray"', "--set", "resources.num_cpus=1")
+        assert p.returncode == 0, p.stderr[-3000:]
+    finally:
+        ray_stop()
+    df = history(run)
+    pd.testing.assert_frame_equal(metrics(df), metrics(local_history))
+    assert df[df.evaluated].worker.nunique() == 1
+
+
+def _train_task_pids() -> list[int]:
+    """Ray worker processes running a training task (Ray names them after the task)."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if "ray::_train_task" in line]
+
+
+def _watch_and_kill(proc, run: Path, kill) -> int:
+    """Call `kill()` while generation 1 is training; returns how many times it killed."""
+    deadline, kills = time.monotonic() + 300, 0
+    while proc.poll() is None and time.monotonic() < deadline and kills == 0:
+        if (run / "history" / "gen-000000.parquet").exists():
+            kills = kill()
+        time.sleep(0.05)
+    return kills
+
+
+def _assert_complete(df: pd.DataFrame, local: pd.DataFrame) -> None:
+    per_gen = df.groupby("generation").individual_id.apply(list)
+    assert all(len(ids) == len(set(ids)) for ids in per_gen)  # each individual once
+    assert list(df.groupby("generation").size()) == [4, 8, 8]
+    assert (df.status == "ok").all()  # retried, not failed
+    pd.testing.assert_frame_equal(metrics(df), metrics(local))  # and retried to the same result
+
+
+def test_killed_worker_processes_are_retried(toml, local_history, tmp_path, cluster_factory):
+    cluster = cluster_factory(head_cpus=1, workers=[{"num_cpus": 1}])
+    run = tmp_path / "run"
+    proc = subprocess.Popen(neuroevo_cmd() + ["run", str(toml), "--run-dir", str(run), *ARGS,
+                                              "--address", cluster.address, "--set", 'resources.backend="ray"'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def kill() -> int:
+        pids = _train_task_pids()
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        return len(pids)
+
+    kills = _watch_and_kill(proc, run, kill)
+    _, err = proc.communicate(timeout=600)
+    assert kills, "no training worker was seen to kill"
+    assert proc.returncode == 0, err[-3000:]
+    _assert_complete(history(run), local_history)
+
+
+def test_killed_node_loses_no_individual(toml, local_history, tmp_path, cluster_factory):
+    cluster = cluster_factory(head_cpus=0, workers=[{"num_cpus": 1}, {"num_cpus": 1}])
+    run = tmp_path / "run"
+    proc = subprocess.Popen(neuroevo_cmd() + ["run", str(toml), "--run-dir", str(run), *ARGS,
+                                              "--address", cluster.address, "--set", 'resources.backend="ray"'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def kill() -> int:
+        if not _train_task_pids():
+            return 0
+        cluster.kill_node(cluster.workers[0])
+        return 1
+
+    kills = _watch_and_kill(proc, run, kill)
+    _, err = proc.communicate(timeout=600)
+    assert kills, "generation 1 was never seen training"
+    assert proc.returncode == 0, err[-3000:]
+    df = history(run)
+    _assert_complete(df, local_history)
+
+
+def test_fake_gpu_node_schedules_gpu_jobs_and_says_cpu_was_used(toml, tmp_path, cluster_factory):
+    """A node that declares a GPU (Ray allows it) without CUDA: jobs are scheduled as GPU jobs,
+    run on the CPU, and the driver says so. (No real GPU on the machines CI runs on.)"""
+    cluster = cluster_factory(workers=[{"num_cpus": 1, "num_gpus": 1}])
+    run = tmp_path / "run"
+    p = cli("run", str(toml), "--run-dir", str(run), "--set", "evolution.generations=0",
+            "--address", cluster.address, "--set", 'resources.backend="ray"',
+            "--set", "resources.gpus_per_job=0.5")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "0.5 GPU per job" in p.stderr
+    assert "trained on the CPU: CUDA is not available" in p.stderr
