@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError
+from .evaluators import ClusterLost
 
 log = logging.getLogger("neuroevo_sparse")
 
@@ -37,8 +38,20 @@ class StopFlag:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.func in (cmd_run, cmd_resume) and not os.environ.get(_CHILD):
+        return supervise(sys.argv[1:] if argv is None else argv)
+    if os.environ.get(_CHILD):
+        _die_with_parent()
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        code = _dispatch(args)
+    finally:
+        _report("exited")  # any way out of here explains itself (a message or a traceback)
+    return code
+
+
+def _dispatch(args) -> int:
     try:
         return args.func(args)
     except ConfigError as e:
@@ -47,6 +60,73 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ClusterLost as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+
+
+_CHILD = "NEUROEVO_SUPERVISED_REPORT"
+
+
+def supervise(argv: list[str]) -> int:
+    """Run `run`/`resume` in a child process and report how it ended.
+
+    Ray's core worker ends a driver whose cluster vanished with a native exit that no Python
+    handler sees, and the kernel's OOM killer sends SIGKILL: in both cases the child cannot
+    say anything, so this parent does: what happened, where the run is, how to resume.
+    The child runs in its own process group so that a terminal's Ctrl-C reaches it once,
+    forwarded from here.
+    """
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("r", prefix="neuroevo-", suffix=".run") as report:
+        env = {**os.environ, _CHILD: report.name}
+        child = subprocess.Popen([sys.executable, "-m", "neuroevo_sparse.cli", *argv], env=env, process_group=0)
+        forward = lambda signum, frame: child.send_signal(signum)  # noqa: E731
+        signal.signal(signal.SIGINT, forward)
+        signal.signal(signal.SIGTERM, forward)
+        code = child.wait()
+        lines = report.read().splitlines()
+    run_dir = next((line[4:] for line in lines if line.startswith("run=")), "")
+    if "exited" in lines:  # the child explained its own outcome
+        return code
+    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+    hint = (" (SIGKILL often means the kernel ran out of memory)" if code == -signal.SIGKILL else
+            " without reporting an error: if it ran on Ray, the Ray cluster (or its head node) is "
+            "probably gone" if code > 0 else "")
+    print(f"error: the run {how}{hint}.", file=sys.stderr)
+    if run_dir:
+        print(f"Every generation completed before is checkpointed in {run_dir}; continue with:\n"
+              f"  neuroevo resume {run_dir}", file=sys.stderr)
+    if code < 0:  # end the same way, so that callers see the same status
+        if -code != signal.SIGKILL:
+            signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
+
+
+def _die_with_parent() -> None:
+    """A supervised run dies with its supervisor (`kill -9` on `neuroevo` stops the run too)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+def report_run_dir(path) -> None:
+    """Tell the supervising parent (if any) where the run lives, as soon as it exists."""
+    _report(f"run={path}")
+
+
+def _report(line: str) -> None:
+    target = os.environ.get(_CHILD)
+    if target:
+        with open(target, "a") as f:
+            f.write(line + "\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,7 +183,7 @@ def cmd_run(args) -> int:
     exp = config.load(args.experiment, args.overrides + _address_overrides(args))
     stop = StopFlag()
     try:
-        run, state = runs.start(exp, args.run_dir, should_stop=stop)
+        run, state = runs.start(exp, args.run_dir, should_stop=stop, on_created=report_run_dir)
     except DatasetNotFound as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -114,6 +194,7 @@ def cmd_resume(args) -> int:
     from . import runs
 
     stop = StopFlag()
+    report_run_dir(args.run_dir)
     run, state = runs.resume(args.run_dir, args.overrides + _address_overrides(args), args.generations,
                              should_stop=stop)
     return _finished(run, state, run.config().evolution.generations, stop)

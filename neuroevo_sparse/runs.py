@@ -9,7 +9,7 @@ from typing import Callable
 
 from . import data
 from .config import RESUME_SAFE_KEYS, ConfigError, Experiment, diff, to_toml
-from .evaluators import make as make_evaluator
+from .evaluators import ClusterLost, make as make_evaluator
 from .evolution import Evolution, State
 from .jobs import TrainSpec
 from .store import RunDir
@@ -18,10 +18,12 @@ log = logging.getLogger("neuroevo_sparse")
 
 
 def start(exp: Experiment, run_dir: str | Path | None = None,
-          should_stop: Callable[[], bool] = lambda: False) -> tuple[RunDir, State]:
+          should_stop: Callable[[], bool] = lambda: False,
+          on_created: Callable[[Path], None] = lambda path: None) -> tuple[RunDir, State]:
     """Run an experiment from generation 0 in a new run directory."""
     splits = data.load(exp.data, exp.experiment.seed)  # before the run dir: a missing dataset leaves nothing
     run = RunDir.create(exp, run_dir)
+    on_created(run.path)
     log.info("run directory: %s", run.path)
     log.info("data: %s %s", exp.data.dataset, splits.summary())
     return run, _execute(exp, run, splits, None, should_stop)
@@ -69,6 +71,9 @@ def _execute(exp, run, splits, loaded, should_stop) -> State:
         evo = Evolution(exp, splits, evaluator, run, should_stop)
         state = evo.restore(loaded.state, loaded.arrays) if loaded else None
         return evo.run(state)
+    except ClusterLost as e:
+        raise ClusterLost(f"{e}\nEvery generation completed before it is checkpointed in {run.path}; "
+                          f"once the cluster is back, continue with:\n  neuroevo resume {run.path}") from e
     finally:
         evaluator.close()
 

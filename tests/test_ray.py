@@ -191,3 +191,31 @@ def test_fake_gpu_node_schedules_gpu_jobs_and_says_cpu_was_used(toml, tmp_path, 
     assert p.returncode == 0, p.stderr[-3000:]
     assert "0.5 GPU per job" in p.stderr
     assert "trained on the CPU: CUDA is not available" in p.stderr
+
+
+def test_cluster_gone_stops_with_checkpoint_and_message_then_resumes(toml, local_history, tmp_path,
+                                                                   cluster_factory):
+    cluster = cluster_factory(head_cpus=1, workers=[{"num_cpus": 1}])
+    run = tmp_path / "run"
+    proc = subprocess.Popen(neuroevo_cmd() + ["run", str(toml), "--run-dir", str(run), *ARGS,
+                                              "--address", cluster.address, "--set", 'resources.backend="ray"'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def kill() -> int:
+        if not _train_task_pids():
+            return 0
+        cluster.shutdown()
+        return 1
+
+    assert _watch_and_kill(proc, run, kill), "generation 1 was never seen training"
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert f"neuroevo resume {run}" in err, err[-3000:]
+    assert (run / "checkpoints" / "gen-000000").is_dir()
+    # A new cluster (here: a local Ray) continues the run to the same result.
+    try:
+        r = cli("resume", str(run), "--set", "resources.address=\"\"", "--set", "resources.num_cpus=2")
+    finally:
+        ray_stop()
+    assert r.returncode == 0, r.stderr[-3000:]
+    pd.testing.assert_frame_equal(metrics(history(run)), metrics(local_history))
