@@ -63,6 +63,11 @@ def _dispatch(args) -> int:
     except ClusterLost as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        where = f"; continue with:\n  neuroevo resume {_RUN_DIR[0]}" if _RUN_DIR else ""
+        print(f"interrupted: stopped at once, every generation completed before is checkpointed{where}",
+              file=sys.stderr)
+        return 130
 
 
 _CHILD = "NEUROEVO_SUPERVISED_REPORT"
@@ -117,8 +122,12 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+_RUN_DIR: list[str] = []
+
+
 def report_run_dir(path) -> None:
     """Tell the supervising parent (if any) where the run lives, as soon as it exists."""
+    _RUN_DIR[:] = [str(path)]
     _report(f"run={path}")
 
 

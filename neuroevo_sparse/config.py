@@ -113,6 +113,21 @@ class TrainingConfig:
     weight_decay: float = _range(0.0, default=0.0)
     # Scale of the initialisation for connections an individual did not inherit.
     init: Literal["kaiming_uniform", "xavier_uniform"] = "kaiming_uniform"
+    # Train individuals of one generation together, `vectorise_group` at a time, in one
+    # batched pass (torch.func.vmap). "auto": for MLPs on GPU, and on CPU for MLPs small
+    # enough that vmap is faster there (jobs.VECTORISE_CPU_MAX_PARAMS, measured by
+    # benchmarks/throughput.py); never for CNNs. The group is fixed by the config, never by the
+    # number of workers, so results do not depend on the cluster; it is also the unit a
+    # Ray task carries.
+    vectorise: Literal["auto", "on", "off"] = "auto"
+    vectorise_group: int = _range(1, default=4)
+    # Truly sparse Linear layers (CSR forward/backward, cost ~ active connections).
+    # "auto": for masked Linear layers below `sparse_below` density with at least
+    # `sparse_min_size` weights (thresholds measured by benchmarks/throughput.py);
+    # "on": every masked Linear layer; "off": always dense weight * mask.
+    sparse_kernels: Literal["auto", "on", "off"] = "auto"
+    sparse_below: float = _range(0.0, 1.0, default=0.3)
+    sparse_min_size: int = _range(0, default=100_000)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ mu and lambda offspring therefore has mu + G * (mu + lambda) rows.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -81,6 +82,8 @@ class Evolution:
                 if self._checkpoint_due(state, last, last_checkpoint):
                     self._checkpoint(state)
                     last_checkpoint = time.monotonic()
+            if not self._checkpointed(state):
+                self._checkpoint(state)
         except BaseException:
             # The generation in flight is lost; what completed before it is kept on disk.
             if state is not None and not self._checkpointed(state):
@@ -88,8 +91,7 @@ class Evolution:
             raise
         finally:
             progress.close()
-        if not self._checkpointed(state):
-            self._checkpoint(state)
+            self._finish_checkpoint()
         return state
 
     def _initial(self, progress: Progress) -> State:
@@ -207,6 +209,11 @@ class Evolution:
         return getattr(self, "_saved_generation", None) == state.generation
 
     def _checkpoint(self, state: State) -> None:
+        """Write a checkpoint of `state` in a background thread while the next generation trains.
+
+        Safe because a genome's arrays are never modified in place (operators copy, the
+        write-back replaces them), and a kill mid-write leaves the previous checkpoint named."""
+        self._finish_checkpoint()
         genomes = {g.id: g for g in state.population + state.archive}
         arrays = {f"g{gid}/{k}": v for gid, g in genomes.items() for k, v in g.to_arrays().items()}
         meta = {
@@ -220,10 +227,21 @@ class Evolution:
             "rng": {"scheme": "derived", "seed": self.seed, "next_generation": state.generation + 1},
             "versions": _versions(),
         }
-        self.run_dir.save_checkpoint(state.generation, meta, arrays, self.exp.output.keep_checkpoints)
         best = self.objectives.best(state.population)
-        self.run_dir.save_model(self.run_dir.best, best.weights, best.masks, self.summary(best))
+        summary = self.summary(best)
+
+        def write() -> None:
+            self.run_dir.save_checkpoint(state.generation, meta, arrays, self.exp.output.keep_checkpoints)
+            self.run_dir.save_model(self.run_dir.best, best.weights, best.masks, summary)
+
+        self._writer = _Background(write)
         self._saved_generation = state.generation
+
+    def _finish_checkpoint(self) -> None:
+        """Wait for the checkpoint being written, if any; its error, if any, is raised here."""
+        writer, self._writer = getattr(self, "_writer", None), None
+        if writer is not None:
+            writer.join()
 
     def restore(self, meta: dict, arrays: dict[str, np.ndarray]) -> State:
         genomes = {}
@@ -245,6 +263,26 @@ class Evolution:
                 "density": g.density(), "active_params": g.active_params(), "flops": g.flops(self.info),
                 "layer_density": g.layer_density(), "model": self.exp.to_dict()["model"],
                 **{k: v for k, v in g.metrics.items() if k != "worker"}}
+
+
+class _Background:
+    """One function run in a thread, its exception kept for whoever joins it."""
+
+    def __init__(self, fn: Callable[[], None]):
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn,), name="neuroevo-checkpoint")
+        self.thread.start()
+
+    def _run(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except BaseException as e:  # re-raised in the driver's thread by join()
+            self.error = e
+
+    def join(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _versions() -> dict[str, str]:

@@ -23,11 +23,43 @@ class TrainSpec:
     num_classes: int
     torch_threads: int = 1
     time_limit_s: float | None = None  # a job training longer is stopped and recorded as failed
+    # Train groups of `training.vectorise_group` jobs in one vmapped pass. Resolved once on
+    # the driver (never per worker) so that every worker does the same arithmetic.
+    vectorise: bool = False
 
     @classmethod
     def of(cls, exp: Experiment, input_shape: tuple[int, ...], num_classes: int) -> "TrainSpec":
         return cls(exp.model, exp.training, tuple(input_shape), num_classes,
-                   exp.resources.torch_threads, exp.resources.job_timeout_s)
+                   exp.resources.torch_threads, exp.resources.job_timeout_s,
+                   _vectorise(exp, tuple(input_shape), num_classes))
+
+
+# Below this many parameters a CPU step is dominated by per-call overhead, which batching
+# removes (5x on the quickstart MLP); above it a dense step is bound by the matmuls and
+# batching them gains little on a CPU. Measured by benchmarks/throughput.py.
+VECTORISE_CPU_MAX_PARAMS = 100_000
+
+
+def _vectorise(exp: Experiment, input_shape: tuple[int, ...], num_classes: int) -> bool:
+    """"auto": MLPs on a GPU; on a CPU, small MLPs and MLPs with a layer that starts truly
+    sparse (its block-diagonal sparse matmul over the group beats one sparse matmul per
+    individual, 1.3x at 784-300-100-10 / 10%); never CNNs (grouped convolutions are slower)."""
+    mode = exp.training.vectorise
+    if mode != "auto":
+        return mode == "on"
+    if exp.model.kind != "mlp":
+        return False
+    from . import genome, models  # torch only when a spec is made, never when jobs are unpickled
+    model = models.build(exp.model, input_shape, num_classes)
+    params = sum(p.numel() for p in model.parameters())
+    info = models.layer_info(model, input_shape)
+    names = models.maskable(model, exp.sparsity, exp.model.mask_biases)
+    density = genome.layer_densities(info, names, exp.sparsity.density, exp.sparsity.init)
+    cfg = exp.training
+    sparse = cfg.sparse_kernels == "on" or (cfg.sparse_kernels == "auto" and any(
+        len(info[n].shape) == 2 and info[n].size >= cfg.sparse_min_size and density[n] < cfg.sparse_below
+        for n in names))
+    return exp.resources.gpus_per_job > 0 or params <= VECTORISE_CPU_MAX_PARAMS or sparse
 
 
 @dataclass(frozen=True)

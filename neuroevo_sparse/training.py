@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import models
+from . import models, sparse
 from .data import Splits
 from .jobs import TrainJob, TrainResult, TrainSpec
 
@@ -73,9 +73,11 @@ def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
     cfg = spec.training
     device = data.device
     model = build_model(spec, job.weights, device)
+    # Layers turned truly sparse hold only their active weights: no mask to enforce there.
+    sparse_layers = sparse.sparsify(model, job.masks, sparse.layers_to_sparsify(job.masks, cfg))
     params = dict(model.named_parameters())
     masks = {k: torch.from_numpy(np.array(v)).to(device=device, dtype=params[k].dtype)
-             for k, v in job.masks.items()}
+             for k, v in job.masks.items() if k not in sparse_layers}
     optimiser = _optimiser(cfg, model)
     loss_fn = nn.CrossEntropyLoss()
     x_train, y_train = data.train
@@ -107,7 +109,7 @@ def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
         done += 1
 
     weights = {k: v.detach().cpu().numpy().astype(np.float32, copy=True)
-               for k, v in model.state_dict().items()}
+               for k, v in sparse.dense_state_dict(model).items()}
     if not all(np.isfinite(w).all() for w in weights.values()):
         return TrainResult(job.individual_id, job.weights, status="diverged", steps=done,
                            error="weights became non-finite during training")

@@ -17,7 +17,8 @@ from neuroevo_sparse.store.history import NONDETERMINISTIC
 
 pytestmark = pytest.mark.ray
 RAY = str(Path(sys.executable).with_name("ray"))
-ARGS = ["--set", "evolution.generations=2", "--set", "training.steps=300"]
+# Groups of 2: a generation of 4 is two Ray tasks, so vectorised slices spread over workers.
+ARGS = ["--set", "evolution.generations=2", "--set", "training.steps=300", "--set", "training.vectorise_group=2"]
 
 
 def ray_stop() -> None:

@@ -1,10 +1,11 @@
-"""In-process evaluation: one job after another in the driver."""
+"""In-process evaluation: one group of jobs after another in the driver."""
 
 from __future__ import annotations
 
 from ..data import Splits
 from ..jobs import TrainJob, TrainResult, TrainSpec
-from ..training import DeviceData, pick_device, train
+from ..training import DeviceData, pick_device
+from ..worker import groups, train_group
 from . import OnResult
 
 
@@ -15,10 +16,11 @@ class LocalEvaluator:
 
     def evaluate(self, jobs: list[TrainJob], on_result: OnResult | None = None) -> list[TrainResult]:
         results = []
-        for job in jobs:
-            results.append(train(job, self.spec, self.data))
-            if on_result:
-                on_result(results[-1])
+        for group in groups(jobs, self.spec):
+            for result in train_group(group, self.spec, self.data):
+                results.append(result)
+                if on_result:
+                    on_result(result)
         return results
 
     def close(self) -> None:

@@ -1,8 +1,9 @@
 """Evaluation on Ray: a local Ray started for the run, or an existing cluster (`--address`).
 
-What is sent where: the dataset splits are put in the object store once per run; each job
-is one Ray task carrying plain arrays (masks and weights of one individual, ~5 bytes per
-weight) and its seed; the task returns the trained weights and metrics. Workers keep the
+What is sent where: the dataset splits are put in the object store once per run; each Ray
+task carries one group of jobs (`training.vectorise_group` individuals for vectorised
+models, one otherwise) as plain arrays (masks and weights, ~5 bytes per weight) and seeds;
+the task returns the trained weights and metrics. Workers keep the
 dataset as tensors on their device between tasks, so a GPU receives it once per worker.
 
 Faults: a task whose worker process or node dies is retried by Ray (`resources.max_retries`);
@@ -19,7 +20,8 @@ import os
 from ..config import ResourcesConfig
 from ..data import Splits
 from ..jobs import TrainJob, TrainResult, TrainSpec
-from ..training import DeviceData, pick_device, train
+from ..training import DeviceData, pick_device
+from ..worker import groups, train_group
 from . import ClusterLost, OnResult
 
 log = logging.getLogger(__name__)
@@ -40,12 +42,13 @@ def _import_ray(local: bool):
     return ray
 
 
-def _train_task(spec: TrainSpec, job: TrainJob, splits: Splits, data_key: str, gpus: float) -> TrainResult:
+def _train_task(spec: TrainSpec, jobs: list[TrainJob], splits: Splits, data_key: str,
+                gpus: float) -> list[TrainResult]:
     data = _WORKER_DATA.get(data_key)
     if data is None:
         _WORKER_DATA.clear()  # one run's data at a time per worker
         data = _WORKER_DATA[data_key] = DeviceData(splits, pick_device(gpus))
-    return train(job, spec, data)
+    return train_group(jobs, spec, data)
 
 
 class RayEvaluator:
@@ -81,28 +84,29 @@ class RayEvaluator:
     def evaluate(self, jobs: list[TrainJob], on_result: OnResult | None = None) -> list[TrainResult]:
         ray = self.ray
         try:
-            refs = [self.task.remote(self.spec, job, self.data_ref, self.data_key, self.gpus) for job in jobs]
+            batches = groups(jobs, self.spec)
+            refs = [self.task.remote(self.spec, batch, self.data_ref, self.data_key, self.gpus) for batch in batches]
             index = {ref: i for i, ref in enumerate(refs)}
-            results: list[TrainResult | None] = [None] * len(jobs)
+            done: list[list[TrainResult] | None] = [None] * len(batches)
             pending = list(refs)
             warned = False
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
                 for ref in ready:
                     i = index[ref]
-                    results[i] = self._collect(ref, jobs[i])
-                    if self.gpus > 0 and results[i].device == "cpu" and not warned:
+                    done[i] = self._collect(ref, batches[i])
+                    if self.gpus > 0 and done[i][0].device == "cpu" and not warned:
                         log.warning("a job given %s GPU by Ray trained on the CPU: CUDA is not available "
-                                    "to torch on worker %s", self.gpus, results[i].worker)
+                                    "to torch on worker %s", self.gpus, done[i][0].worker)
                         warned = True
-                    if on_result:
-                        on_result(results[i])
-            return results  # type: ignore[return-value]
+                    for result in done[i] if on_result else ():
+                        on_result(result)
+            return [r for batch in done for r in batch]  # type: ignore[union-attr]
         except (ray.exceptions.RaySystemError, ray.exceptions.LocalRayletDiedError,
                 ray.exceptions.RpcError, ConnectionError) as e:
             raise ClusterLost(f"the Ray cluster stopped answering: {type(e).__name__}: {e}") from e
 
-    def _collect(self, ref, job: TrainJob) -> TrainResult:
+    def _collect(self, ref, jobs: list[TrainJob]) -> list[TrainResult]:
         ex = self.ray.exceptions
         # Failures of the worker or node rather than of the job, left after Ray's retries.
         infrastructure = (ex.WorkerCrashedError, ex.NodeDiedError, ex.ObjectLostError,
@@ -110,11 +114,10 @@ class RayEvaluator:
         try:
             return self.ray.get(ref)
         except infrastructure as e:
-            return TrainResult(job.individual_id, job.weights, status="failed",
-                               error=f"worker lost after retries: {type(e).__name__}: {str(e)[:300]}")
+            error = f"worker lost after retries: {type(e).__name__}: {str(e)[:300]}"
         except ex.RayTaskError as e:
-            return TrainResult(job.individual_id, job.weights, status="failed",
-                               error=f"{type(e).__name__}: {str(e)[:300]}")
+            error = f"{type(e).__name__}: {str(e)[:300]}"
+        return [TrainResult(j.individual_id, j.weights, status="failed", error=error) for j in jobs]
 
     def close(self) -> None:
         if self.started_ray and self.ray.is_initialized():

@@ -1,0 +1,149 @@
+"""Truly sparse Linear layers: cost follows the number of active connections, not the shape.
+
+During one individual's training its mask is fixed, so a masked Linear can hold only its
+active weights (`values`, in CSR order) and compute
+    forward         y  = x W^T           CSR x dense
+    input gradient  dx = dy W            CSR(W^T) x dense
+    weight gradient dW = (dy^T x) at the active positions only   (sampled dense-dense product,
+                                                                  torch.sparse.sampled_addmm)
+The optimiser sees `values` alone, so inactive weights cannot move: this is the same
+computation as dense masked training (where masked gradients are zero, so Adam/SGD states
+stay zero there), in O(active) work instead of O(in x out). Conv layers stay dense-masked.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import TrainingConfig
+
+# CSR matmuls used here (CSR x dense, sampled_addmm) are stable on CPU and CUDA; the beta notice
+# would print once per worker process.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+
+
+class Pattern:
+    """CSR structure of a fixed set of active positions and of its transpose, with the map
+    between their orders. `rows`, `cols` must be in row-major (CSR) order."""
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int]):
+        out_f, in_f = shape
+        self.shape = (out_f, in_f)
+        self.rows, self.cols = rows, cols
+        self.crow = torch.zeros(out_f + 1, dtype=torch.int64, device=rows.device)
+        self.crow[1:] = torch.cumsum(torch.bincount(rows, minlength=out_f), 0)
+        order = torch.argsort(cols * out_f + rows)                # CSR order of W^T
+        self.t_perm = order
+        self.t_crow = torch.zeros(in_f + 1, dtype=torch.int64, device=rows.device)
+        self.t_crow[1:] = torch.cumsum(torch.bincount(cols, minlength=in_f), 0)
+        self.t_col = rows[order]
+
+    @classmethod
+    def of_mask(cls, mask: torch.Tensor) -> "Pattern":
+        rows, cols = mask.nonzero(as_tuple=True)                  # row-major: CSR order
+        return cls(rows, cols, tuple(mask.shape))
+
+    @classmethod
+    def block_diagonal(cls, masks: torch.Tensor) -> "Pattern":
+        """The pattern of K masks (K, out, in) placed on the diagonal of a (K*out, K*in) matrix:
+        one sparse matmul then computes all K layers, each on its own inputs."""
+        k, out_f, in_f = masks.shape
+        which, rows, cols = masks.nonzero(as_tuple=True)          # k-major, then row-major
+        return cls(which * out_f + rows, which * in_f + cols, (k * out_f, k * in_f))
+
+    def csr(self, values: torch.Tensor) -> torch.Tensor:
+        return torch.sparse_csr_tensor(self.crow, self.cols, values, self.shape, check_invariants=False)
+
+    def csr_t(self, values: torch.Tensor) -> torch.Tensor:
+        return torch.sparse_csr_tensor(self.t_crow, self.t_col, values[self.t_perm], self.shape[::-1],
+                                       check_invariants=False)
+
+
+def sparse_matmul(x: torch.Tensor, values: torch.Tensor, pattern: Pattern) -> torch.Tensor:
+    """x (B, in) times the transpose of the sparse (out, in) matrix `values` at `pattern`."""
+    return _SparseMatmul.apply(x, values, pattern)
+
+
+class _SparseMatmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, values: torch.Tensor, pattern: Pattern) -> torch.Tensor:
+        ctx.save_for_backward(x, values)
+        ctx.pattern = pattern
+        return (pattern.csr(values) @ x.t().contiguous()).t()
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, values = ctx.saved_tensors
+        p: Pattern = ctx.pattern
+        dx = (p.csr_t(values) @ dy.t().contiguous()).t() if ctx.needs_input_grad[0] else None
+        dvalues = _sampled_product(dy, x, p) if ctx.needs_input_grad[1] else None
+        return dx, dvalues, None
+
+
+def _sampled_product(dy: torch.Tensor, x: torch.Tensor, p: Pattern) -> torch.Tensor:
+    """(dy^T x) at the active positions only, in CSR order, without forming dy^T x."""
+    zeros = p.csr(torch.zeros(len(p.rows), dtype=dy.dtype, device=dy.device))
+    return torch.sparse.sampled_addmm(zeros, dy.t().contiguous(), x.contiguous(), beta=0.0).values()
+
+
+class SparseLinear(nn.Module):
+    """A Linear layer holding only its active weights; `dense_weight()` gives them back."""
+
+    def __init__(self, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.pattern = Pattern.of_mask(mask.bool())
+        self.values = nn.Parameter(weight[self.pattern.rows, self.pattern.cols].clone())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = sparse_matmul(x, self.values, self.pattern)
+        return y if self.bias is None else y + self.bias
+
+    def dense_weight(self) -> torch.Tensor:
+        w = torch.zeros(self.pattern.shape, dtype=self.values.dtype, device=self.values.device)
+        w[self.pattern.rows, self.pattern.cols] = self.values.detach()
+        return w
+
+
+def layers_to_sparsify(masks: dict[str, np.ndarray], cfg: TrainingConfig) -> list[str]:
+    """Weight names of the masked Linear layers (2-D masks) that `cfg` runs truly sparse."""
+    if cfg.sparse_kernels == "off":
+        return []
+    return [k for k, m in masks.items() if m.ndim == 2 and (
+        cfg.sparse_kernels == "on" or (m.size >= cfg.sparse_min_size and m.mean() < cfg.sparse_below))]
+
+
+def sparsify(model: nn.Module, masks: dict[str, np.ndarray], names: list[str]) -> list[str]:
+    """Replace the Linear layers whose weights are `names` by SparseLinear layers holding
+    their weights at the positions active in `masks`; returns `names`."""
+    for key in names:
+        path = key.removesuffix(".weight")
+        module = model.get_submodule(path)
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"{key} is not the weight of a Linear layer: {type(module).__name__}")
+        parent_path, _, attr = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        mask = torch.as_tensor(np.asarray(masks[key]), device=module.weight.device)
+        setattr(parent, attr, SparseLinear(module.weight.detach(), mask, module.bias))
+    return names
+
+
+def dense_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state_dict with every SparseLinear written back as a dense `weight`."""
+    state = {}
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, SparseLinear):
+            state[prefix + "weight"] = module.dense_weight()
+            if module.bias is not None:
+                state[prefix + "bias"] = module.bias.detach()
+        else:
+            for pname, p in module.named_parameters(recurse=False):
+                state[prefix + pname] = p.detach()
+            for bname, b in module.named_buffers(recurse=False):
+                state[prefix + bname] = b
+    return state

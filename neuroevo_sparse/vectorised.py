@@ -1,0 +1,204 @@
+"""Population-vectorised training: K individuals of one architecture trained in one batched pass.
+
+Parameters of the K individuals are stacked along a new first dimension. MLPs run as a chain
+of batched matmuls; a masked Linear layer that is truly sparse for every individual of the
+group (sparse.layers_to_sparsify) holds only the K individuals' active weights and runs as
+one sparse matmul whose matrix has the K masks on its block diagonal, the K inputs side by
+side: population-vectorised and O(active connections) at once. Other models (CNNs) run under
+`torch.func.vmap` (Conv2d becomes a grouped convolution), dense masked.
+
+Each individual keeps what the per-individual path gives it: its own mask, its own batch
+order (from its own seed), its own optimiser state. Adam, SGD and weight decay are
+elementwise, so one optimiser over the stacked tensors is K independent optimisers; the
+loss is the sum of the K mean losses, so each individual's gradient is its own. Results equal
+`training.train` up to float rounding (the tests check it).
+
+An individual that diverges is frozen at once (its gradient zeroed, its input weights
+returned) and reported as in the per-individual path; the others go on."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from . import models
+from .jobs import TrainJob, TrainResult, TrainSpec
+from .sparse import Pattern, layers_to_sparsify, sparse_matmul
+from .training import DeviceData, _batches, _optimiser
+
+
+def train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list[TrainResult]:
+    """Train `jobs` (same architecture) together; one TrainResult per job, in order."""
+    start = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(spec.torch_threads)
+    try:
+        results = _train_many(jobs, spec, data)
+    except Exception as e:  # a failure of the batch fails its individuals, not the run
+        results = [TrainResult(j.individual_id, j.weights, status="failed", error=f"{type(e).__name__}: {e}")
+                   for j in jobs]
+    finally:
+        torch.set_num_threads(previous_threads)
+    elapsed = (time.perf_counter() - start) / len(jobs)
+    for r in results:
+        r.train_seconds = elapsed  # the batch's time, shared equally
+        r.worker = f"{socket.gethostname()}:{os.getpid()}"
+        r.device = data.device
+        r.extra["vectorised"] = float(len(jobs))
+    return results
+
+
+def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list[TrainResult]:
+    cfg, device, k = spec.training, data.device, len(jobs)
+    model = models.build(spec.model, spec.input_shape, spec.num_classes).to(device)
+    names = [n for n, _ in model.named_parameters()]
+    masks = {n: torch.stack([torch.from_numpy(np.array(j.masks[n])) for j in jobs]).to(device)
+             for n in jobs[0].masks}
+    chain = _chain(model)
+    # A layer is truly sparse for the group if it is for every individual in it (the group is
+    # fixed by the config, so this too is the same on every worker).
+    sparse = [n for n in layers_to_sparsify(jobs[0].masks, cfg)
+              if all(n in layers_to_sparsify(j.masks, cfg) for j in jobs[1:])] if chain else []
+    patterns = {n: Pattern.block_diagonal(masks[n]) for n in sparse}
+    owner = {n: masks[n].nonzero(as_tuple=True)[0] for n in sparse}   # individual of each value
+    holder = nn.Module()  # the optimiser wants parameters; the stacked tensors are them
+    for i, n in enumerate(names):
+        stacked = torch.stack([torch.from_numpy(np.array(j.weights[n])) for j in jobs]).to(device)
+        holder.register_parameter(f"p{i}", nn.Parameter(stacked[masks[n]] if n in patterns else stacked))
+    params = {n: holder.get_parameter(f"p{i}") for i, n in enumerate(names)}
+    dense_masks = {n: m.to(torch.float32) for n, m in masks.items() if n not in patterns}
+    optimiser = _optimiser(cfg, holder)
+    forward = _chain_forward(chain, patterns) if chain else \
+        vmap(lambda p, x: functional_call(model, p, (x,)))
+
+    x_train, y_train = data.train
+    n = len(y_train)
+    steps = cfg.steps or max(1, math.ceil(cfg.epochs * n / cfg.batch_size))
+    streams = [_batches(n, cfg.batch_size, steps, j.seed, device) for j in jobs]
+    alive = torch.ones(k, dtype=torch.bool, device=device)
+    diverged: dict[int, tuple[int, str]] = {}  # index -> (steps done, why)
+    total = torch.zeros(k, dtype=torch.float64, device=device)
+    # The time limit is per job, so a group of k jobs may take k times as long.
+    limit = None if spec.time_limit_s is None else spec.time_limit_s * k
+    deadline = None if limit is None else time.perf_counter() + limit
+
+    model.train()
+    for step in range(steps):
+        if deadline is not None and time.perf_counter() > deadline:
+            return [TrainResult(j.individual_id, j.weights, status="failed", steps=step,
+                                error=f"timeout: {limit:g}s ({k} x resources.job_timeout_s, vectorised "
+                                      f"group) passed after {step} of {steps} steps") for j in jobs]
+        idx = torch.stack([next(s) for s in streams])            # (K, B)
+        out = forward(params, x_train[idx])                       # (K, B, classes)
+        losses = nn.functional.cross_entropy(out.flatten(0, 1), y_train[idx].flatten(),
+                                             reduction="none").view(k, -1).mean(1)
+        bad = alive & ~torch.isfinite(losses)
+        for i in bad.nonzero().flatten().tolist():
+            diverged[i] = (step, f"loss became {losses[i].item()} at step {step + 1} of {steps}")
+        alive &= ~bad
+        optimiser.zero_grad(set_to_none=True)
+        torch.where(alive, losses, torch.zeros_like(losses)).sum().backward()
+        with torch.no_grad():
+            for name, p in params.items():
+                keep = alive[owner[name]] if name in owner else alive.view(k, *[1] * (p.dim() - 1))
+                # where, not multiply: a diverged individual's gradient may hold NaN (NaN * 0 = NaN)
+                p.grad = torch.where(keep, p.grad, 0.0)
+                if name in dense_masks:
+                    p.grad.mul_(dense_masks[name])
+        optimiser.step()
+        with torch.no_grad():
+            for name, m in dense_masks.items():
+                params[name].mul_(m)
+        total += torch.where(alive, losses.detach(), torch.zeros_like(losses)).double()
+
+    results = []
+    with torch.no_grad():
+        val = _evaluate_many(forward, params, k, *data.val)
+        test = _evaluate_many(forward, params, k, *data.test)
+        for i, job in enumerate(jobs):
+            if i in diverged:
+                done, why = diverged[i]
+                results.append(TrainResult(job.individual_id, job.weights, status="diverged",
+                                           error=why, steps=done))
+                continue
+            weights = {name: _individual(params[name], i, masks.get(name) if name in patterns else None)
+                       for name in names}
+            if not all(np.isfinite(w).all() for w in weights.values()):
+                results.append(TrainResult(job.individual_id, job.weights, status="diverged", steps=steps,
+                                           error="weights became non-finite during training"))
+                continue
+            results.append(TrainResult(job.individual_id, weights, train_loss=float(total[i]) / steps,
+                                       val_loss=val[0][i], val_accuracy=val[1][i],
+                                       test_accuracy=test[1][i], steps=steps,
+                                       extra={"sparse_layers": float(len(patterns))}))
+    return results
+
+
+def _individual(param: torch.Tensor, i: int, masks: torch.Tensor | None) -> np.ndarray:
+    """Individual i's dense weights, from a stacked tensor or from block-diagonal values."""
+    if masks is None:
+        return param[i].detach().cpu().numpy().astype(np.float32, copy=True)
+    counts = masks.flatten(1).sum(1).tolist()
+    start = int(sum(counts[:i]))
+    dense = torch.zeros(masks.shape[1:], dtype=param.dtype, device=param.device)
+    dense[masks[i]] = param.detach()[start: start + int(counts[i])]
+    return dense.cpu().numpy().astype(np.float32, copy=True)
+
+
+_ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU)
+
+
+def _chain(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The layers of an MLP (Flatten, Linear, activations) in order; None for anything else,
+    which is then run under vmap."""
+    if not isinstance(model, nn.Sequential):
+        return None
+    layers = list(model.named_children())
+    ok = all(isinstance(m, (nn.Flatten, nn.Linear) + _ELEMENTWISE) for _, m in layers)
+    return layers if ok else None
+
+
+def _chain_forward(chain: list[tuple[str, nn.Module]], patterns: dict[str, Pattern]):
+    """Forward of K MLPs at once: batched matmuls for dense layers; for truly sparse ones, one
+    sparse matmul with the K masks on the diagonal of a block matrix, the K inputs side by side."""
+    def forward(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:  # x: (K, B, ...)
+        for name, module in chain:
+            if isinstance(module, nn.Flatten):
+                x = x.flatten(2)
+            elif isinstance(module, nn.Linear):
+                w, b = params[f"{name}.weight"], params.get(f"{name}.bias")
+                pattern = patterns.get(f"{name}.weight")
+                if pattern is None:
+                    x = torch.bmm(x, w.transpose(1, 2))
+                else:
+                    k, batch, width = x.shape
+                    y = sparse_matmul(x.transpose(0, 1).reshape(batch, k * width), w, pattern)
+                    x = y.view(batch, k, -1).transpose(0, 1)
+                if b is not None:
+                    x = x + b.unsqueeze(1)
+            else:
+                x = module(x)
+        return x
+    return forward
+
+
+@torch.no_grad()
+def _evaluate_many(forward, params: dict, k: int, x: torch.Tensor, y: torch.Tensor,
+                   batch: int = 1024) -> tuple[list[float], list[float]]:
+    """Per individual (mean cross-entropy, accuracy) over a split shared by all of them."""
+    loss = torch.zeros(k, dtype=torch.float64, device=x.device)
+    correct = torch.zeros(k, dtype=torch.int64, device=x.device)
+    for i in range(0, len(y), batch):
+        xb, yb = x[i: i + batch], y[i: i + batch]
+        out = forward(params, xb.expand(k, *xb.shape))           # (K, b, classes)
+        loss += nn.functional.cross_entropy(out.flatten(0, 1), yb.repeat(k), reduction="none") \
+            .view(k, -1).sum(1).double()
+        correct += (out.argmax(2) == yb).sum(1)
+    return (loss / len(y)).tolist(), (correct.double() / len(y)).tolist()
