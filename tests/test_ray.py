@@ -143,9 +143,7 @@ def _assert_complete(df: pd.DataFrame, local: pd.DataFrame) -> None:
 def test_killed_worker_processes_are_retried(toml, local_history, tmp_path, cluster_factory):
     cluster = cluster_factory(head_cpus=1, workers=[{"num_cpus": 1}])
     run = tmp_path / "run"
-    proc = subprocess.Popen(neuroevo_cmd() + ["run", str(toml), "--run-dir", str(run), *ARGS,
-                                              "--address", cluster.address, "--set", 'resources.backend="ray"'],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start_run(toml, run, cluster)
 
     def kill() -> int:
         pids = _train_task_pids()
@@ -160,12 +158,17 @@ def test_killed_worker_processes_are_retried(toml, local_history, tmp_path, clus
     _assert_complete(history(run), local_history)
 
 
+def _start_run(toml, run, cluster) -> subprocess.Popen:
+    """`neuroevo run` against the cluster, in the background, so a test can kill parts of it."""
+    return subprocess.Popen(neuroevo_cmd() + ["run", str(toml), "--run-dir", str(run), *ARGS,
+                                              "--address", cluster.address, "--set", 'resources.backend="ray"'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_killed_node_loses_no_individual(toml, local_history, tmp_path, cluster_factory):
     cluster = cluster_factory(head_cpus=0, workers=[{"num_cpus": 1}, {"num_cpus": 1}])
     run = tmp_path / "run"
-    proc = subprocess.Popen(neuroevo_cmd() + ["run", str(toml), "--run-dir", str(run), *ARGS,
-                                              "--address", cluster.address, "--set", 'resources.backend="ray"'],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start_run(toml, run, cluster)
 
     def kill() -> int:
         if not _train_task_pids():
@@ -198,9 +201,7 @@ def test_cluster_gone_stops_with_checkpoint_and_message_then_resumes(toml, local
                                                                    cluster_factory):
     cluster = cluster_factory(head_cpus=1, workers=[{"num_cpus": 1}])
     run = tmp_path / "run"
-    proc = subprocess.Popen(neuroevo_cmd() + ["run", str(toml), "--run-dir", str(run), *ARGS,
-                                              "--address", cluster.address, "--set", 'resources.backend="ray"'],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start_run(toml, run, cluster)
 
     def kill() -> int:
         if not _train_task_pids():
