@@ -1,4 +1,4 @@
-"""`neuroevo run / resume / inspect / plot / export`."""
+"""`neuroevo run / resume / train / inspect / plot / export`."""
 
 from __future__ import annotations
 
@@ -161,6 +161,15 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--address", help="Ray cluster to join")
     res.set_defaults(func=cmd_resume)
 
+    tr = sub.add_parser("train", help="train one network with a structure rule ([structure].method): "
+                                      "dense, static, set, rigl, threshold, strength, magnitude")
+    tr.add_argument("experiment", type=Path, help="experiment TOML file")
+    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, e.g. --set structure.method=rigl (repeatable)")
+    tr.add_argument("--seed", type=int, nargs="+", help="seeds (default: experiment.seed)")
+    tr.add_argument("--json", type=Path, help="write every epoch of every seed to this JSON file")
+    tr.set_defaults(func=cmd_train)
+
     ins = sub.add_parser("inspect", help="print tables of a run: generations, top individuals, Pareto front")
     ins.add_argument("run_dir", type=Path)
     ins.add_argument("--top", type=int, default=10, help="how many top individuals (default 10)")
@@ -197,6 +206,40 @@ def cmd_run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return _finished(run, state, exp.evolution.generations, stop)
+
+
+def cmd_train(args) -> int:
+    import dataclasses
+    import json
+
+    from . import config, data, dst
+    from .data import DatasetNotFound
+
+    exp = config.load(args.experiment, args.overrides)
+    try:
+        splits = data.load(exp.data, exp.experiment.seed)
+    except DatasetNotFound as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    runs = []
+    for seed in args.seed or [exp.experiment.seed]:
+        print(f"{exp.structure.method}, seed {seed}: epoch  train loss  val acc  test acc  density  changed", flush=True)
+        try:
+            run = dst.train_network(exp, splits, seed, on_epoch=lambda r: print(
+                f"  {r.epoch:>5}  {r.train_loss:>10.4f}  {r.val_accuracy:>7.4f}  {r.test_accuracy:>8.4f}  "
+                f"{r.density:>7.4f}  {r.changed:>7.2%}  ({r.seconds:.0f} s)", flush=True))
+        except dst.DivergedError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 4
+        print(f"  converged at epoch: {run.converged_epoch}")
+        runs.append(run)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"config": exp.to_dict(), "runs": [
+            {"method": r.method, "seed": r.seed, "converged_epoch": r.converged_epoch,
+             "records": [dataclasses.asdict(x) for x in r.records]} for r in runs]}, indent=1))
+        print(f"wrote {args.json}")
+    return 0
 
 
 def cmd_resume(args) -> int:

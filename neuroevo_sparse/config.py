@@ -83,7 +83,9 @@ class EvolutionConfig:
     generations: int = _range(0, default=5)
     crossover: Literal["neuron", "connection", "layer", "none"] = "neuron"
     crossover_prob: float = _range(0.0, 1.0, default=0.5)
-    mutations: list[Literal["set", "rewire"]] = field(default_factory=lambda: ["set"])
+    # "set", "rewire", and the seed paper's two methods "threshold" and "strength" (their
+    # parameters are in [structure]; the update index is the generation).
+    mutations: list[Literal["set", "rewire", "threshold", "strength"]] = field(default_factory=lambda: ["set"])
     mutation_prob: float = _range(0.0, 1.0, default=1.0)
     # SET's zeta: fraction of each layer's active connections pruned (smallest |w|) and regrown.
     prune_fraction: float = _range(0.0, 1.0, hi_open=True, default=0.2)
@@ -128,6 +130,38 @@ class TrainingConfig:
     sparse_kernels: Literal["auto", "on", "off"] = "auto"
     sparse_below: float = _range(0.0, 1.0, default=0.3)
     sparse_min_size: int = _range(0, default=100_000)
+    # Learning rate over one training run: "constant", or "cosine" decay to 0 over its steps.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+
+
+@dataclass(frozen=True)
+class StructureConfig:
+    """How one network's sparse structure changes while it trains (`neuroevo train`,
+    benchmarks/paper_claims.py), and the parameters of the "threshold"/"strength" mutations."""
+    # "dense": no mask; "static": the initial mask never changes; "set", "rigl", "threshold",
+    # "strength": see structure.py; "magnitude": train dense, prune each layer to its target
+    # count by |w| once, then fine-tune `finetune_epochs` with the mask.
+    method: Literal["dense", "static", "set", "rigl", "threshold", "strength", "magnitude"] = "static"
+    # Optimiser steps between structure updates; 0: at the end of every epoch.
+    update_every: int = _range(0, default=0)
+    # SET's zeta (fraction removed per update); RigL's alpha (initial drop fraction).
+    fraction: float = _range(0.0, 1.0, hi_open=True, default=0.3)
+    # RigL: no structure update after this fraction of training.
+    rigl_end: float = _range(0.0, 1.0, lo_open=True, default=0.75)
+    # threshold/strength: a connection dies when |w| < threshold * decay**t * mean active |w|.
+    threshold: float = _range(0.0, default=0.5)
+    threshold_decay: float = _range(0.0, 1.0, default=0.5)
+    # threshold/strength: at most this fraction of a layer's active connections die per update.
+    max_fraction: float = _range(0.0, 1.0, default=0.3)
+    # threshold/strength: connections born per connection that died; < 1 shrinks the network.
+    regrow_ratio: float = _range(0.0, 1.0, default=1.0)
+    # Weight of a newborn connection: "zero" (RigL) or "random" (SET: the layer's init).
+    new_weights: Literal["zero", "random"] = "zero"
+    # magnitude: epochs of masked fine-tuning after the one-shot prune (within training.epochs).
+    finetune_epochs: int = _range(0, default=1)
+    # A structure has converged at the first epoch from which fewer than this fraction of the
+    # active connections change per epoch.
+    converged_below: float = _range(0.0, 1.0, lo_open=True, default=0.01)
 
 
 @dataclass(frozen=True)
@@ -175,6 +209,7 @@ class Experiment:
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    structure: StructureConfig = field(default_factory=StructureConfig)
     fitness: FitnessConfig = field(default_factory=FitnessConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -187,8 +222,14 @@ class Experiment:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        """Stable hash of the settings that determine results (all but RESUME_SAFE_KEYS)."""
-        flat = {k: v for k, v in flatten(self.to_dict()).items() if k not in RESUME_SAFE_KEYS}
+        """Stable hash of the settings that determine results (all but RESUME_SAFE_KEYS).
+
+        Only values that differ from their defaults count, so a later version that adds a key
+        (with a default that keeps the old behaviour) does not invalidate existing runs.
+        """
+        defaults = flatten(Experiment().to_dict())
+        flat = {k: v for k, v in flatten(self.to_dict()).items()
+                if k not in RESUME_SAFE_KEYS and (k not in defaults or defaults[k] != v)}
         return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 

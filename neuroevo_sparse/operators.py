@@ -17,7 +17,8 @@ from typing import Callable
 import numpy as np
 from deap import base
 
-from .config import Experiment
+from . import structure
+from .config import Experiment, StructureConfig
 from .genome import Genome, fresh_weights, init_bound
 from .models import LayerInfo
 
@@ -168,6 +169,22 @@ def mut_rewire(var: Variation, g: Genome, gid: int, generation: int, rng: np.ran
     return _child(gid, (g,), generation, "mut_rewire", masks, weights)
 
 
+def mut_structure(var: Variation, g: Genome, gid: int, generation: int, rng: np.random.Generator,
+                  method: str, params: StructureConfig) -> Genome:
+    """The seed paper's methods as mutations ("threshold", "strength"; see structure.py): one
+    structure update per layer on the inherited (trained) weights, the generation as update
+    index, so the threshold decays and a lineage's structure settles as generations pass."""
+    masks, weights = _copy(g)
+    for name in masks:
+        mask, w = masks[name].reshape(-1), weights[name].reshape(-1)
+        change = structure.update(method, mask, w, masks[name].shape, generation, rng,
+                                  threshold=params.threshold, threshold_decay=params.threshold_decay,
+                                  max_fraction=params.max_fraction, regrow_ratio=params.regrow_ratio)
+        if params.new_weights == "random" and len(change.added):
+            w[change.added] = fresh_weights(len(change.added), var.bound(name, int(mask.sum())), rng)
+    return _child(gid, (g,), generation, f"mut_{method}", masks, weights)
+
+
 CROSSOVERS = {"neuron": cx_neuron, "connection": cx_connection, "layer": cx_layer}
 
 
@@ -182,6 +199,9 @@ def make_toolbox(exp: Experiment, info: dict[str, LayerInfo]) -> base.Toolbox:
     fractions = {"set": ev.prune_fraction, "rewire": ev.rewire_fraction}
     functions = {"set": mut_set, "rewire": mut_rewire}
     for name in ev.mutations:
-        toolbox.register(f"mutate_{name}", functions[name], var, fraction=fractions[name])
+        if name in functions:
+            toolbox.register(f"mutate_{name}", functions[name], var, fraction=fractions[name])
+        else:
+            toolbox.register(f"mutate_{name}", mut_structure, var, method=name, params=exp.structure)
     toolbox.mutations = list(ev.mutations)
     return toolbox

@@ -78,7 +78,7 @@ def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
     params = dict(model.named_parameters())
     masks = {k: torch.from_numpy(np.array(v)).to(device=device, dtype=params[k].dtype)
              for k, v in job.masks.items() if k not in sparse_layers}
-    optimiser = _optimiser(cfg, model)
+    optimiser = optimiser_for(cfg, model)
     loss_fn = nn.CrossEntropyLoss()
     x_train, y_train = data.train
     n = len(y_train)
@@ -87,7 +87,7 @@ def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
     model.train()
     total, done = 0.0, 0
     deadline = None if spec.time_limit_s is None else time.perf_counter() + spec.time_limit_s
-    for idx in _batches(n, cfg.batch_size, steps, job.seed, device):
+    for idx in batches(n, cfg.batch_size, steps, job.seed, device):
         if deadline is not None and time.perf_counter() > deadline:
             return TrainResult(job.individual_id, job.weights, status="failed", steps=done,
                                error=f"timeout: {spec.time_limit_s}s (resources.job_timeout_s) "
@@ -101,6 +101,7 @@ def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
         with torch.no_grad():
             for name, m in masks.items():
                 params[name].grad.mul_(m)
+        set_lr(optimiser, cfg, done, steps)
         optimiser.step()
         with torch.no_grad():
             for name, m in masks.items():
@@ -119,14 +120,21 @@ def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
                        val_accuracy=val_acc, test_accuracy=test_acc, steps=done)
 
 
-def _optimiser(cfg, model: nn.Module) -> torch.optim.Optimizer:
+def optimiser_for(cfg, model: nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _batches(n: int, batch_size: int, steps: int, seed: int, device: str) -> Iterator[torch.Tensor]:
+def set_lr(optimiser: torch.optim.Optimizer, cfg, step: int, steps: int) -> None:
+    """The learning rate of step `step` of `steps` under `training.lr_schedule`."""
+    if cfg.lr_schedule == "cosine":
+        for group in optimiser.param_groups:
+            group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
+def batches(n: int, batch_size: int, steps: int, seed: int, device: str) -> Iterator[torch.Tensor]:
     """`steps` mini-batches of indices: epochs of seeded permutations, the last one partial."""
     gen = torch.Generator().manual_seed(seed)
     done = 0

@@ -31,7 +31,7 @@ from torch.func import functional_call, vmap
 from . import models
 from .jobs import TrainJob, TrainResult, TrainSpec
 from .sparse import Pattern, layers_to_sparsify, sparse_matmul
-from .training import DeviceData, _batches, _optimiser
+from .training import DeviceData, batches, optimiser_for, set_lr
 
 
 def train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list[TrainResult]:
@@ -74,14 +74,14 @@ def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
         holder.register_parameter(f"p{i}", nn.Parameter(stacked[masks[n]] if n in patterns else stacked))
     params = {n: holder.get_parameter(f"p{i}") for i, n in enumerate(names)}
     dense_masks = {n: m.to(torch.float32) for n, m in masks.items() if n not in patterns}
-    optimiser = _optimiser(cfg, holder)
+    optimiser = optimiser_for(cfg, holder)
     forward = _chain_forward(chain, patterns) if chain else \
         vmap(lambda p, x: functional_call(model, p, (x,)))
 
     x_train, y_train = data.train
     n = len(y_train)
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * n / cfg.batch_size))
-    streams = [_batches(n, cfg.batch_size, steps, j.seed, device) for j in jobs]
+    streams = [batches(n, cfg.batch_size, steps, j.seed, device) for j in jobs]
     alive = torch.ones(k, dtype=torch.bool, device=device)
     diverged: dict[int, tuple[int, str]] = {}  # index -> (steps done, why)
     total = torch.zeros(k, dtype=torch.float64, device=device)
@@ -112,6 +112,7 @@ def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
                 p.grad = torch.where(keep, p.grad, 0.0)
                 if name in dense_masks:
                     p.grad.mul_(dense_masks[name])
+        set_lr(optimiser, cfg, step, steps)
         optimiser.step()
         with torch.no_grad():
             for name, m in dense_masks.items():

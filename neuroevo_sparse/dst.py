@@ -1,0 +1,236 @@
+"""One network, one structure rule: dense, static sparse, SET, RigL, the seed paper's two
+methods, and one-shot magnitude pruning, trained by the same loop on the same data.
+
+This is the harness behind `neuroevo train` and benchmarks/paper_claims.py. Every method gets
+the same model, optimiser, learning-rate schedule, batches and initial weights for a given
+seed, so a difference between two rows of a comparison is the structure rule and nothing else.
+
+Training is dense-masked (weight * mask, gradient * mask) rather than truly sparse: RigL needs
+the dense gradient of inactive positions, and a single code path for every method keeps the
+comparison fair. Optimiser state of a connection is reset when it dies or is born.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import models, seeds, structure
+from .config import Experiment
+from .data import Splits
+from .genome import init_bound, random_genome, target_counts
+from .training import DeviceData, batches, evaluate, optimiser_for, set_lr
+
+
+class DivergedError(RuntimeError):
+    """The loss or the weights became non-finite; the message says where and what to change."""
+
+
+@dataclass
+class EpochRecord:
+    epoch: int                 # 1-based; 0 is the untrained network
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    test_accuracy: float
+    density: float             # active fraction of the maskable weights
+    active_params: int         # active masked weights + every unmasked parameter
+    flops: int                 # forward FLOPs per sample of the masked layers
+    changed: float             # connections born this epoch / active connections
+    seconds: float             # wall time since training started
+
+
+@dataclass
+class NetworkRun:
+    method: str
+    seed: int
+    records: list[EpochRecord]
+    converged_epoch: int | None     # first epoch from which every update changed < converged_below
+    masks: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    state: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+
+    @property
+    def final(self) -> EpochRecord:
+        return self.records[-1]
+
+
+def train_network(exp: Experiment, splits: Splits, seed: int | None = None,
+                  on_epoch: Callable[[EpochRecord], None] | None = None) -> NetworkRun:
+    """Train one network of `exp` with `exp.structure.method`; one record per epoch."""
+    seed = exp.experiment.seed if seed is None else seed
+    s, cfg = exp.structure, exp.training
+    torch.manual_seed(seeds.derive(seed, "torch"))  # nothing should draw from it; belt and braces
+    model = models.build(exp.model, splits.input_shape, splits.num_classes)
+    info = models.layer_info(model, splits.input_shape)
+    names = models.maskable(model, exp.sparsity, exp.model.mask_biases)
+    template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    sparse_from_start = s.method not in ("dense", "magnitude")
+    density = exp.sparsity.density if sparse_from_start else 1.0
+    counts = target_counts(info, names, density, exp.sparsity.init)
+    genome = random_genome(0, template, info, counts, cfg.init, seeds.rng(seed, "init"))
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in genome.weights.items()})
+    params = dict(model.named_parameters())
+    bool_masks = {n: genome.masks[n].copy() for n in names}  # what structure rules edit
+    masks = {n: torch.from_numpy(m.astype(np.float32)) for n, m in bool_masks.items()}  # what steps use
+
+    data = DeviceData(splits)
+    x, y = data.train
+    n = len(y)
+    epochs = max(1, math.ceil(cfg.epochs))
+    per_epoch = math.ceil(n / cfg.batch_size)
+    total = epochs * per_epoch
+    optimiser = optimiser_for(cfg, model)
+    loss_fn = nn.CrossEntropyLoss()
+    rng = seeds.rng(seed, "structure")
+    schedule = _Schedule(s, epochs, per_epoch)
+    prune_after = epochs - s.finetune_epochs if s.method == "magnitude" else None
+
+    start = time.perf_counter()
+    records = [_record(0, float("nan"), model, data, masks, info, params, 0.0, 0.0)]
+    changes: list[tuple[int, float]] = []  # (epoch, changed fraction) of every update
+    order = batches(n, cfg.batch_size, total, seeds.derive(seed, "batches"), data.device)
+    step = 0
+    for epoch in range(1, epochs + 1):
+        loss_sum, born = 0.0, 0
+        for _ in range(per_epoch):
+            idx = next(order)
+            loss = loss_fn(model(x[idx]), y[idx])
+            if not torch.isfinite(loss):
+                raise DivergedError(f"{s.method}, seed {seed}: loss became {loss.item()} at step {step + 1} "
+                                    f"(epoch {epoch}); lower training.lr (now {cfg.lr}) or use "
+                                    f"training.lr_schedule = \"cosine\"")
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            update_now = schedule.due(step + 1, epoch_end=(step + 1) % per_epoch == 0)
+            grads = ({k: params[k].grad.detach().clone() for k in masks}
+                     if update_now and s.method == "rigl" else None)
+            with torch.no_grad():
+                for k, m in masks.items():
+                    params[k].grad.mul_(m)
+            set_lr(optimiser, cfg, step, total)
+            optimiser.step()
+            with torch.no_grad():
+                for k, m in masks.items():
+                    params[k].mul_(m)
+            loss_sum += loss.item()
+            step += 1
+            if update_now:
+                b, active = _apply_update(s, params, bool_masks, masks, info, optimiser, schedule.index, schedule.t_end,
+                                          grads, rng, cfg.init)
+                schedule.index += 1
+                born += b
+                changes.append((epoch, b / max(active, 1)))
+        if epoch == prune_after:
+            _magnitude_prune(params, bool_masks, masks, target_counts(info, names, exp.sparsity.density, exp.sparsity.init),
+                             optimiser)
+        active = sum(int(m.sum()) for m in masks.values())
+        record = _record(epoch, loss_sum / per_epoch, model, data, masks, info, params,
+                         born / max(active, 1), time.perf_counter() - start)
+        if not math.isfinite(record.val_loss):
+            raise DivergedError(f"{s.method}, seed {seed}: weights became non-finite in epoch {epoch}; "
+                                f"lower training.lr (now {cfg.lr})")
+        records.append(record)
+        if on_epoch:
+            on_epoch(record)
+    return NetworkRun(
+        method=s.method, seed=seed, records=records,
+        converged_epoch=converged_epoch(changes, epochs, s.converged_below, s.method, prune_after),
+        masks={k: m.copy() for k, m in bool_masks.items()},
+        state={k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
+
+
+def converged_epoch(changes: list[tuple[int, float]], epochs: int, below: float, method: str,
+                    prune_after: int | None) -> int | None:
+    """The epoch from which the structure stopped changing: after it, no update changed
+    `below` or more of the active connections.
+
+    0 for a structure that never changes (dense, static); the prune epoch for magnitude
+    pruning; None when large changes go on until the last epoch that has updates (SET at a
+    fixed rate never converges).
+    """
+    if method == "magnitude":
+        return prune_after
+    last_big = max((e for e, c in changes if c >= below), default=0)
+    return None if last_big >= epochs - 1 and last_big > 0 else last_big
+
+
+class _Schedule:
+    """When structure updates happen, and how many there are before RigL stops."""
+
+    def __init__(self, s, epochs: int, per_epoch: int):
+        self.method, self.every, self.index = s.method, s.update_every, 0
+        self.total = epochs * per_epoch
+        if s.method == "rigl":
+            horizon = s.rigl_end * self.total
+            self.stop = horizon
+            self.t_end = max(1, int(horizon // (s.update_every or per_epoch)))
+        else:
+            self.stop = self.total - 1  # no update after the last step: nothing would train it
+            self.t_end = 1
+
+    def due(self, step: int, epoch_end: bool) -> bool:
+        if self.method in ("dense", "static", "magnitude") or step >= self.stop:
+            return False
+        return step % self.every == 0 if self.every else epoch_end
+
+
+@torch.no_grad()
+def _apply_update(s, params, bool_masks, masks, info, optimiser, t, t_end, grads, rng,
+                  init) -> tuple[int, int]:
+    born = active = 0
+    for name, m in bool_masks.items():
+        flat_m = m.reshape(-1)
+        w = params[name].detach().numpy().reshape(-1)  # shares memory with the parameter
+        change = structure.update(
+            s.method, flat_m, w, tuple(m.shape), t, rng, fraction=s.fraction, threshold=s.threshold,
+            threshold_decay=s.threshold_decay, max_fraction=s.max_fraction, regrow_ratio=s.regrow_ratio,
+            grad=None if grads is None else grads[name].numpy().reshape(-1), t_end=t_end)
+        if s.new_weights == "random" and len(change.added):
+            bound = init_bound(info[name], float(flat_m.mean()), init)
+            w[change.added] = rng.uniform(-bound, bound, size=len(change.added)).astype(np.float32)
+        _reset_state(optimiser, params[name], np.concatenate([change.removed, change.added]))
+        masks[name].copy_(torch.from_numpy(m))
+        born += len(change.added)
+        active += int(flat_m.sum())
+    return born, active
+
+
+@torch.no_grad()
+def _magnitude_prune(params, bool_masks, masks, counts: dict[str, int], optimiser) -> None:
+    """One-shot: keep each layer's `counts[name]` largest |w| (the same per-layer counts the
+    sparse methods start from, so every method ends with the same number of connections)."""
+    for name, m in bool_masks.items():
+        flat_m = m.reshape(-1)
+        w = params[name].detach().numpy().reshape(-1)
+        drop = structure.smallest(flat_m, w, int(flat_m.sum()) - counts[name])
+        flat_m[drop] = False
+        w[drop] = 0.0
+        _reset_state(optimiser, params[name], drop)
+        masks[name].copy_(torch.from_numpy(m))
+
+
+def _reset_state(optimiser: torch.optim.Optimizer, param: torch.Tensor, positions: np.ndarray) -> None:
+    state = optimiser.state.get(param)
+    if not state or len(positions) == 0:
+        return
+    idx = torch.from_numpy(positions)
+    for key in ("exp_avg", "exp_avg_sq", "momentum_buffer"):
+        if state.get(key) is not None:
+            state[key].view(-1)[idx] = 0.0
+
+
+def _record(epoch, train_loss, model, data, masks, info, params, changed, seconds) -> EpochRecord:
+    val_loss, val_acc = evaluate(model, *data.val)
+    _, test_acc = evaluate(model, *data.test)
+    active_masked = sum(int(m.sum()) for m in masks.values())
+    size_masked = sum(m.numel() for m in masks.values())
+    unmasked = sum(p.numel() for k, p in params.items() if k not in masks)
+    flops = sum(2 * int(m.sum()) * info[k].positions for k, m in masks.items())
+    return EpochRecord(epoch, train_loss, val_loss, val_acc, test_acc, active_masked / size_masked,
+                       active_masked + unmasked, flops, changed, seconds)

@@ -1,0 +1,165 @@
+"""Structure-update rules: which connections of one masked tensor die and which are born.
+
+One rule, two uses: `neuroevo_sparse.dst` applies it inside a single network's training run
+(every epoch or every `update_every` steps), and `operators` applies it as a GA mutation (the
+update index is then the generation). A rule sees one tensor at a time as flat numpy arrays
+and returns the positions it removed and added; the caller edits mask and weights. Every
+random choice comes from the Generator passed in.
+
+Rules (`structure.method`):
+
+- "set" (Mocanu et al. 2018): remove the `fraction` (zeta) of active connections with the
+  smallest |w|; regrow as many uniformly at random among positions that were not just removed.
+  The rate never decays, so SET's structure never stops changing.
+- "rigl" (Evci et al. 2020): remove the smallest-|w| fraction alpha/2 (1 + cos(pi t / T_end)) and
+  regrow as many where the dense gradient |dL/dw| of inactive positions is largest; no update
+  after `rigl_end` of training. Needs gradients, so it runs inside training, not as a mutation.
+- "threshold" (the seed paper's first method, as we read it): a connection dies when its |w|
+  falls below `threshold_t` times the layer's mean active |w|; as many are born at random
+  (times `regrow_ratio`). threshold_t = threshold * threshold_decay**t, so the number of deaths
+  shrinks geometrically and the structure converges; at most `max_fraction` die per update.
+- "strength" (the seed paper's second method, as we read it): deaths as in "threshold";
+  births are drawn with probability proportional to strength(post) * strength(pre), the
+  summed |w| of the two neurons' active connections: new synapses form between neurons that
+  already carry signal (preferential attachment, as in the scale-free topologies SET reports).
+
+The library holds only the seed paper's abstract and introduction (Naji, Abtahi, Marvasti,
+arXiv 2103.07674): prune-by-magnitude during training, a structure that converges, and fewer
+parameters than dense. The death threshold, its decay, the growth rule and the cap are our
+choices, each a config key in `[structure]` (see config.StructureConfig).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+METHODS_WITHOUT_GRADIENTS = ("set", "threshold", "strength")
+
+
+@dataclass(frozen=True)
+class Change:
+    """Flat positions of one tensor that one update removed and added."""
+
+    removed: np.ndarray
+    added: np.ndarray
+
+    def fraction_of(self, active: int) -> float:
+        """Share of the active connections that changed (the convergence measure)."""
+        return len(self.added) / max(active, 1)
+
+
+def smallest(mask: np.ndarray, w: np.ndarray, n: int) -> np.ndarray:
+    """The `n` active positions with the smallest |w| (ties broken by position, stably)."""
+    active = np.flatnonzero(mask)
+    n = min(n, len(active))
+    if n <= 0:
+        return np.empty(0, dtype=np.int64)
+    return active[np.argsort(np.abs(w[active]), kind="stable")[:n]]
+
+
+def below_threshold(mask: np.ndarray, w: np.ndarray, level: float, max_fraction: float) -> np.ndarray:
+    """Active positions with |w| < level * mean active |w|, the weakest first, capped."""
+    active = np.flatnonzero(mask)
+    if len(active) == 0:
+        return np.empty(0, dtype=np.int64)
+    mag = np.abs(w[active])
+    weak = active[mag < level * mag.mean()]
+    cap = int(math.floor(max_fraction * len(active)))
+    if len(weak) > cap:
+        weak = weak[np.argsort(np.abs(w[weak]), kind="stable")[:cap]]
+    return np.sort(weak)
+
+
+def grow_random(free: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` positions drawn uniformly without replacement from the boolean `free`."""
+    candidates = np.flatnonzero(free)
+    n = min(n, len(candidates))
+    return np.sort(rng.choice(candidates, size=n, replace=False)) if n > 0 else candidates[:0]
+
+
+def grow_weighted(free: np.ndarray, score: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` positions without replacement, each with probability proportional to `score`.
+
+    Exponential-race sampling (Efraimidis and Spirakis): the `n` smallest Exp(1)/score keys are a
+    weighted sample without replacement, in O(size) instead of numpy's O(size * n).
+    """
+    candidates = np.flatnonzero(free)
+    n = min(n, len(candidates))
+    if n <= 0:
+        return candidates[:0]
+    s = score[candidates].astype(np.float64) + 1e-12
+    keys = rng.exponential(size=len(candidates)) / s
+    pick = np.argpartition(keys, n - 1)[:n] if n < len(candidates) else np.arange(len(candidates))
+    return np.sort(candidates[pick])
+
+
+def grow_top(free: np.ndarray, score: np.ndarray, n: int) -> np.ndarray:
+    """The `n` free positions with the largest score (ties by position)."""
+    candidates = np.flatnonzero(free)
+    n = min(n, len(candidates))
+    if n <= 0:
+        return candidates[:0]
+    order = np.argsort(-score[candidates], kind="stable")[:n]
+    return np.sort(candidates[order])
+
+
+def neuron_strength(mask: np.ndarray, w: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Per-position score strength(post) * strength(pre) for a (out, in, ...) weight tensor."""
+    mag = np.abs(w * mask).reshape(shape[0], -1)  # (post, pre * kernel)
+    post = mag.sum(axis=1)
+    pre = mag.sum(axis=0)
+    # Adding the mean strength (as Barabasi-Albert adds 1 to a degree) keeps a neuron that lost
+    # all its connections reachable: a strong pair is preferred, an isolated neuron not excluded.
+    return np.outer(post + post.mean(), pre + pre.mean()).reshape(-1)
+
+
+def rigl_fraction(alpha: float, t: int, t_end: int) -> float:
+    """RigL's cosine-decayed drop fraction at update `t` of `t_end` (0 from t_end on)."""
+    return 0.0 if t >= t_end else alpha / 2 * (1 + math.cos(math.pi * t / t_end))
+
+
+def threshold_level(threshold: float, decay: float, t: int) -> float:
+    return threshold * decay ** t
+
+
+def update(method: str, mask: np.ndarray, w: np.ndarray, shape: tuple[int, ...], t: int,
+           rng: np.random.Generator, *, fraction: float = 0.3, threshold: float = 0.5,
+           threshold_decay: float = 0.5, max_fraction: float = 0.3, regrow_ratio: float = 1.0,
+           grad: np.ndarray | None = None, t_end: int = 1) -> Change:
+    """Apply one structure update to a flat mask and weights in place; return what changed.
+
+    Removed positions get weight 0; added positions get weight 0 too (RigL's choice: a new
+    connection starts silent and is grown by the gradient, so an update never jolts the
+    network's function). `t` is the update index (epoch, step block or generation).
+    """
+    if method == "set":
+        removed = smallest(mask, w, int(round(fraction * mask.sum())))
+        n_add = len(removed)
+    elif method == "rigl":
+        if grad is None:
+            raise ValueError("structure.method = \"rigl\" needs gradients: it runs inside training only")
+        removed = smallest(mask, w, int(round(rigl_fraction(fraction, t, t_end) * mask.sum())))
+        n_add = len(removed)
+    elif method in ("threshold", "strength"):
+        removed = below_threshold(mask, w, threshold_level(threshold, threshold_decay, t), max_fraction)
+        n_add = int(round(regrow_ratio * len(removed)))
+    else:
+        raise ValueError(f"unknown structure method {method!r}")
+    mask[removed] = False
+    w[removed] = 0.0
+    free = ~mask
+    if method != "rigl" and free.sum() - len(removed) >= n_add:
+        free[removed] = False  # RigL may regrow a just-removed position; the others only if
+        # the layer has no other free position
+    if method == "rigl":
+        added = grow_top(free, np.abs(grad), n_add)
+    elif method == "strength":
+        added = grow_weighted(free, neuron_strength(mask, w, shape), n_add, rng)
+    else:
+        added = grow_random(free, n_add, rng)
+    mask[added] = True
+    w[added] = 0.0
+    return Change(removed=removed, added=added)
