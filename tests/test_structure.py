@@ -224,3 +224,18 @@ def test_config_hash_ignores_keys_left_at_their_defaults(tiny_toml):
     explicit = config.load(tiny_toml, ['structure.method="static"', "training.lr_schedule=\"constant\""])
     assert plain.hash() == explicit.hash()
     assert config.load(tiny_toml, ['structure.method="set"']).hash() != plain.hash()
+
+
+def test_neuroevo_train_writes_every_epoch_of_every_seed(tiny_toml, tmp_path, capsys):
+    import json
+
+    from neuroevo_sparse import cli
+
+    out = tmp_path / "set.json"
+    rc = cli.main(["train", str(tiny_toml), "--set", "training.epochs=2", "--set", "structure.method=set",
+                   "--seed", "0", "1", "--json", str(out)])
+    assert rc == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["seed"] for r in runs] == [0, 1] and all(len(r["records"]) == 3 for r in runs)
+    assert "converged at epoch" in capsys.readouterr().out
+    assert cli.main(["train", str(tiny_toml), "--set", "structure.method=lottery"]) == 2
