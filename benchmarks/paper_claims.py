@@ -331,7 +331,10 @@ def report(seeds: list[int], docs: Path, commands: list[str]) -> None:
              "epoch. Sparse methods start from the same ERK mask at 10% density and keep it; dense and magnitude "
              "start dense. Structure updates at the end of every epoch but the last. *Converged*: the first "
              "epoch after which no update changed 1% or more of the active connections "
-             "(`structure.converged_below`). FLOPs: forward multiply-adds x2 per sample of the masked layers.",
+             "(`structure.converged_below`). FLOPs: forward multiply-adds x2 per sample of the masked layers. "
+             "*wall s/run* is indicative only: every method trains dense-masked (so a sparse run costs what "
+             "a dense one does here), and the machine also ran other jobs during parts of the benchmark; "
+             "the accuracies do not depend on that (every draw is seeded).",
              ""]
     named = {"small": "Fashion-MNIST, MLP 784-300-100-10, 10% density",
              "big": "Fashion-MNIST, SET's MLP 784-1000-1000-1000-10, 10% density",

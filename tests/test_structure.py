@@ -239,3 +239,13 @@ def test_neuroevo_train_writes_every_epoch_of_every_seed(tiny_toml, tmp_path, ca
     assert [r["seed"] for r in runs] == [0, 1] and all(len(r["records"]) == 3 for r in runs)
     assert "converged at epoch" in capsys.readouterr().out
     assert cli.main(["train", str(tiny_toml), "--set", "structure.method=lottery"]) == 2
+
+
+@pytest.mark.parametrize("method", ["strength", "rigl"])
+def test_methods_on_a_cnn(method):
+    exp = config.from_dict({"data": {"dataset": "digits"}, "model": {"kind": "cnn", "channels": [4, 8]},
+                            "sparsity": {"density": 0.3}, "structure": {"method": method},
+                            "training": {"epochs": 3, "batch_size": 64, "lr": 0.01}})
+    run = dst.train_network(exp, data.load(exp.data, 0), seed=0)
+    assert abs(run.final.density - 0.3) < 0.01 and run.records[1].changed > 0
+    assert run.final.test_accuracy > run.records[0].test_accuracy
