@@ -25,7 +25,7 @@ from . import models, seeds, structure
 from .config import Experiment
 from .data import Splits
 from .genome import init_bound, random_genome, target_counts
-from .training import DeviceData, batches, evaluate, optimiser_for, set_lr
+from .training import DeviceData, batches, evaluate, masked_step, optimiser_for
 
 
 class DivergedError(RuntimeError):
@@ -105,19 +105,9 @@ def train_network(exp: Experiment, splits: Splits, seed: int | None = None,
                 raise DivergedError(f"{s.method}, seed {seed}: loss became {loss.item()} at step {step + 1} "
                                     f"(epoch {epoch}); lower training.lr (now {cfg.lr}) or use "
                                     f"training.lr_schedule = \"cosine\"")
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
             update_now = schedule.due(step + 1, epoch_end=(step + 1) % per_epoch == 0)
-            grads = ({k: params[k].grad.detach().clone() for k in masks}
-                     if update_now and s.method == "rigl" else None)
-            with torch.no_grad():
-                for k, m in masks.items():
-                    params[k].grad.mul_(m)
-            set_lr(optimiser, cfg, step, total)
-            optimiser.step()
-            with torch.no_grad():
-                for k, m in masks.items():
-                    params[k].mul_(m)
+            grads = masked_step(loss, optimiser, params, masks, cfg, step, total,
+                                keep_grads=update_now and s.method == "rigl")
             loss_sum += loss.item()
             step += 1
             if update_now:

@@ -96,16 +96,7 @@ def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
         if not torch.isfinite(loss):
             return TrainResult(job.individual_id, job.weights, status="diverged", steps=done,
                                error=f"loss became {loss.item()} at step {done + 1} of {steps}")
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        with torch.no_grad():
-            for name, m in masks.items():
-                params[name].grad.mul_(m)
-        set_lr(optimiser, cfg, done, steps)
-        optimiser.step()
-        with torch.no_grad():
-            for name, m in masks.items():
-                params[name].mul_(m)
+        masked_step(loss, optimiser, params, masks, cfg, done, steps)
         total += loss.item()
         done += 1
 
@@ -125,6 +116,26 @@ def optimiser_for(cfg, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def masked_step(loss: torch.Tensor, optimiser: torch.optim.Optimizer, params: dict[str, torch.Tensor],
+                masks: dict[str, torch.Tensor], cfg, step: int, steps: int,
+                keep_grads: bool = False) -> dict[str, torch.Tensor] | None:
+    """One optimiser step that keeps inactive connections at exactly zero: gradients masked
+    before the step (no momentum builds up), weights masked after it. With `keep_grads`, the
+    dense gradients of the masked tensors, taken before masking, are returned (RigL's regrowth)."""
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    dense = {k: params[k].grad.detach().clone() for k in masks} if keep_grads else None
+    with torch.no_grad():
+        for name, m in masks.items():
+            params[name].grad.mul_(m)
+    set_lr(optimiser, cfg, step, steps)
+    optimiser.step()
+    with torch.no_grad():
+        for name, m in masks.items():
+            params[name].mul_(m)
+    return dense
 
 
 def set_lr(optimiser: torch.optim.Optimizer, cfg, step: int, steps: int) -> None:
