@@ -8,9 +8,16 @@ timed; generations 1..G are.
 
 i.e. the share of generation wall time in which a worker was not inside `training.train`
 (driver-side selection, variation, transfers, history and checkpoint writes, idle workers).
+It is split in two: `driver` (wall time outside `Evaluator.evaluate`: selection, variation,
+write-back, history and checkpoint writes) and `in evaluate` (inside it but not training:
+Ray scheduling, moving jobs and results, and workers idle while the last task finishes).
 
     python benchmarks/scaling.py                       # prints a table, writes JSON
-    python benchmarks/scaling.py --generations 2 --workers 1 2 --json out.json
+    python benchmarks/scaling.py --generations 2 --workers 1 2 --repeats 1 --json out.json
+
+Two CPU-bound workers on two cores also slow each other down (shared caches and memory, and
+the cores' clock), which no framework removes: `job s` (mean seconds in training per
+individual) shows it, separately from the overhead.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -35,15 +43,33 @@ from neuroevo_sparse.jobs import TrainSpec  # noqa: E402
 from neuroevo_sparse.store import RunDir  # noqa: E402
 
 
+class _Timed:
+    """The evaluator, with the wall time of each `evaluate` call added up."""
+
+    def __init__(self, evaluator):
+        self.evaluator, self.seconds = evaluator, 0.0
+
+    def evaluate(self, jobs, on_result=None):
+        start = time.perf_counter()
+        try:
+            return self.evaluator.evaluate(jobs, on_result)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def close(self) -> None:
+        self.evaluator.close()
+
+
 def measure(exp: config.Experiment, splits, workers: int, generations: int, root: Path) -> dict:
     exp = replace(exp, resources=replace(exp.resources, backend="ray", num_cpus=workers, cpus_per_job=1),
                   evolution=replace(exp.evolution, generations=generations),
                   output=replace(exp.output, progress="none"))
     run = RunDir.create(exp, root / f"workers-{workers}")
-    evaluator = make_evaluator(exp, TrainSpec.of(exp, splits.input_shape, splits.num_classes), splits)
+    evaluator = _Timed(make_evaluator(exp, TrainSpec.of(exp, splits.input_shape, splits.num_classes), splits))
     try:
         evo = Evolution(exp, splits, evaluator, run)
         state = evo.run(generations=0)  # generation 0: warms the workers up, not timed
+        evaluator.seconds = 0.0
         start = time.perf_counter()
         evo.run(state)
         wall = time.perf_counter() - start
@@ -55,6 +81,8 @@ def measure(exp: config.Experiment, splits, workers: int, generations: int, root
     return {"workers": workers, "generations": generations, "evaluations": len(timed),
             "wall_s": wall, "train_s": train, "evals_per_s": len(timed) / wall,
             "overhead": (wall - train / workers) / wall,
+            "driver": (wall - evaluator.seconds) / wall,
+            "in_evaluate": (evaluator.seconds - train / workers) / wall,
             "mean_job_s": float(timed.train_seconds.mean()),
             "history_digest": int(h[h.evaluated].val_accuracy.mul(1e6).round().sum())}
 
@@ -64,6 +92,9 @@ def main() -> None:
     p.add_argument("--experiment", type=Path, default=ROOT / "experiments" / "fashion_mnist_mlp.toml")
     p.add_argument("--generations", type=int, default=3)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--repeats", type=int, default=3,
+                   help="rounds of (1 worker, N workers), interleaved so that drift in the machine's "
+                        "speed hits every worker count alike; the medians are reported")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "scaling.json")
     args = p.parse_args()
 
@@ -71,28 +102,45 @@ def main() -> None:
     splits = data.load(exp.data, exp.experiment.seed)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for w in args.workers:
-            rows.append(measure(exp, splits, w, args.generations, Path(tmp)))
-            print(f"  {w} worker(s): {rows[-1]['evals_per_s']:.3f} evaluations/s", file=sys.stderr)
-    base = rows[0]["evals_per_s"]
-    print(f"\nRay evaluator scaling: {args.experiment.name}, {args.generations} timed generations, "
-          f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()})")
-    print(f"{'workers':>7} {'evals':>6} {'wall s':>8} {'train s':>8} {'evals/s':>8} {'speedup':>8} "
-          f"{'overhead':>9} {'job s':>6}")
+        for rep in range(args.repeats):
+            for w in args.workers:
+                rows.append({"round": rep, **measure(exp, splits, w, args.generations, Path(tmp) / f"r{rep}")})
+                print(f"  round {rep}, {w} worker(s): {rows[-1]['evals_per_s']:.3f} evaluations/s", file=sys.stderr)
+    summary = summarise(rows, args.workers)
+    print(f"\nRay evaluator scaling: {args.experiment.name}, {args.generations} timed generations x "
+          f"{args.repeats} rounds, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()})")
+    print(f"{'round':>5} {'workers':>7} {'evals':>6} {'wall s':>8} {'train s':>8} {'evals/s':>8} "
+          f"{'overhead':>9} {'driver':>7} {'in eval':>8} {'job s':>6}")
     for r in rows:
-        print(f"{r['workers']:>7} {r['evaluations']:>6} {r['wall_s']:>8.2f} {r['train_s']:>8.2f} "
-              f"{r['evals_per_s']:>8.3f} {r['evals_per_s'] / base:>7.2f}x {r['overhead']:>8.1%} "
+        print(f"{r['round']:>5} {r['workers']:>7} {r['evaluations']:>6} {r['wall_s']:>8.2f} {r['train_s']:>8.2f} "
+              f"{r['evals_per_s']:>8.3f} {r['overhead']:>8.1%} {r['driver']:>7.1%} {r['in_evaluate']:>8.1%} "
               f"{r['mean_job_s']:>6.2f}")
+    print(f"\n{'workers':>7} {'evals/s':>8} {'speedup':>8} {'overhead':>9} {'job s':>6}   (medians over rounds)")
+    for w, m in summary.items():
+        print(f"{w:>7} {m['evals_per_s']:>8.3f} {m['speedup']:>7.2f}x {m['overhead']:>8.1%} {m['mean_job_s']:>6.2f}")
     same = len({r["history_digest"] for r in rows}) == 1
-    print(f"same history for every worker count: {same}")
+    print(f"same history for every worker count and round: {same}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
         "benchmark": "scaling", "command": "python benchmarks/scaling.py " + " ".join(sys.argv[1:]),
         "experiment": str(args.experiment.relative_to(ROOT)) if args.experiment.is_relative_to(ROOT) else str(args.experiment),
         "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-        "rows": rows, "speedup": {r["workers"]: r["evals_per_s"] / base for r in rows},
-        "same_history": same}, indent=1))
+        "rows": rows, "median": summary, "same_history": same}, indent=1))
     print(f"wrote {args.json}")
+
+
+def summarise(rows: list[dict], workers: list[int]) -> dict[int, dict]:
+    """Medians over rounds per worker count. The speedup is taken round by round (each round's
+    N-worker run against the same round's 1-worker run) and then the median, so a machine
+    that speeds up or slows down between rounds does not show up as scaling."""
+    out = {}
+    for w in workers:
+        mine = [r for r in rows if r["workers"] == w]
+        base = {r["round"]: r["evals_per_s"] for r in rows if r["workers"] == workers[0]}
+        out[w] = {key: statistics.median(r[key] for r in mine)
+                  for key in ("evals_per_s", "overhead", "driver", "in_evaluate", "mean_job_s")}
+        out[w]["speedup"] = statistics.median(r["evals_per_s"] / base[r["round"]] for r in mine)
+    return out
 
 
 if __name__ == "__main__":

@@ -41,8 +41,7 @@ class Variation:
             mask, w = child.masks[name].reshape(-1), child.weights[name].reshape(-1)
             count = int(mask.sum())
             if count > target:
-                active = np.flatnonzero(mask)
-                drop = active[np.argsort(np.abs(w[active]), kind="stable")[: count - target]]
+                drop = structure.smallest(mask, w, count - target)
                 mask[drop] = False
                 w[drop] = 0.0
             elif count < target:
@@ -137,11 +136,10 @@ def mut_set(var: Variation, g: Genome, gid: int, generation: int, rng: np.random
     masks, weights = _copy(g)
     for name in masks:
         mask, w = masks[name].reshape(-1), weights[name].reshape(-1)
-        active = np.flatnonzero(mask)
-        n = int(round(fraction * len(active)))
+        n = int(round(fraction * int(mask.sum())))
         if n == 0:
             continue
-        drop = active[np.argsort(np.abs(w[active]), kind="stable")[:n]]
+        drop = structure.smallest(mask, w, n)
         pruned = np.zeros_like(mask)
         pruned[drop] = True
         mask[drop] = False

@@ -249,3 +249,17 @@ def test_methods_on_a_cnn(method):
     run = dst.train_network(exp, data.load(exp.data, 0), seed=0)
     assert abs(run.final.density - 0.3) < 0.01 and run.records[1].changed > 0
     assert run.final.test_accuracy > run.records[0].test_accuracy
+
+
+def test_smallest_picks_the_stable_argsort_set_with_ties_and_nans():
+    rng = np.random.default_rng(1)
+    for trial in range(2000):
+        size = int(rng.integers(1, 60))
+        mask = rng.random(size) < 0.6
+        w = (rng.integers(-4, 5, size) if trial % 2 else rng.normal(size=size)).astype(np.float32)
+        if trial % 7 == 0:
+            w[rng.integers(size, size=2)] = np.nan
+        n = int(rng.integers(0, size + 2))
+        active = np.flatnonzero(mask)
+        expected = np.sort(active[np.argsort(np.abs(w[active]), kind="stable")[:n]])
+        np.testing.assert_array_equal(structure.smallest(mask, w, n), expected)
