@@ -15,6 +15,7 @@ mu and lambda offspring therefore has mu + G * (mu + lambda) rows.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -274,6 +275,7 @@ class _Background:
         self.thread.start()
 
     def _run(self, fn: Callable[[], None]) -> None:
+        _idle_priority()
         try:
             fn()
         except BaseException as e:  # re-raised in the driver's thread by join()
@@ -283,6 +285,20 @@ class _Background:
         self.thread.join()
         if self.error is not None:
             raise self.error
+
+
+def _idle_priority() -> None:
+    """Run the calling thread only on CPU time nobody else wants (Linux SCHED_IDLE).
+
+    The checkpoint is written while the next generation trains: on a machine whose cores all
+    train (a laptop), a writer at normal priority takes its CPU time from one worker, whose
+    task then ends last while the others wait. At idle priority it fills the gaps instead
+    (the driver's turn between generations, workers waiting for the last task). Elsewhere it
+    runs as it is."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread, on Linux
+    except (AttributeError, OSError):
+        pass
 
 
 def _versions() -> dict[str, str]:
