@@ -86,7 +86,7 @@ def measure(exp: config.Experiment, splits, workers: int, generations: int, root
     timed = h[(h.generation >= 1) & h.evaluated]
     train = float(timed.train_seconds.sum())
     # One Ray task = the rows a worker trained together in a generation (one shared train_seconds).
-    tasks = timed.groupby(["generation", "worker", "train_seconds"]).train_seconds.agg(["sum"])["sum"]
+    tasks = timed.groupby(["generation", "worker", "train_seconds"]).train_seconds.sum()
     critical = sum(max(t.max(), t.sum() / workers) for _, t in tasks.groupby(level="generation"))
     return {"workers": workers, "generations": generations, "evaluations": len(timed),
             "wall_s": wall, "train_s": train, "evals_per_s": len(timed) / wall,
