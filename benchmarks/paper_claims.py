@@ -55,6 +55,7 @@ SUITES = {
     "cifar10": dict(toml="fashion_cnn.toml", methods=["dense", "set", "rigl", "threshold", "strength"],
                     fractions=[1.0], dataset="cifar10"),
 }
+ORDER = ["small", "fractions", "ga", "big", "cnn", "mnist", "cifar10"]  # every suite, in run order
 LABEL = {"dense": "dense", "static": "static sparse", "set": "SET", "rigl": "RigL",
          "threshold": "method 1 (threshold)", "strength": "method 2 (strength)",
          "magnitude": "magnitude prune (one-shot)", "ga-methods": "GA, mutations: methods 1+2",
@@ -327,8 +328,7 @@ def report(seeds: list[int], docs: Path) -> None:
     ga = load_stored("ga")
     # The command that reproduces every table on this page: the suites with stored runs,
     # whichever invocations produced them (stored runs are reused, so one command redoes all).
-    ran = [name for name in ("small", "fractions", "ga", "big", "cnn", "mnist", "cifar10")
-           if (ga if name == "ga" else results[name])]
+    ran = [name for name in ORDER if (ga if name == "ga" else results[name])]
     seed_arg = "" if seeds == [0, 1, 2] else " --seeds " + " ".join(map(str, seeds))
     commands = [f"python benchmarks/paper_claims.py --suites {' '.join(ran)}{seed_arg}   # runs, or reuses stored runs",
                 "python benchmarks/paper_claims.py --report-only   # rebuilds this page from the stored runs"]
@@ -430,7 +430,7 @@ def _version(pkg: str) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suites", nargs="+", choices=list(SUITES) + ["ga"],
-                   default=["small", "fractions", "ga", "big", "cnn", "mnist", "cifar10"])
+                   default=ORDER)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "RESULTS.md")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from stored runs")

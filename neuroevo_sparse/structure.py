@@ -72,16 +72,14 @@ def smallest(mask: np.ndarray, w: np.ndarray, n: int) -> np.ndarray:
 
 
 def below_threshold(mask: np.ndarray, w: np.ndarray, level: float, max_fraction: float) -> np.ndarray:
-    """Active positions with |w| < level * mean active |w|, the weakest first, capped."""
+    """Active positions with |w| < level * mean active |w| (at most max_fraction of them: the weakest)."""
     active = np.flatnonzero(mask)
     if len(active) == 0:
         return np.empty(0, dtype=np.int64)
     mag = np.abs(w[active])
-    weak = active[mag < level * mag.mean()]
-    cap = int(math.floor(max_fraction * len(active)))
-    if len(weak) > cap:
-        weak = weak[np.argsort(np.abs(w[weak]), kind="stable")[:cap]]
-    return np.sort(weak)
+    weak = np.zeros_like(mask)
+    weak[active[mag < level * mag.mean()]] = True
+    return smallest(weak, w, int(math.floor(max_fraction * len(active))))
 
 
 def grow_random(free: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
