@@ -111,7 +111,7 @@ def _workload(name: str, density: float, seed: int = 0):
     import numpy as np
 
     from neuroevo_sparse import config, data, models
-    from neuroevo_sparse.genome import random_genome, target_counts
+    from neuroevo_sparse.genome import Init, random_genome, target_counts
     from neuroevo_sparse.jobs import TrainJob
 
     w = WORKLOADS[name]
@@ -137,7 +137,7 @@ def _workload(name: str, density: float, seed: int = 0):
     counts = target_counts(info, names, density, rule)
     rng = np.random.default_rng(seed)
     jobs = [TrainJob(i, 0, 1000 + i, g.masks, g.weights) for i, g in enumerate(
-        random_genome(i, template, info, counts, exp.training.init, rng) for i in range(w["individuals"]))]
+        random_genome(i, template, info, counts, Init.of(exp.training), rng) for i in range(w["individuals"]))]
     return exp, splits, jobs
 
 

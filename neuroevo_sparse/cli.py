@@ -52,22 +52,49 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
+    """Run the command; every error a user can cause or meet ends as one message and an exit
+    status (2: bad input, 3: cluster gone, 4: the run failed, 1: the system), with how to go on.
+    `--debug` shows the traceback instead."""
+    from .data import DatasetError, DatasetNotFound
+    from .evolution import AllFailed
+    from .store.checkpoint import NoValidCheckpoint
+
     try:
         return args.func(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ClusterLost as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
     except KeyboardInterrupt:
-        where = f"; continue with:\n  neuroevo resume {_RUN_DIR[0]}" if _RUN_DIR else ""
-        print(f"interrupted: stopped at once, every generation completed before is checkpointed{where}",
+        print(f"interrupted: stopped at once, every generation completed before is checkpointed{_resume_hint()}",
               file=sys.stderr)
         return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        if isinstance(e, (ConfigError, DatasetNotFound, DatasetError, NoValidCheckpoint, FileExistsError)):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, ClusterLost):
+            print(f"error: {e}", file=sys.stderr)
+            return 3
+        if isinstance(e, AllFailed):
+            print(f"error: {e}{_resume_hint()}", file=sys.stderr)
+            return 4
+        if isinstance(e, FileNotFoundError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, OSError):  # a read-only location, a full disk, a lost mount
+            where = f" ({e.filename})" if e.filename else ""
+            print(f"error: {e.strerror or e}{where}{_resume_hint()}", file=sys.stderr)
+            return 1
+        print(f"error: {type(e).__name__}: {e}{_resume_hint()}\n(rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _resume_hint() -> str:
+    """How to go on, for a run that stopped on an error it may get past (space freed, cluster back)."""
+    if not _RUN_DIR:
+        return ""
+    return (f"\nEvery generation completed before is checkpointed in {_RUN_DIR[0]}; once the cause is "
+            f"fixed, continue with:\n  neuroevo resume {_RUN_DIR[0]}")
 
 
 _CHILD = "NEUROEVO_SUPERVISED_REPORT"
@@ -141,6 +168,7 @@ def _report(line: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p = argparse.ArgumentParser(prog="neuroevo", description=__doc__, parents=[common])
     sub = p.add_subparsers(required=True, metavar="COMMAND")
     add = sub.add_parser
@@ -156,7 +184,7 @@ def _parser() -> argparse.ArgumentParser:
 
     res = sub.add_parser("resume", help="continue a run from its newest valid checkpoint")
     res.add_argument("run_dir", type=Path)
-    res.add_argument("--generations", type=int, help="new total number of generations")
+    res.add_argument("--generations", type=_non_negative, help="new total number of generations")
     res.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     res.add_argument("--address", help="Ray cluster to join")
     res.set_defaults(func=cmd_resume)
@@ -172,7 +200,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ins = sub.add_parser("inspect", help="print tables of a run: generations, top individuals, Pareto front")
     ins.add_argument("run_dir", type=Path)
-    ins.add_argument("--top", type=int, default=10, help="how many top individuals (default 10)")
+    ins.add_argument("--top", type=_positive, default=10, help="how many top individuals (default 10)")
     ins.add_argument("--json", action="store_true", help="one JSON object instead of tables")
     ins.set_defaults(func=cmd_inspect)
 
@@ -189,6 +217,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative; got {value}")
+    return value
+
+
 def _address_overrides(args) -> list[str]:
     address = args.address or os.environ.get("RAY_ADDRESS")
     return [f'resources.address="{address}"'] if address else []
@@ -196,15 +241,10 @@ def _address_overrides(args) -> list[str]:
 
 def cmd_run(args) -> int:
     from . import config, runs
-    from .data import DatasetNotFound
 
     exp = config.load(args.experiment, args.overrides + _address_overrides(args))
     stop = StopFlag()
-    try:
-        run, state = runs.start(exp, args.run_dir, should_stop=stop, on_created=report_run_dir)
-    except DatasetNotFound as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    run, state = runs.start(exp, args.run_dir, should_stop=stop, on_created=report_run_dir)
     return _finished(run, state, exp.evolution.generations, stop)
 
 
@@ -213,14 +253,9 @@ def cmd_train(args) -> int:
     import json
 
     from . import config, data, dst
-    from .data import DatasetNotFound
 
     exp = config.load(args.experiment, args.overrides)
-    try:
-        splits = data.load(exp.data, exp.experiment.seed)
-    except DatasetNotFound as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    splits = data.load(exp.data, exp.experiment.seed)
     runs = []
     for seed in args.seed or [exp.experiment.seed]:
         print(f"{exp.structure.method}, seed {seed}: epoch  train loss  val acc  test acc  density  changed", flush=True)

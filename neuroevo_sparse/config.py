@@ -12,6 +12,8 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
+import re
 import tomllib
 import types
 import typing
@@ -36,10 +38,14 @@ def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
     return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open)}, **kw)
 
 
+INT64_MAX = 2 ** 63 - 1  # TOML integers are 64-bit; numpy seeds take any of them
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
+    # Names the directory populations/<name>/: letters, digits, ".", "_", "-" only.
     name: str = "experiment"
-    seed: int = _range(0, default=0)
+    seed: int = _range(0, INT64_MAX, default=0)
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     kind: Literal["mlp", "cnn"] = "mlp"
-    hidden: list[int] = field(default_factory=lambda: [128, 64])
-    channels: list[int] = field(default_factory=lambda: [16, 32])
+    hidden: list[int] = _range(1, default_factory=lambda: [128, 64])  # every width >= 1
+    channels: list[int] = _range(1, default_factory=lambda: [16, 32])
     activation: Literal["relu", "tanh", "gelu"] = "relu"
     # Biases and norms stay dense unless asked; masking biases is rarely useful.
     mask_biases: bool = False
@@ -113,8 +119,14 @@ class TrainingConfig:
     lr: float = _range(0.0, lo_open=True, default=1e-3)
     momentum: float = _range(0.0, 1.0, hi_open=True, default=0.9)
     weight_decay: float = _range(0.0, default=0.0)
-    # Scale of the initialisation for connections an individual did not inherit.
+    # Initialisation of connections an individual did not inherit (the initial population,
+    # and new connections when structure.new_weights = "random").
     init: Literal["kaiming_uniform", "xavier_uniform"] = "kaiming_uniform"
+    # What the init counts as a neuron's fan-in: "dense", every position of the layer (as
+    # torch initialises a dense layer); "sparse", only its active connections (bound wider by
+    # 1/sqrt(density)). "sparse" was the only behaviour before 0.3; at low density it trains
+    # worse under brief SGD (docs/ABLATION.md).
+    init_fan: Literal["dense", "sparse"] = "dense"
     # Train individuals of one generation together, `vectorise_group` at a time, in one
     # batched pass (torch.func.vmap). "auto": for MLPs on GPU, and on CPU for MLPs small
     # enough that vmap is faster there (jobs.VECTORISE_CPU_MAX_PARAMS, measured by
@@ -155,7 +167,12 @@ class StructureConfig:
     max_fraction: float = _range(0.0, 1.0, default=0.3)
     # threshold/strength: connections born per connection that died; < 1 shrinks the network.
     regrow_ratio: float = _range(0.0, 1.0, default=1.0)
-    # Weight of a newborn connection: "zero" (RigL) or "random" (SET: the layer's init).
+    # Weight of every connection that is born: by the GA's mutations ("set", "rewire",
+    # "threshold", "strength"), by the density repair after crossover, and by the structure
+    # rules inside `neuroevo train`. "zero": it starts silent and the gradient grows it (RigL);
+    # "random": a fresh draw from the layer's init (training.init / init_fan), as SET's
+    # reference code does. One key for every context, so a GA and a single network compared
+    # side by side grow connections the same way. Measured in docs/ABLATION.md.
     new_weights: Literal["zero", "random"] = "zero"
     # magnitude: epochs of masked fine-tuning after the one-shot prune (within training.epochs).
     finetune_epochs: int = _range(0, default=1)
@@ -250,10 +267,19 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Experiment:
     if not path.is_file():
         raise ConfigError([f"file not found: {path}"], source=str(path))
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise ConfigError([f"cannot be read: {e.strerror or e}"], source=str(path)) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"is not UTF-8 text (byte {e.start}): TOML files are UTF-8"], source=str(path)) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"not valid TOML: {e}"], source=str(path)) from None
-    return from_dict(apply_overrides(raw, overrides or []), source=str(path))
+    raw = apply_overrides(raw, overrides or [])
+    if not raw:
+        raise ConfigError(["sets nothing (it is empty or only comments), which would silently run the whole "
+                           "default experiment: write what to run, e.g. start from experiments/quickstart.toml"],
+                          source=str(path))
+    return from_dict(raw, source=str(path))
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -341,11 +367,13 @@ def _check_type(value: Any, tp: Any) -> str | None:
     if tp is bool:
         return None if isinstance(value, bool) else f"must be true or false, got {_show(value)}"
     if tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        return None if ok else f"must be an integer, got {_show(value)}"
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"must be an integer, got {_show(value)}"
+        return None if abs(value) <= INT64_MAX else f"must fit in 64 bits (TOML integers do); got {value}"
     if tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return None if ok else f"must be a number, got {_show(value)}"
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return f"must be a number, got {_show(value)}"
+        return None if math.isfinite(value) else f"must be a finite number, got {value}"
     if tp is str:
         return None if isinstance(value, str) else f"must be a string, got {_show(value)}"
     raise TypeError(f"unsupported annotation {tp}")
@@ -353,6 +381,12 @@ def _check_type(value: Any, tp: Any) -> str | None:
 
 def _check_range(value: Any, spec: tuple | None) -> str | None:
     if spec is None or value is None:
+        return None
+    if isinstance(value, list):  # a list field's range applies to each item
+        for i, item in enumerate(value):
+            error = _check_range(item, spec)
+            if error:
+                return f"item {i}: {error}"
         return None
     lo, hi, lo_open, hi_open = spec
     bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
@@ -369,8 +403,11 @@ def _check_range(value: Any, spec: tuple | None) -> str | None:
 
 
 def _cross_checks(exp: Experiment, problems: list[str]) -> None:
-    """Constraints that involve more than one key."""
+    """Constraints that involve more than one key, or a value's form."""
     f, ev = exp.fitness, exp.evolution
+    if not _NAME.fullmatch(exp.experiment.name):
+        problems.append(f"experiment.name: {exp.experiment.name!r} names a directory under output.root: use "
+                        f"letters, digits, '.', '_' and '-' only, starting with a letter or digit")
     if not f.objectives:
         problems.append("fitness.objectives: at least one objective is required")
     if len(f.weights) != len(f.objectives):
@@ -393,6 +430,9 @@ def _cross_checks(exp: Experiment, problems: list[str]) -> None:
         pass  # flat datasets are reshaped to images by data.py when their size is square
     if exp.resources.gpus_per_job > 1 and exp.resources.gpus_per_job != int(exp.resources.gpus_per_job):
         problems.append("resources.gpus_per_job: above 1 it must be a whole number of GPUs")
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def _unknown(path: str, allowed: Mapping[str, Any]) -> str:

@@ -12,6 +12,7 @@ import gzip
 import os
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,10 @@ class DatasetNotFound(FileNotFoundError):
     pass
 
 
+class DatasetError(ValueError):
+    """A dataset file exists but cannot be read as what it should be (truncated, damaged)."""
+
+
 @dataclass(frozen=True)
 class Splits:
     """float32 inputs (N, *shape) and int64 labels (N,) for each split."""
@@ -64,7 +69,19 @@ def load(cfg: DataConfig, seed: int) -> Splits:
     """Load the configured dataset; the validation split is drawn with a seed derived from `seed`."""
     loaders = {"digits": _digits, "fashion_mnist": _idx, "mnist": _idx,
                "cifar10": _cifar10, "synthetic": _synthetic}
-    (train_x, train_y), (test_x, test_y) = loaders[cfg.dataset](cfg, seed)
+    try:
+        (train_x, train_y), (test_x, test_y) = loaders[cfg.dataset](cfg, seed)
+    except (DatasetNotFound, DatasetError):
+        raise
+    except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, zlib.error,
+            pickle.UnpicklingError) as e:
+        how = HOW_TO_GET.get(cfg.dataset, "reinstall it")
+        why = ("check the files' permissions" if isinstance(e, PermissionError) else
+               f"its files are damaged or not what they should be. To get them again: {how}")
+        raise DatasetError(f"dataset {cfg.dataset!r} could not be read ({type(e).__name__}: {e}); {why}") from e
+    if len(train_y) != len(train_x) or len(test_y) != len(test_x):
+        raise DatasetError(f"dataset {cfg.dataset!r}: {len(train_x)} training images but {len(train_y)} labels, "
+                           f"{len(test_x)} test images but {len(test_y)} labels: the files do not belong together")
     rng = np.random.default_rng(derive(seed, "data-split"))
     order = rng.permutation(len(train_y))
     n_val = max(1, int(round(cfg.validation_fraction * len(order))))
@@ -112,15 +129,22 @@ def _find(root: Path, name: str) -> Path | None:
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped), the format of MNIST and Fashion-MNIST."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DatasetError(f"{path}: not a complete gzip file ({e})") from e
+    if len(data) < 4:
+        raise DatasetError(f"{path}: {len(data)} bytes, too short for an IDX file")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+        raise DatasetError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+    if len(data) < 4 + 4 * ndim:
+        raise DatasetError(f"{path}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", data[4: 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: truncated IDX file ({body.size} of {int(np.prod(shape))} values)")
+        raise DatasetError(f"{path}: truncated IDX file ({body.size} of {int(np.prod(shape))} values)")
     return body.reshape(shape)
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from . import models, seeds, structure
 from .config import Experiment
 from .data import Splits
-from .genome import init_bound, random_genome, target_counts
+from .genome import Init, random_genome, target_counts
 from .training import DeviceData, batches, evaluate, masked_step, optimiser_for
 
 
@@ -73,7 +73,7 @@ def train_network(exp: Experiment, splits: Splits, seed: int | None = None,
     sparse_from_start = s.method not in ("dense", "magnitude")
     density = exp.sparsity.density if sparse_from_start else 1.0
     counts = target_counts(info, names, density, exp.sparsity.init)
-    genome = random_genome(0, template, info, counts, cfg.init, seeds.rng(seed, "init"))
+    genome = random_genome(0, template, info, counts, Init.of(cfg), seeds.rng(seed, "init"))
     model.load_state_dict({k: torch.from_numpy(v) for k, v in genome.weights.items()})
     params = dict(model.named_parameters())
     bool_masks = {n: genome.masks[n].copy() for n in names}  # what structure rules edit
@@ -112,7 +112,7 @@ def train_network(exp: Experiment, splits: Splits, seed: int | None = None,
             step += 1
             if update_now:
                 b, active = _apply_update(s, params, bool_masks, masks, info, optimiser, schedule.index, schedule.t_end,
-                                          grads, rng, cfg.init)
+                                          grads, rng, Init.of(cfg))
                 schedule.index += 1
                 born += b
                 changes.append((epoch, b / max(active, 1)))
@@ -182,8 +182,7 @@ def _apply_update(s, params, bool_masks, masks, info, optimiser, t, t_end, grads
             threshold_decay=s.threshold_decay, max_fraction=s.max_fraction, regrow_ratio=s.regrow_ratio,
             grad=None if grads is None else grads[name].numpy().reshape(-1), t_end=t_end)
         if s.new_weights == "random" and len(change.added):
-            bound = init_bound(info[name], float(flat_m.mean()), init)
-            w[change.added] = rng.uniform(-bound, bound, size=len(change.added)).astype(np.float32)
+            w[change.added] = init.draw(info[name], float(flat_m.mean()), len(change.added), rng)
         _reset_state(optimiser, params[name], np.concatenate([change.removed, change.added]))
         masks[name].copy_(torch.from_numpy(m))
         born += len(change.added)

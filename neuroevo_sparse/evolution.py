@@ -28,13 +28,18 @@ from .config import Experiment
 from .data import Splits
 from .evaluators import Evaluator
 from .fitness import Objectives
-from .genome import Genome, random_genome, target_counts
+from .genome import Genome, Init, random_genome, target_counts
 from .jobs import TrainJob
-from .operators import make_toolbox
+from .operators import clone, make_toolbox
 from .progress import Progress
 from .store import RunDir
 
 log = logging.getLogger("neuroevo_sparse")
+
+
+class AllFailed(RuntimeError):
+    """Every individual of a generation failed: there is nothing to select, so the run stops
+    (with the generations before it checkpointed) instead of evolving zeros."""
 
 
 @dataclass
@@ -99,7 +104,7 @@ class Evolution:
         ev = self.exp.evolution
         rng = seeds.rng(self.seed, "init")
         counts = target_counts(self.info, self.maskable, self.exp.sparsity.density, self.exp.sparsity.init)
-        population = [random_genome(i, self.template, self.info, counts, self.exp.training.init, rng)
+        population = [random_genome(i, self.template, self.info, counts, Init.of(self.exp.training), rng)
                       for i in range(ev.population)]
         progress.generation_started(0)
         self._evaluate(population, 0, progress)
@@ -147,6 +152,8 @@ class Evolution:
                     if crossed:  # lineage: the crossover's parents, both operators
                         mutant.parents, mutant.operator = child.parents, f"{child.operator}+{mutant.operator}"
                     child = mutant
+                if child is a or child is b:  # no operator applied: a new individual, not the parent
+                    child = clone(child, gid, g)
                 children.append(child)
         return children
 
@@ -160,9 +167,19 @@ class Evolution:
             faults.point("mid-generation", generation)
 
         results = self.evaluator.evaluate(jobs, on_result=on_result)
+        if [r.individual_id for r in results] != [j.individual_id for j in jobs]:
+            raise RuntimeError(f"the evaluator returned results for individuals "
+                               f"{[r.individual_id for r in results]} for jobs {[j.individual_id for j in jobs]}")
+        if results and all(r.status != "ok" for r in results):
+            errors = sorted({f"{r.status}: {r.error}" for r in results})
+            raise AllFailed(f"every individual of generation {generation} failed ({len(results)}), e.g. "
+                            + "; ".join(e[:300] for e in errors[:3])
+                            + ("; check training.lr and the data" if any("diverged" in e for e in errors) else ""))
         for g, job, r in zip(genomes, jobs, results):
             if self.exp.evolution.inheritance == "lamarckian":
                 g.weights = r.weights
+            else:  # Baldwinian: offspring inherit the untrained weights; exports show the trained
+                g.trained = r.weights if r.status == "ok" else None
             g.metrics = {**r.metrics(), "seed": job.seed, "evaluated_in": generation}
             self.objectives.assign(g)
 
@@ -215,12 +232,20 @@ class Evolution:
         Safe because a genome's arrays are never modified in place (operators copy, the
         write-back replaces them), and a kill mid-write leaves the previous checkpoint named."""
         self._finish_checkpoint()
-        genomes = {g.id: g for g in state.population + state.archive}
+        # The population's version of an individual is the current one; the archive keeps its
+        # own copy from when it entered, which differs once the individual was retrained
+        # (retrain_survivors): such copies are stored apart, so both come back on resume.
+        population = {g.id: g for g in state.population}
+        copies = [g for g in state.archive if g.id in population and g.meta() != population[g.id].meta()]
+        genomes = {g.id: g for g in state.archive if g.id not in population}
+        genomes.update(population)
         arrays = {f"g{gid}/{k}": v for gid, g in genomes.items() for k, v in g.to_arrays().items()}
+        arrays.update({f"a{g.id}/{k}": v for g in copies for k, v in g.to_arrays().items()})
         meta = {
             "generation": state.generation, "next_id": state.next_id,
             "population": [g.id for g in state.population], "archive": [g.id for g in state.archive],
             "genomes": [g.meta() for g in genomes.values()],
+            "archive_copies": [g.meta() for g in copies],
             "config_hash": self.exp.hash(), "seed": self.seed,
             "input_shape": list(self.input_shape), "num_classes": self.num_classes,
             # Every random draw is derived from (seed, purpose, generation, id): the RNG state
@@ -233,7 +258,7 @@ class Evolution:
 
         def write() -> None:
             self.run_dir.save_checkpoint(state.generation, meta, arrays, self.exp.output.keep_checkpoints)
-            self.run_dir.save_model(self.run_dir.best, best.weights, best.masks, summary)
+            self.run_dir.save_model(self.run_dir.best, best.network_weights(), best.masks, summary)
 
         self._writer = _Background(write)
         self._saved_generation = state.generation
@@ -245,14 +270,15 @@ class Evolution:
             writer.join()
 
     def restore(self, meta: dict, arrays: dict[str, np.ndarray]) -> State:
-        genomes = {}
-        for gm in meta["genomes"]:
-            prefix = f"g{gm['id']}/"
+        def load(gm: dict, prefix: str) -> Genome:
             g = Genome.from_arrays(gm, {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
             self.objectives.restore(g, gm["fitness"])
-            genomes[g.id] = g
+            return g
+
+        genomes = {gm["id"]: load(gm, f"g{gm['id']}/") for gm in meta["genomes"]}
+        copies = {gm["id"]: load(gm, f"a{gm['id']}/") for gm in meta.get("archive_copies", [])}
         state = State(meta["generation"], [genomes[i] for i in meta["population"]],
-                      [genomes[i] for i in meta["archive"]], meta["next_id"])
+                      [copies.get(i, genomes[i]) for i in meta["archive"]], meta["next_id"])
         self.archive.update(state.archive)
         self._saved_generation = state.generation
         return state

@@ -27,7 +27,9 @@ def export(run_dir: str | Path, out: str | Path | None = None, individual: int |
                        f"available: {sorted(metas)}")
     meta = metas[individual]
     prefix = f"g{individual}/"
-    weights = {k[len(prefix) + 7:]: v for k, v in loaded.arrays.items() if k.startswith(prefix + "weight/")}
+    # A Baldwinian individual's trained weights (what its metrics measured) if it has them.
+    kind = "trained/" if any(k.startswith(prefix + "trained/") for k in loaded.arrays) else "weight/"
+    weights = {k[len(prefix) + len(kind):]: v for k, v in loaded.arrays.items() if k.startswith(prefix + kind)}
     masks = {k[len(prefix) + 5:]: v for k, v in loaded.arrays.items() if k.startswith(prefix + "mask/")}
     config = run.config()
     payload = {

@@ -3,8 +3,9 @@
 "weighted": one fitness value, sum(weight_i * objective_i), maximised.
 "pareto": the objectives themselves, each maximised or minimised by the sign of its weight;
 survivors by NSGA-II (DEAP's selNSGA2), parents by binary tournaments on (front, crowding).
-An individual whose training failed gets each objective's worst possible value (accuracy 0,
-density 1, dense parameter count, dense FLOPs): finite, so NSGA-II's crowding stays defined.
+An individual whose training failed gets each objective's worst possible value in the
+direction its weight gives (accuracy 0; density 1, the dense parameter count and dense FLOPs
+when minimised, 0 when maximised): finite, so NSGA-II's crowding stays defined.
 """
 
 from __future__ import annotations
@@ -29,16 +30,21 @@ class Objectives:
 
     def measure(self, g: Genome) -> dict[str, float]:
         """Objective values of an evaluated genome (worst values if its training failed)."""
-        failed = g.metrics.get("status", "ok") != "ok"
-        masked = [self.info[n] for n in g.masks]
-        dense_params = g.active_params() - sum(int(m.sum()) for m in g.masks.values()) + sum(i.size for i in masked)
-        values = {
-            "val_accuracy": 0.0 if failed else float(g.metrics["val_accuracy"]),
-            "density": 1.0 if failed else g.density(),
-            "active_params": float(dense_params if failed else g.active_params()),
-            "flops": float(sum(2 * i.size * i.positions for i in masked) if failed else g.flops(self.info)),
-        }
+        if g.metrics.get("status", "ok") != "ok":
+            return self.worst(g)
+        values = {"val_accuracy": float(g.metrics["val_accuracy"]), "density": g.density(),
+                  "active_params": float(g.active_params()), "flops": float(g.flops(self.info))}
         return {k: values[k] for k in self.cfg.objectives}
+
+    def worst(self, g: Genome) -> dict[str, float]:
+        """Each objective's worst possible value in its own direction (the sign of its weight):
+        a failed individual must never win on an objective, whichever way it points."""
+        masked = [self.info[n] for n in g.masks]
+        unmasked = g.active_params() - sum(int(m.sum()) for m in g.masks.values())
+        bounds = {"val_accuracy": (0.0, 1.0), "density": (0.0, 1.0),
+                  "active_params": (float(unmasked), float(unmasked + sum(i.size for i in masked))),
+                  "flops": (0.0, float(sum(2 * i.size * i.positions for i in masked)))}
+        return {k: bounds[k][0] if w > 0 else bounds[k][1] for k, w in zip(self.cfg.objectives, self.cfg.weights)}
 
     def assign(self, g: Genome) -> None:
         values = list(self.measure(g).values())

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import ModelConfig, SparsityConfig
+from .config import ConfigError, ModelConfig, SparsityConfig
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -60,17 +60,22 @@ class LayerInfo:
 
 
 def maskable(model: nn.Module, sparsity: SparsityConfig, mask_biases: bool = False) -> list[str]:
-    """Names of the parameters that carry a mask, in forward order."""
-    names = []
+    """Names of the parameters that carry a mask, in forward order.
+
+    A `sparsity.dense_layers` entry that names no maskable tensor is an error, not ignored:
+    a misspelt name would otherwise silently mask the layer it meant to keep dense."""
+    candidates = []
     for module_name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             for pname, _ in module.named_parameters(recurse=False):
                 if pname == "bias" and not mask_biases:
                     continue
-                full = f"{module_name}.{pname}"
-                if full not in sparsity.dense_layers:
-                    names.append(full)
-    return names
+                candidates.append(f"{module_name}.{pname}")
+    unknown = [n for n in sparsity.dense_layers if n not in candidates]
+    if unknown:
+        raise ConfigError([f"sparsity.dense_layers: {', '.join(map(repr, unknown))} name(s) no maskable tensor "
+                           f"of this model; its maskable tensors are {', '.join(candidates)}"])
+    return [n for n in candidates if n not in sparsity.dense_layers]
 
 
 def layer_info(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, LayerInfo]:

@@ -4,10 +4,12 @@ All operators are pure: they return new genomes and never modify their parents, 
 random choice comes from the numpy Generator passed in (derived from the run seed and the
 generation), never from Python's global `random`.
 
-Density: each operator ends with `repair`, which brings every layer back to its target
+Density: each crossover ends with `repair`, which brings every layer back to its target
 count of active connections (the parents' mean count). Surplus connections are removed by
-smallest |w| (the least useful, as in SET); missing ones are grown at random with a fresh
-initialisation. Inherited connections keep their parent's exact trained weight.
+smallest |w| (the least useful, as in SET); missing ones are grown at random. Every grown
+connection starts at `structure.new_weights` (zero, or a fresh draw from the layer's init),
+the one rule shared with the structure rules of `neuroevo train`. Inherited connections keep
+their parent's exact trained weight.
 """
 
 from __future__ import annotations
@@ -19,21 +21,25 @@ from deap import base
 
 from . import structure
 from .config import Experiment, StructureConfig
-from .genome import Genome, fresh_weights, init_bound
+from .genome import Genome, Init
 from .models import LayerInfo
 
 Operator = Callable[..., Genome]
 
 
 class Variation:
-    """What operators need to know about the model: layer shapes, init, and biases per layer."""
+    """What operators need to know about the model: layer shapes, and how a connection is born."""
 
-    def __init__(self, info: dict[str, LayerInfo], init: str):
+    def __init__(self, info: dict[str, LayerInfo], init: Init, new_weights: str):
         self.info = info
         self.init = init
+        self.new_weights = new_weights
 
-    def bound(self, name: str, count: int) -> float:
-        return init_bound(self.info[name], count / self.info[name].size, self.init)
+    def born(self, name: str, n: int, active: int, rng: np.random.Generator) -> np.ndarray:
+        """Weights of `n` connections born in layer `name`, which then has `active` connections."""
+        if self.new_weights == "zero":
+            return np.zeros(n, dtype=np.float32)
+        return self.init.draw(self.info[name], active / self.info[name].size, n, rng)
 
     # ------------------------------------------------------------------ density repair
     def repair(self, child: Genome, targets: dict[str, int], rng: np.random.Generator) -> Genome:
@@ -50,13 +56,13 @@ class Variation:
 
     def grow(self, name: str, mask: np.ndarray, w: np.ndarray, n: int,
              rng: np.random.Generator, exclude: np.ndarray | None = None) -> None:
-        """Activate `n` random inactive positions of a flat mask, with fresh weights."""
+        """Activate `n` random inactive positions of a flat mask, with newborn weights."""
         candidates = np.flatnonzero(~mask if exclude is None else ~(mask | exclude))
         if len(candidates) < n:  # nothing else free: allow re-growing the excluded positions
             candidates = np.flatnonzero(~mask)
         new = rng.choice(candidates, size=min(n, len(candidates)), replace=False)
         mask[new] = True
-        w[new] = fresh_weights(len(new), self.bound(name, int(mask.sum())), rng)
+        w[new] = self.born(name, len(new), int(mask.sum()), rng)
 
 
 def _targets(a: Genome, b: Genome) -> dict[str, int]:
@@ -112,7 +118,9 @@ def cx_layer(var: Variation, a: Genome, b: Genome, ids: tuple[int, int], generat
     for name in a.masks:
         if rng.random() < 0.5:
             ca_m[name], cb_m[name] = b.masks[name].copy(), a.masks[name].copy()
-            for key in filter(None, (name, _bias_of(name, a.weights))):
+            bias = _bias_of(name, a.weights)
+            # A masked bias is a tensor of its own in this loop: it moves with its own mask.
+            for key in filter(None, (name, bias if bias not in a.masks else None)):
                 ca_w[key], cb_w[key] = b.weights[key].copy(), a.weights[key].copy()
     return _finish(var, a, b, ids, generation, "cx_layer", (ca_m, ca_w), (cb_m, cb_w), rng)
 
@@ -128,6 +136,14 @@ def _finish(var, a, b, ids, generation, op, first, second, rng):
 
 
 # ------------------------------------------------------------------------- mutations
+
+def clone(g: Genome, gid: int, generation: int) -> Genome:
+    """A new individual with a parent's exact masks and weights: what a child is when no
+    operator applies to it (no mutation configured, crossover not drawn). Its training then
+    goes on from the parent's weights with a seed of its own."""
+    masks, weights = _copy(g)
+    return _child(gid, (g,), generation, "clone", masks, weights)
+
 
 def mut_set(var: Variation, g: Genome, gid: int, generation: int, rng: np.random.Generator,
             fraction: float) -> Genome:
@@ -178,8 +194,8 @@ def mut_structure(var: Variation, g: Genome, gid: int, generation: int, rng: np.
         change = structure.update(method, mask, w, masks[name].shape, generation, rng,
                                   threshold=params.threshold, threshold_decay=params.threshold_decay,
                                   max_fraction=params.max_fraction, regrow_ratio=params.regrow_ratio)
-        if params.new_weights == "random" and len(change.added):
-            w[change.added] = fresh_weights(len(change.added), var.bound(name, int(mask.sum())), rng)
+        if len(change.added):
+            w[change.added] = var.born(name, len(change.added), int(mask.sum()), rng)
     return _child(gid, (g,), generation, f"mut_{method}", masks, weights)
 
 
@@ -189,7 +205,7 @@ CROSSOVERS = {"neuron": cx_neuron, "connection": cx_connection, "layer": cx_laye
 def make_toolbox(exp: Experiment, info: dict[str, LayerInfo]) -> base.Toolbox:
     """The DEAP toolbox of this experiment: `mate(a, b, ids, generation, rng)` and one
     `mutate_<name>(g, gid, generation, rng)` per configured mutation."""
-    var = Variation(info, exp.training.init)
+    var = Variation(info, Init.of(exp.training), exp.structure.new_weights)
     ev = exp.evolution
     toolbox = base.Toolbox()
     if ev.crossover != "none":

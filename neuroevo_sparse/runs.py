@@ -48,9 +48,23 @@ def resume(run_path: str | Path, overrides: list[str] | None = None, generations
         lines = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()]
         raise ConfigError(lines + [f"only these keys may change on resume: {', '.join(sorted(RESUME_SAFE_KEYS))}"],
                           source=f"resuming {run.path}")
+    if not run.has_checkpoint():
+        # The run stopped before its first checkpoint: nothing was computed that could be
+        # lost, so resuming it is starting it, in the same directory.
+        log.info("%s has no checkpoint yet: starting it from generation 0", run.path)
+        if exp != original:
+            run.config_path.write_text(to_toml(exp))
+        splits = data.load(exp.data, exp.experiment.seed)
+        run.drop_history_after(-1)
+        return run, _execute(exp, run, splits, None, should_stop)
     loaded = run.load_checkpoint()
     for why in loaded.skipped:
         log.warning("checkpoint %s is damaged and was skipped: using an older one", why)
+    done = loaded.state["generation"]
+    if exp.evolution.generations < done:
+        raise ConfigError([f"--generations {exp.evolution.generations}: the run has already done {done} "
+                           f"generation(s) (checkpoint {loaded.path.name}); ask for {done} or more"],
+                          source=f"resuming {run.path}")
     if loaded.state["config_hash"] != original.hash():
         raise ConfigError([f"config.toml of {run.path} does not match the checkpoint's config hash "
                            f"({original.hash()} != {loaded.state['config_hash']}): it was edited by hand"],

@@ -18,9 +18,14 @@ def problems_of(tmp_path: Path, text: str, overrides=None) -> str:
     return str(e.value)
 
 
-def test_defaults_are_valid(tmp_path):
-    exp = config.load(write(tmp_path, ""))
+def test_defaults_are_valid():
+    exp = config.from_dict({})
     assert exp.evolution.population == 8 and exp.resources.backend == "ray"
+
+
+@pytest.mark.parametrize("text", ["", "# just a comment\n\n   \n# another\n"])
+def test_an_empty_experiment_is_refused(tmp_path, text):
+    assert "sets nothing" in problems_of(tmp_path, text)
 
 
 def test_unknown_key_is_named_with_suggestion(tmp_path):

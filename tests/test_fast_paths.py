@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from neuroevo_sparse import data, models
-from neuroevo_sparse.genome import random_genome, target_counts
+from neuroevo_sparse.genome import Init, random_genome, target_counts
 from neuroevo_sparse.jobs import TrainJob, TrainSpec
 from neuroevo_sparse.sparse import SparseLinear, dense_state_dict, layers_to_sparsify, sparsify
 from neuroevo_sparse.training import DeviceData, train
@@ -26,7 +26,7 @@ def setup(exp, n=4, density=0.3, vectorise="on", **training):
     counts = target_counts(info, names, density, "uniform")
     rng = np.random.default_rng(0)
     jobs = [TrainJob(i, 0, 100 + i, g.masks, g.weights)
-            for i, g in enumerate(random_genome(i, template, info, counts, "kaiming_uniform", rng) for i in range(n))]
+            for i, g in enumerate(random_genome(i, template, info, counts, Init(), rng) for i in range(n))]
     return jobs, TrainSpec.of(exp, splits.input_shape, splits.num_classes), DeviceData(splits)
 
 

@@ -3,7 +3,7 @@ import pytest
 
 from neuroevo_sparse import models
 from neuroevo_sparse.config import ModelConfig, SparsityConfig
-from neuroevo_sparse.genome import Genome, layer_densities, random_genome, target_counts
+from neuroevo_sparse.genome import Genome, Init, layer_densities, random_genome, target_counts
 
 
 def mlp_info(hidden=(300, 100), shape=(1, 28, 28)):
@@ -39,7 +39,7 @@ def test_counting_and_round_trip():
     model, info, names = mlp_info(hidden=(20,), shape=(1, 8, 8))
     template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     counts = target_counts(info, names, 0.25, "uniform")
-    g = random_genome(3, template, info, counts, "kaiming_uniform", np.random.default_rng(0))
+    g = random_genome(3, template, info, counts, Init(), np.random.default_rng(0))
     active = sum(counts.values())
     assert g.density() == pytest.approx(active / (64 * 20 + 20 * 10))
     assert g.active_params() == active + 20 + 10  # + dense biases

@@ -5,7 +5,7 @@ import pytest
 
 from neuroevo_sparse import models, operators
 from neuroevo_sparse.config import ModelConfig, SparsityConfig
-from neuroevo_sparse.genome import random_genome, target_counts
+from neuroevo_sparse.genome import Init, random_genome, target_counts
 from neuroevo_sparse.operators import Variation
 
 SHAPE = (1, 8, 8)
@@ -18,11 +18,11 @@ def setup(kind="mlp", density=0.2, rule="erdos_renyi"):
     names = models.maskable(model, SparsityConfig())
     template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     counts = target_counts(info, names, density, rule)
-    return Variation(info, "kaiming_uniform"), template, info, counts
+    return Variation(info, Init(), "random"), template, info, counts
 
 
 def population(template, info, counts, n, rng):
-    genomes = [random_genome(i, template, info, counts, "kaiming_uniform", rng) for i in range(n)]
+    genomes = [random_genome(i, template, info, counts, Init(), rng) for i in range(n)]
     for g in genomes:  # pretend-trained weights: distinct, non-zero, on the masks only
         for name, m in g.masks.items():
             g.weights[name] = np.where(m, rng.normal(size=m.shape), 0).astype(np.float32)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from neuroevo_sparse import data, models
-from neuroevo_sparse.genome import random_genome, target_counts
+from neuroevo_sparse.genome import Init, random_genome, target_counts
 from neuroevo_sparse.jobs import TrainJob, TrainSpec
 from neuroevo_sparse.training import DeviceData, train
 
@@ -17,7 +17,7 @@ def make(exp, density=0.3, **training):
     names = models.maskable(model, exp.sparsity)
     template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     g = random_genome(0, template, info, target_counts(info, names, density, "uniform"),
-                      "kaiming_uniform", np.random.default_rng(0))
+                      Init(), np.random.default_rng(0))
     spec = TrainSpec.of(exp, splits.input_shape, splits.num_classes)
     return g, spec, DeviceData(splits)
 

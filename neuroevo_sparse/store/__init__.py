@@ -51,6 +51,12 @@ class RunDir:
         if run.config_path.exists() or run.checkpoints.exists():
             raise RunDirExists(f"{run.path} already holds a run; continue it with "
                                f"`neuroevo resume {run.path}` or choose another --run-dir")
+        if run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())):
+            # A run writes only into a new or empty directory: files of the user's that happen
+            # to have the names a run writes (best/model.pt, history/...) are never overwritten.
+            what = "is a file" if not run.path.is_dir() else "is not empty and holds no run"
+            raise RunDirExists(f"{run.path} {what}: a run writes only into a new or empty directory; "
+                               f"choose another --run-dir")
         run.path.mkdir(parents=True, exist_ok=True)
         _write_text(run.config_path, to_toml(exp))
         return run
@@ -73,6 +79,10 @@ class RunDir:
     def save_checkpoint(self, generation: int, state: dict[str, Any], arrays: dict[str, np.ndarray],
                         keep: int) -> Path:
         return checkpoint.save(self.checkpoints, generation, state, arrays, keep)
+
+    def has_checkpoint(self) -> bool:
+        """Whether any checkpoint was ever completed or started here (valid or not)."""
+        return self.checkpoints.is_dir() and any(p.is_dir() for p in self.checkpoints.glob("gen-*"))
 
     def load_checkpoint(self) -> checkpoint.Loaded:
         return checkpoint.load_latest(self.checkpoints)

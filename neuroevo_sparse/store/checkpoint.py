@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,7 @@ def save(ckpt_dir: Path, generation: int, state: dict[str, Any], arrays: dict[st
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    (tmp / "state.json").write_text(json.dumps({"format": FORMAT, **state}, indent=1))
+    (tmp / "state.json").write_text(json.dumps(_json_safe({"format": FORMAT, **state}), indent=1, allow_nan=False))
     np.savez(tmp / "arrays.npz", **arrays)
     manifest = {"format": FORMAT, "files": {f: _sha256(tmp / f) for f in FILES}}
     for f in FILES:
@@ -81,7 +83,7 @@ def load_latest(ckpt_dir: Path) -> Loaded:
     for path in candidates:
         try:
             state, arrays = read(path)
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
             skipped.append(f"{path.name}: {e}")
             continue
         return Loaded(path, state, arrays, skipped)
@@ -94,20 +96,53 @@ def read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     manifest_path = path / "MANIFEST.json"
     if not manifest_path.is_file():
         raise ValueError("no MANIFEST.json (checkpoint incomplete)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = json.loads(manifest_path.read_bytes())
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ValueError("MANIFEST.json is not a checkpoint manifest (expected {\"files\": {name: sha256}})")
     for f in FILES:
         if not (path / f).is_file():
             raise ValueError(f"{f} is missing")
         digest = _sha256(path / f)
         if digest != manifest["files"].get(f):
             raise ValueError(f"{f} does not match its checksum (truncated or modified)")
-    state = json.loads((path / "state.json").read_text())
-    if state.get("format") != FORMAT:
-        raise ValueError(f"format {state.get('format')} is not {FORMAT}")
+    state = json.loads((path / "state.json").read_bytes())
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"state.json is not a format-{FORMAT} checkpoint state")
     # allow_pickle=False: an object array (the only way a pickle hides in .npz) is refused.
     with np.load(path / "arrays.npz", allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
+    _check_shape(state, arrays)
     return state, arrays
+
+
+def _check_shape(state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """What resuming reads must be there, of the right kind: a checkpoint that passes its
+    checksums but was written by something else is refused here, not deep inside a resume."""
+    for key, kind in (("generation", int), ("next_id", int), ("population", list), ("archive", list),
+                      ("genomes", list), ("config_hash", str)):
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise ValueError(f"state.json: {key!r} is missing or not a {kind.__name__}")
+    ids = set()
+    for g in state["genomes"]:
+        if not isinstance(g, dict) or not isinstance(g.get("id"), int):
+            raise ValueError("state.json: a genome record has no integer id")
+        if not any(k.startswith(f"g{g['id']}/weight/") for k in arrays):
+            raise ValueError(f"arrays.npz: no weights for individual {g['id']}")
+        ids.add(g["id"])
+    missing = [i for i in state["population"] + state["archive"] if i not in ids]
+    if missing:
+        raise ValueError(f"state.json: individuals {missing[:5]} are listed but have no record")
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN and infinities (a failed individual's loss) as null: state.json stays standard JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
 
 
 def _prune(ckpt_dir: Path, keep: int) -> None:

@@ -1,0 +1,177 @@
+"""A whole evolution, end to end: the framework against the hand-written GA on the same work.
+
+The work is benchmarks/reference_ga.py's (population 16, 8 generations of 16 offspring,
+Fashion-MNIST MLP 784-300-100-10, 94 SGD steps of 128 per evaluation, a 10k validation
+split), at several uniform densities and seeds. Per (density, seed), interleaved (the order
+of the two alternates from one pair to the next, so a drifting machine favours neither):
+
+  reference   `python benchmarks/reference_ga.py`: one process, every core to torch
+  framework   `neuroevo run benchmarks/experiments/ga_work.toml` with its defaults (Ray
+              started locally, all cores), the density and seed set with --set
+
+Measured from outside each process: whole-process wall time (interpreter start, imports,
+data, Ray, the GA, writing results), and the time at which its best validation accuracy first
+reached the reference's final best (time to accuracy; read from the framework's per-generation
+log lines and the reference's own curve). Accuracy: the test accuracy of the best individual
+by validation. Useful GFLOP/s: multiply-adds on active weights only (training: 3 x forward;
+validation: 1 x forward), over the whole-process time, next to the machine's dense matmul
+peak. And one dense network of the same shape trained for as many samples as the GA
+(`reference_ga.py --dense`): the distance to dense.
+
+    python benchmarks/end_to_end.py                          # 4 densities x 3 seeds (~40 min on 2 cores)
+    python benchmarks/end_to_end.py --densities 0.1 --seeds 0
+    python benchmarks/end_to_end.py --report-only            # the table from the stored JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "benchmarks" / "experiments" / "ga_work.toml"
+OUT = ROOT / "benchmarks" / "results" / "end_to_end.json"
+SIZES = [784, 300, 100, 10]
+GEN_LINE = re.compile(r"gen (\d+)/(\d+):.*val acc ([0-9.]+)")
+
+
+def run_reference(density: float, seed: int) -> dict:
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reference_ga.py"), "--density",
+                          str(density), "--seed", str(seed)], capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - start
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    # The curve's times count from the script's first line; the interpreter's start-up before it
+    # is added so that both systems are timed from the same moment.
+    lag = wall - r["wall_seconds"]
+    return {"wall_s": wall, "val": r["best_val"], "test": r["test_of_best_val"], "evaluations": r["evaluations"],
+            "curve": [(t + lag, v) for t, v in r["curve"]]}
+
+
+def run_framework(density: float, seed: int, extra: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "neuroevo_sparse.cli", "run", str(WORK), "--run-dir", f"{tmp}/run",
+               "--set", f"sparsity.density={density}", "--set", f"experiment.seed={seed}",
+               "--set", 'output.progress="log"'] + [a for s in extra for a in ("--set", s)]
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        curve, log = [], []
+        for line in proc.stdout:
+            log.append(line)
+            if m := GEN_LINE.search(line):
+                curve.append((time.perf_counter() - start, float(m.group(3))))
+        if proc.wait() != 0:
+            raise RuntimeError(f"framework d={density} seed {seed} failed:\n{''.join(log[-40:])}")
+        wall = time.perf_counter() - start
+        import pandas as pd
+        h = pd.read_parquet(f"{tmp}/run/history")
+    e = h[h.evaluated]
+    best = e.sort_values(["val_accuracy", "individual_id"], ascending=[False, True]).iloc[0]
+    return {"wall_s": wall, "val": float(best.val_accuracy), "test": float(best.test_accuracy),
+            "evaluations": int(len(e)), "train_s": float(e.train_seconds.sum()), "curve": curve}
+
+
+def run_dense(seed: int) -> dict:
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reference_ga.py"), "--dense",
+                          "--seed", str(seed)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def time_to(curve: list, target: float) -> float | None:
+    return next((t for t, v in curve if v >= target - 1e-12), None)
+
+
+def useful_gflop(density: float, evaluations: int, steps: int = 94, batch: int = 128, val: int = 10_000) -> float:
+    active = sum(round(density * a * b) for a, b in zip(SIZES, SIZES[1:]))
+    return evaluations * 2 * active * (3 * steps * batch + val) / 1e9
+
+
+def dense_peak_gflops() -> float:
+    """The best of a few large float32 matmuls with every core: the machine's dense limit."""
+    import torch
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * 2048 ** 3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def summarise(runs: list[dict], dense: list[dict], peak: float) -> str:
+    lines = [f"End to end: the framework (defaults, Ray) against the hand-written GA, same work; "
+             f"medians over seeds ({platform.machine()}, dense matmul peak {peak:.1f} GFLOP/s)",
+             f"{'density':>7} {'ref wall s':>10} {'fw wall s':>9} {'fw/ref':>6} {'ref GF/s':>8} {'fw GF/s':>7} "
+             f"{'time to ref acc':>15} {'ref test':>15} {'fw test':>15} {'fw - ref':>8}"]
+    for d in sorted({r["density"] for r in runs}):
+        rs = [r for r in runs if r["density"] == d]
+        ref_wall = statistics.median(r["reference"]["wall_s"] for r in rs)
+        fw_wall = statistics.median(r["framework"]["wall_s"] for r in rs)
+        gf = useful_gflop(d, rs[0]["reference"]["evaluations"])
+        ttas = [r["tta_ratio"] for r in rs if r["tta_ratio"] is not None]
+        tta = f"{statistics.median(ttas):.2f}x ({len(ttas)}/{len(rs)})" if ttas else "never"
+        ref_t = [r["reference"]["test"] for r in rs]
+        fw_t = [r["framework"]["test"] for r in rs]
+        sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
+        lines.append(f"{d:>7.0%} {ref_wall:>10.1f} {fw_wall:>9.1f} {fw_wall / ref_wall:>5.2f}x {gf / ref_wall:>8.2f} "
+                     f"{gf / fw_wall:>7.2f} {tta:>15} {statistics.mean(ref_t):.4f}±{sd(ref_t):.4f} "
+                     f"{statistics.mean(fw_t):.4f}±{sd(fw_t):.4f} {statistics.mean(fw_t) - statistics.mean(ref_t):>+8.4f}")
+    if dense:
+        t = [r["test"] for r in dense]
+        lines.append(f"dense 784-300-100-10, same samples as one GA run ({dense[0]['samples']:,}): test "
+                     f"{statistics.mean(t):.4f} ± {statistics.stdev(t) if len(t) > 1 else 0:.4f} "
+                     f"(seeds {', '.join(str(r['seed']) for r in dense)})")
+    lines.append("time to ref acc: framework's time to the reference's final best validation accuracy over the "
+                 "reference's time to it (runs that reached it / runs); test: best-by-validation, mean ± sd")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--densities", nargs="+", type=float, default=[0.02, 0.05, 0.1, 0.2])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override for the framework's runs (e.g. training.vectorise=\"off\")")
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense network")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+
+    if args.report_only:
+        stored = json.loads(args.out.read_text())
+        print(summarise(stored["runs"], stored["dense"], stored["peak_gflops"]))
+        return
+    peak = dense_peak_gflops()
+    runs, dense, i = [], [], 0
+    for seed in args.seeds:
+        for d in args.densities:
+            pair = {}
+            for who in (("reference", "framework") if i % 2 == 0 else ("framework", "reference")):
+                pair[who] = run_reference(d, seed) if who == "reference" else run_framework(d, seed, args.sets)
+            i += 1
+            target = pair["reference"]["val"]
+            ref_t, fw_t = time_to(pair["reference"]["curve"], target), time_to(pair["framework"]["curve"], target)
+            runs.append({"density": d, "seed": seed, **pair, "tta_ratio": None if fw_t is None else fw_t / ref_t})
+            print(f"d={d:g} seed {seed}: reference {pair['reference']['wall_s']:.1f} s test "
+                  f"{pair['reference']['test']:.4f} | framework {pair['framework']['wall_s']:.1f} s test "
+                  f"{pair['framework']['test']:.4f}", flush=True)
+        if not args.no_dense:
+            dense.append(run_dense(seed))
+    text = summarise(runs, dense, peak)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"command": "python benchmarks/end_to_end.py " + " ".join(sys.argv[1:]),
+                                    "machine": platform.machine(), "peak_gflops": peak, "sets": args.sets,
+                                    "runs": runs, "dense": dense, "table": text}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""Bad input of every kind gets one clear error, a non-zero exit, and loses nothing; and the
+configurations that no other test exercises keep their invariants."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from neuroevo_sparse import config, data, runs
+from neuroevo_sparse.config import ConfigError
+from neuroevo_sparse.store import RunDir
+from neuroevo_sparse.store.history import NONDETERMINISTIC
+
+from conftest import TINY, neuroevo_cmd
+from test_evolution import PoisonOne
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(neuroevo_cmd() + list(args), capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def problems(tmp_path: Path, text: str, overrides: list[str] | None = None) -> str:
+    path = tmp_path / "exp.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        config.load(path, overrides)
+    return str(e.value)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def same_history(a: Path, b: Path) -> None:
+    strip = lambda p: pd.read_parquet(p / "history").drop(columns=["run_id", *NONDETERMINISTIC])  # noqa: E731
+    pd.testing.assert_frame_equal(strip(a), strip(b))
+
+
+# ------------------------------------------------------------------ experiments
+
+@pytest.mark.parametrize("key, value", [
+    ("sparsity.density", "nan"), ("training.lr", "nan"), ("evolution.crossover_prob", "nan"),
+    ("training.epochs", "inf"), ("training.momentum", "-inf"), ("fitness.weights", "[1.0, nan]"),
+])
+def test_values_that_are_not_finite_numbers_are_refused(tmp_path, key, value):
+    msg = problems(tmp_path, TINY, [f"{key}={value}"])
+    assert f"{key}: " in msg and "finite" in msg
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("model.hidden=[32, 0]", "model.hidden: item 1: must be >= 1; got 0"),
+    ("model.hidden=[-4]", "model.hidden: item 0: must be >= 1; got -4"),
+    ("model.channels=[0]", "model.channels: item 0: must be >= 1; got 0"),
+    ("experiment.seed=1000000000000000000000000000000", "experiment.seed: must fit in 64 bits"),
+    ('experiment.name="../../elsewhere"', "experiment.name: '../../elsewhere' names a directory"),
+    ('experiment.name="a/b"', "experiment.name: 'a/b' names a directory"),
+])
+def test_shapes_seeds_and_names_are_checked(tmp_path, override, expected):
+    assert expected in problems(tmp_path, TINY, [override])
+
+
+def test_unreadable_experiment_files(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b"[experiment]\nname = \"caf\xe9\"\n")  # latin-1, not UTF-8
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        config.load(path)
+    with pytest.raises(ConfigError, match="file not found"):
+        config.load(tmp_path / "missing.toml")
+
+
+def test_a_density_that_leaves_a_layer_empty_is_an_error(tiny, tmp_path):
+    exp = replace(tiny, sparsity=replace(tiny.sparsity, density=1e-5, init="uniform"))
+    with pytest.raises(ConfigError, match=r"leaves .* with no connection .* use a density of at least"):
+        runs.start(exp, tmp_path / "run")
+
+
+def test_dense_layers_must_name_a_layer(tiny, tmp_path):
+    exp = replace(tiny, sparsity=replace(tiny.sparsity, dense_layers=["fc9.weight"]))
+    with pytest.raises(ConfigError, match=r"'fc9.weight' name\(s\) no maskable tensor .* fc1.weight"):
+        runs.start(exp, tmp_path / "run")
+
+
+# ------------------------------------------------------------------ files and directories
+
+def test_a_foreign_directory_is_never_written(tiny_toml, tmp_path):
+    foreign = tmp_path / "mine"
+    (foreign / "best").mkdir(parents=True)
+    (foreign / "best" / "model.pt").write_bytes(b"my own model")
+    (foreign / "notes.txt").write_text("keep me")
+    before = tree_digest(foreign)
+    p = cli("run", str(tiny_toml), "--run-dir", str(foreign))
+    assert p.returncode == 2, p.stderr
+    assert "is not empty and holds no run" in p.stderr and "Traceback" not in p.stderr
+    assert tree_digest(foreign) == before
+    (tmp_path / "empty").mkdir()
+    runs.start(config.load(tiny_toml), tmp_path / "empty")  # an empty directory is fine
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def idx_dir(tmp_path) -> Path:
+    root = tmp_path / "fm"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("t10k", 20)):
+        _write_idx(root / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(root / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    return root
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda p: p.write_bytes(b""), "0 bytes, too short for an IDX file"),
+    (lambda p: p.write_bytes(p.read_bytes()[:200]), "not a complete gzip file"),
+    (lambda p: p.write_bytes(b"this is not gzip at all"), "not a complete gzip file"),
+    (lambda p: p.write_bytes(gzip.compress(gzip.decompress(p.read_bytes())[:1000])), "truncated IDX file"),
+    (lambda p: p.write_bytes(gzip.compress(b"\x01\x02")), "too short for an IDX file"),
+])
+def test_damaged_dataset_files_are_named(idx_dir, damage, expected):
+    cfg = config.DataConfig(dataset="fashion_mnist", path=str(idx_dir))
+    data.load(cfg, 0)  # intact, it loads
+    damage(idx_dir / "train-images-idx3-ubyte.gz")
+    with pytest.raises(data.DatasetError, match=expected):
+        data.load(cfg, 0)
+
+
+def test_labels_that_do_not_match_the_images(idx_dir):
+    _write_idx(idx_dir / "train-labels-idx1-ubyte.gz", np.zeros(59))
+    with pytest.raises(data.DatasetError, match="60 training images but 59 labels"):
+        data.load(config.DataConfig(dataset="fashion_mnist", path=str(idx_dir)), 0)
+
+
+def test_damaged_dataset_through_the_cli(tiny_toml, idx_dir, tmp_path):
+    (idx_dir / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
+    p = cli("run", str(tiny_toml), "--run-dir", str(tmp_path / "run"), "--set", 'data.dataset="fashion_mnist"',
+            "--set", f'data.path="{idx_dir}"')
+    assert p.returncode == 2 and "error: " in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "run").exists()  # nothing was created for a run that could not start
+
+
+@pytest.fixture
+def finished(tiny, tmp_path) -> Path:
+    exp = replace(tiny, output=replace(tiny.output, keep_checkpoints=5))
+    run, _ = runs.start(exp, tmp_path / "run")
+    return run.path
+
+
+@pytest.mark.parametrize("manifest", ['[1, 2, 3]', '{"files": "nope"}', '"text"', '{}', 'null'])
+def test_a_manifest_of_the_wrong_shape_falls_back_to_an_older_checkpoint(finished, manifest):
+    newest = finished / "checkpoints" / "gen-000002"
+    (newest / "MANIFEST.json").write_text(manifest)
+    loaded = RunDir(finished).load_checkpoint()
+    assert loaded.path.name == "gen-000001" and "gen-000002" in loaded.skipped[0]
+
+
+def test_state_of_the_wrong_shape_is_detected(finished):
+    from neuroevo_sparse.store import checkpoint
+
+    newest = finished / "checkpoints" / "gen-000002"
+    (newest / "state.json").write_text(json.dumps({"format": 1, "generation": "two"}))
+    manifest = json.loads((newest / "MANIFEST.json").read_text())
+    manifest["files"]["state.json"] = checkpoint._sha256(newest / "state.json")  # checksum matches
+    (newest / "MANIFEST.json").write_text(json.dumps(manifest))
+    assert RunDir(finished).load_checkpoint().path.name == "gen-000001"
+
+
+def test_no_valid_checkpoint_is_one_clear_line(finished):
+    for ckpt in (finished / "checkpoints").glob("gen-*"):
+        (ckpt / "arrays.npz").write_bytes(b"damaged")
+    p = cli("resume", str(finished), "--generations", "3")
+    assert p.returncode == 2 and "no valid checkpoint" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_checkpoint_state_is_strict_json(tiny, tmp_path, monkeypatch):
+    """A failed individual's NaN loss is stored as null: state.json is standard JSON."""
+    monkeypatch.setattr("neuroevo_sparse.evaluators.local.LocalEvaluator", PoisonOne)
+    run, _ = runs.start(replace(tiny, output=replace(tiny.output, keep_checkpoints=5)), tmp_path / "run")
+    states = list((run.path / "checkpoints").glob("gen-*/state.json"))
+    assert states and "diverged" in states[0].read_text()
+    for state in states:
+        json.loads(state.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in {state}"))
+
+
+def test_resume_cannot_shrink_a_run_and_leaves_its_config(finished):
+    before = (finished / "config.toml").read_text()
+    p = cli("resume", str(finished), "--generations", "1")
+    assert p.returncode == 2 and "has already done 2 generation(s)" in p.stderr
+    assert (finished / "config.toml").read_text() == before
+    assert cli("inspect", str(finished), "--top", "-3").returncode == 2
+
+
+def test_a_run_where_every_individual_fails_exits_non_zero(tiny_toml, tmp_path):
+    p = cli("run", str(tiny_toml), "--run-dir", str(tmp_path / "run"), "--set", "training.lr=1e30",
+            "--set", 'training.optimizer="sgd"')
+    assert p.returncode == 4, p.stderr
+    assert "every individual of generation 0 failed" in p.stderr and "Traceback" not in p.stderr
+
+
+# ------------------------------------------------------------------ state in untested corners
+
+def test_no_mutation_and_no_crossover_gives_new_individuals(tiny, tmp_path):
+    exp = replace(tiny, evolution=replace(tiny.evolution, mutations=[], crossover="neuron", crossover_prob=0.3,
+                                          generations=3))
+    run, state = runs.start(exp, tmp_path / "run")
+    h = pd.read_parquet(run.path / "history")
+    born = h[h.evaluated & (h.generation > 0)]
+    assert born.individual_id.is_unique and (born.born == born.generation).all()
+    assert len({g.id for g in state.population}) == len(state.population)
+    assert {"clone"} <= set(born.operator)
+
+
+def test_layer_crossover_with_masked_biases_keeps_weights_inside_masks(tiny, tmp_path):
+    from neuroevo_sparse import operators
+    from neuroevo_sparse.evaluators.local import LocalEvaluator
+    from neuroevo_sparse.evolution import Evolution
+    from neuroevo_sparse.genome import Init, random_genome, target_counts
+    from neuroevo_sparse.jobs import TrainSpec
+
+    exp = replace(tiny, model=replace(tiny.model, mask_biases=True))
+    splits = data.load(exp.data, 0)
+    evo = Evolution(exp, splits, LocalEvaluator(TrainSpec.of(exp, splits.input_shape, splits.num_classes), splits),
+                    RunDir(tmp_path))
+    rng = np.random.default_rng(0)
+    var = operators.Variation(evo.info, Init(), "random")
+    counts = target_counts(evo.info, evo.maskable, 0.3, "uniform")
+    a, b = (random_genome(i, evo.template, evo.info, counts, Init(), rng) for i in range(2))
+    for _ in range(30):
+        for child in operators.cx_layer(var, a, b, (2, 3), 1, rng):
+            for name, m in child.masks.items():
+                assert not child.weights[name][~m].any(), name
+
+
+def test_failed_individuals_get_the_worst_value_in_each_direction(tiny):
+    from neuroevo_sparse.fitness import Objectives
+    from neuroevo_sparse.genome import Genome
+    from neuroevo_sparse.models import LayerInfo
+
+    info = {"w": LayerInfo((4, 5), 5, 4, 1)}
+    g = Genome(0, {"w": np.ones((4, 5), bool)}, {"w": np.ones((4, 5), np.float32), "b": np.zeros(4, np.float32)},
+               metrics={"status": "failed"})
+    low = Objectives(config.FitnessConfig(objectives=["val_accuracy", "density"], weights=[1.0, -0.1]), info)
+    high = Objectives(config.FitnessConfig(objectives=["val_accuracy", "density"], weights=[1.0, 0.1]), info)
+    assert low.measure(g) == {"val_accuracy": 0.0, "density": 1.0}
+    assert high.measure(g) == {"val_accuracy": 0.0, "density": 0.0}
+
+
+def test_retrained_survivors_resume_exactly(tiny, tmp_path):
+    exp = replace(tiny, evolution=replace(tiny.evolution, retrain_survivors=True, generations=4))
+    whole, _ = runs.start(exp, tmp_path / "whole")
+    part, _ = runs.start(replace(exp, evolution=replace(exp.evolution, generations=2)), tmp_path / "part")
+    runs.resume(part.path, generations=4)
+    same_history(whole.path, part.path)
+
+
+def test_baldwinian_export_holds_the_trained_network(tiny, tmp_path):
+    from neuroevo_sparse import models
+    from neuroevo_sparse.export import export
+    from neuroevo_sparse.training import evaluate
+
+    exp = replace(tiny, evolution=replace(tiny.evolution, inheritance="baldwinian"))
+    run, _ = runs.start(exp, tmp_path / "run")
+    saved = torch.load(export(run.path), weights_only=True)
+    splits = data.load(exp.data, exp.experiment.seed)
+    model = models.build(exp.model, splits.input_shape, splits.num_classes)
+    model.load_state_dict(saved["state_dict"])
+    _, acc = evaluate(model, torch.from_numpy(splits.val_x), torch.from_numpy(splits.val_y))
+    assert acc == pytest.approx(saved["metrics"]["val_accuracy"], abs=1e-9)
