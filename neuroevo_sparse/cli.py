@@ -57,6 +57,7 @@ def _dispatch(args) -> int:
     `--debug` shows the traceback instead."""
     from .data import DatasetError, DatasetNotFound
     from .evolution import AllFailed
+    from .report import HistoryError
     from .store.checkpoint import NoValidCheckpoint
 
     try:
@@ -68,7 +69,8 @@ def _dispatch(args) -> int:
     except Exception as e:
         if args.debug:
             raise
-        if isinstance(e, (ConfigError, DatasetNotFound, DatasetError, NoValidCheckpoint, FileExistsError)):
+        if isinstance(e, (ConfigError, DatasetNotFound, DatasetError, NoValidCheckpoint, HistoryError,
+                          FileExistsError)):
             print(f"error: {e}", file=sys.stderr)
             return 2
         if isinstance(e, ClusterLost):

@@ -12,11 +12,32 @@ import numpy as np
 import pandas as pd
 
 
+class HistoryError(ValueError):
+    """A history part is missing or unreadable: tables built from the rest would mislead."""
+
+
 def load(run_dir: str | Path) -> pd.DataFrame:
+    """The whole history of a run; every part from generation 0 to the newest must be there
+    and readable, else HistoryError names the ones that are not."""
     path = Path(run_dir) / "history"
-    if not path.is_dir() or not any(path.glob("gen-*.parquet")):
+    parts = sorted(path.glob("gen-*.parquet")) if path.is_dir() else []
+    if not parts:
         raise FileNotFoundError(f"{run_dir} has no history (expected {path}/gen-*.parquet)")
-    return pd.read_parquet(path)
+    found = {int(p.stem.split("-")[1]): p for p in parts if p.stem.split("-")[1].isdigit()}
+    missing = [g for g in range(max(found) + 1) if g not in found]
+    tables, damaged = [], []
+    for g, part in sorted(found.items()):
+        try:
+            tables.append(pd.read_parquet(part))
+        except Exception as e:  # pyarrow raises several kinds for a damaged file
+            damaged.append(f"{part.name} ({type(e).__name__}: {str(e)[:120]})")
+    problems = ([f"missing part(s) for generation(s) {', '.join(map(str, missing))}"] if missing else []) + \
+               ([f"unreadable part(s): {'; '.join(damaged)}"] if damaged else [])
+    if problems:
+        raise HistoryError(f"the history of {run_dir} is incomplete: {'; '.join(problems)}. A part is rewritten "
+                           f"only by resuming from a checkpoint older than it; the other parts still read with "
+                           f"pandas.read_parquet(<part>)")
+    return pd.concat(tables, ignore_index=True)
 
 
 def population(history: pd.DataFrame) -> pd.DataFrame:

@@ -279,3 +279,39 @@ def test_baldwinian_export_holds_the_trained_network(tiny, tmp_path):
     model.load_state_dict(saved["state_dict"])
     _, acc = evaluate(model, torch.from_numpy(splits.val_x), torch.from_numpy(splits.val_y))
     assert acc == pytest.approx(saved["metrics"]["val_accuracy"], abs=1e-9)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda h: (h / "gen-000001.parquet").unlink(), "missing part(s) for generation(s) 1"),
+    (lambda h: (h / "gen-000001.parquet").write_bytes(b"PAR1 damaged"), "unreadable part(s): gen-000001.parquet"),
+])
+def test_a_damaged_or_deleted_history_part_is_reported(finished, damage, expected):
+    damage(finished / "history")
+    p = cli("inspect", str(finished))
+    assert p.returncode == 2 and expected in p.stderr and "Traceback" not in p.stderr
+
+
+# ------------------------------------------------------------------ clusters
+
+@pytest.mark.ray
+def test_a_job_no_node_can_hold_fails_fast(tiny, tmp_path):
+    import ray
+
+    exp = replace(tiny, resources=replace(tiny.resources, backend="ray", num_cpus=1, cpus_per_job=2.0))
+    with pytest.raises(ConfigError, match="cpus_per_job: 2 CPUs per job, but the largest node .* has 1"):
+        runs.start(exp, tmp_path / "run")
+    assert not ray.is_initialized()  # the Ray it started is stopped again
+
+
+def test_an_unreachable_cluster_fails_in_seconds(tiny_toml, tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port on which nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    p = cli("run", str(tiny_toml), "--run-dir", str(tmp_path / "run"), "--set", 'resources.backend="ray"',
+            "--address", f"127.0.0.1:{port}")
+    assert p.returncode == 3 and f"cannot reach a Ray cluster at 127.0.0.1:{port}" in p.stderr
+    assert "Traceback" not in p.stderr and time.monotonic() - start < 60

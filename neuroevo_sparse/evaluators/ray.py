@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 
-from ..config import ResourcesConfig
+from ..config import ConfigError, ResourcesConfig
 from ..data import Splits
 from ..jobs import TrainJob, TrainResult, TrainSpec
 from ..training import DeviceData, pick_device
@@ -51,6 +51,45 @@ def _train_task(spec: TrainSpec, jobs: list[TrainJob], splits: Splits, data_key:
     return train_group(jobs, spec, data)
 
 
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail in seconds, not after Ray's own minutes of retries, when nothing listens there."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" or another form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ClusterLost(f"cannot reach a Ray cluster at {address} ({e.strerror or e}): start it with "
+                          f"`ray start --head --port={port}` on {host}, or check --address") from None
+
+
+def _join_error(address: str, e: Exception) -> Exception:
+    """Ray's error on joining, as one line that says what to do."""
+    text = str(e)
+    if "token" in text.lower() or "auth" in text.lower() or "UNAUTHENTICATED" in text:
+        return ClusterLost(f"the Ray cluster at {address} uses token authentication (the default of `ray start "
+                           f"--head` since Ray 2.5x) and this process has no valid token: set "
+                           f"RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<token>, or copy the head node's "
+                           f"~/.ray/auth_token to this machine")
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return ClusterLost(f"could not join the Ray cluster at {address}: {type(e).__name__}: {first[:300]}")
+
+
+def _check_fits(nodes: list[dict], cpus: float, gpus: float) -> None:
+    """A job that no node can hold would wait forever: say so before the first generation."""
+    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive", True)]
+    most_cpus = max((r.get("CPU", 0) for r in alive), default=0)
+    if cpus > most_cpus:
+        raise ConfigError([f"resources.cpus_per_job: {cpus:g} CPUs per job, but the largest node of the Ray "
+                           f"cluster has {most_cpus:g}: no job could ever start; lower it"])
+    most_gpus = max((r.get("GPU", 0) for r in alive), default=0)
+    if gpus > most_gpus:
+        raise ConfigError([f"resources.gpus_per_job: {gpus:g} GPUs per job, but the largest node of the Ray "
+                           f"cluster has {most_gpus:g}: no job could ever start; lower it"])
+
+
 class RayEvaluator:
     def __init__(self, spec: TrainSpec, splits: Splits, resources: ResourcesConfig):
         self.spec = spec
@@ -60,17 +99,29 @@ class RayEvaluator:
         if not ray.is_initialized():
             if address:
                 log.info("joining the Ray cluster at %s", address)
-                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+                _check_reachable(address)
+                try:
+                    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+                except Exception as e:
+                    raise _join_error(address, e) from e
             else:
                 ray.init(num_cpus=resources.num_cpus, include_dashboard=False,
                          logging_level=logging.WARNING, log_to_driver=True)
                 self.started_ray = True
+        try:
+            self._setup(ray, splits, resources)
+        except BaseException:
+            self.close()  # a Ray started for this run does not outlive its failed start
+            raise
+
+    def _setup(self, ray, splits: Splits, resources: ResourcesConfig) -> None:
         cluster = ray.cluster_resources()
         gpus = resources.gpus_per_job
         if gpus > 0 and cluster.get("GPU", 0) == 0:
             log.warning("resources.gpus_per_job = %s but the Ray cluster has no GPU: training on CPU", gpus)
             gpus = 0.0
         self.gpus = gpus
+        _check_fits(ray.nodes(), resources.cpus_per_job, gpus)
         self.slots = max(1, int(cluster.get("CPU", 1) // resources.cpus_per_job))
         log.info("Ray: %d node(s), %s CPU, %s GPU; %s CPU and %s GPU per job",
                  len(ray.nodes()), cluster.get("CPU", 0), cluster.get("GPU", 0),
@@ -116,6 +167,10 @@ class RayEvaluator:
         except infrastructure as e:
             error = f"worker lost after retries: {type(e).__name__}: {str(e)[:300]}"
         except ex.RayTaskError as e:
+            error = f"{type(e).__name__}: {str(e)[:300]}"
+        except (ex.RaySystemError, ex.LocalRayletDiedError, ex.RpcError):
+            raise  # the cluster, not this job: ClusterLost in evaluate()
+        except ex.RayError as e:  # OutOfMemoryError, ObjectStoreFullError, ...: this job's failure
             error = f"{type(e).__name__}: {str(e)[:300]}"
         return [TrainResult(j.individual_id, j.weights, status="failed", error=error) for j in jobs]
 
