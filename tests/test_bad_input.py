@@ -315,3 +315,59 @@ def test_an_unreachable_cluster_fails_in_seconds(tiny_toml, tmp_path):
             "--address", f"127.0.0.1:{port}")
     assert p.returncode == 3 and f"cannot reach a Ray cluster at 127.0.0.1:{port}" in p.stderr
     assert "Traceback" not in p.stderr and time.monotonic() - start < 60
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 300 kB tmpfs (needs root and permission to mount: skipped elsewhere)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root, or not allowed)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_stops_the_run_and_it_resumes_once_there_is_room(tiny_toml, tmp_path, small_disk):
+    args = ["--set", "evolution.generations=6", "--set", "output.keep_checkpoints=10"]
+    p = cli("run", str(tiny_toml), "--run-dir", str(small_disk / "run"), *args)
+    assert p.returncode == 1 and "No space left on device" in p.stderr, p.stderr
+    assert f"neuroevo resume {small_disk / 'run'}" in p.stderr and "Traceback" not in p.stderr
+    subprocess.run(["mount", "-o", "remount,size=50m", str(small_disk)], check=True)
+    assert cli("resume", str(small_disk / "run")).returncode == 0
+    assert cli("run", str(tiny_toml), "--run-dir", str(tmp_path / "ref"), *args).returncode == 0
+    same_history(tmp_path / "ref", small_disk / "run")
+
+
+@pytest.mark.ray
+def test_a_cluster_that_needs_a_token_says_so(tiny_toml, tmp_path):
+    """`ray start --head` turns token authentication on; a driver without the token is told
+    what to set, in seconds, instead of Ray's minute of retries and a bare ConnectionError."""
+    import os
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray = str(Path(neuroevo_cmd()[0]).with_name("ray"))
+    head_env = {**os.environ, "HOME": str(tmp_path / "head"), "RAY_AUTH_MODE": "token"}
+    subprocess.run([ray, "get-auth-token", "--generate"], capture_output=True, env=head_env, timeout=60)
+    started = subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false"],
+                             capture_output=True, text=True, env=head_env, timeout=120)
+    try:
+        if started.returncode != 0:
+            pytest.skip(f"ray start failed here: {started.stderr[-300:]}")
+        start = time.monotonic()
+        p = subprocess.run(neuroevo_cmd() + ["run", str(tiny_toml), "--run-dir", str(tmp_path / "run"), "--set",
+                                             'resources.backend="ray"', "--address", f"127.0.0.1:{port}"],
+                           capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "HOME": str(tmp_path / "driver"), "RAY_AUTH_MODE": "disabled"})
+        assert p.returncode == 3, p.stderr[-2000:]
+        assert "uses token authentication" in p.stderr and "RAY_AUTH_MODE=token" in p.stderr
+        assert "Traceback" not in p.stderr and time.monotonic() - start < 60
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=head_env, timeout=120)

@@ -65,14 +65,33 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
                           f"`ray start --head --port={port}` on {host}, or check --address") from None
 
 
+def _check_token(ray, address: str) -> None:
+    """A cluster started by `ray start --head` (Ray >= 2.5x) wants a token: without it,
+    `ray.init` retries for a minute and then says only "failed to connect". Ray's GCS client
+    says it at once, so ask it first."""
+    if ":" not in address or address.startswith("ray://"):
+        return
+    try:
+        from ray._raylet import GcsClient
+    except ImportError:  # another Ray: let ray.init speak for itself
+        return
+    try:
+        GcsClient(address=address)
+    except ray.exceptions.AuthenticationError as e:
+        raise ClusterLost(_TOKEN_HELP.format(address=address, detail=str(e).split(". Note")[0])) from None
+    except Exception:
+        return  # anything else: ray.init below reports it
+
+
+_TOKEN_HELP = ("the Ray cluster at {address} uses token authentication ({detail}): set RAY_AUTH_MODE=token in "
+               "this environment, and RAY_AUTH_TOKEN=<token> or the head node's ~/.ray/auth_token on this machine")
+
+
 def _join_error(address: str, e: Exception) -> Exception:
     """Ray's error on joining, as one line that says what to do."""
     text = str(e)
-    if "token" in text.lower() or "auth" in text.lower() or "UNAUTHENTICATED" in text:
-        return ClusterLost(f"the Ray cluster at {address} uses token authentication (the default of `ray start "
-                           f"--head` since Ray 2.5x) and this process has no valid token: set "
-                           f"RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<token>, or copy the head node's "
-                           f"~/.ray/auth_token to this machine")
+    if "token" in text.lower() or "auth" in text.lower():
+        return ClusterLost(_TOKEN_HELP.format(address=address, detail="no valid token here"))
     first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
     return ClusterLost(f"could not join the Ray cluster at {address}: {type(e).__name__}: {first[:300]}")
 
@@ -100,6 +119,7 @@ class RayEvaluator:
             if address:
                 log.info("joining the Ray cluster at %s", address)
                 _check_reachable(address)
+                _check_token(ray, address)
                 try:
                     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
                 except Exception as e:
