@@ -106,11 +106,16 @@ def dense_peak_gflops() -> float:
     return best
 
 
+def welch_p(a: list[float], b: list[float]) -> float:
+    from scipy import stats
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue) if len(a) > 1 and len(b) > 1 else float("nan")
+
+
 def summarise(runs: list[dict], dense: list[dict], peak: float) -> str:
     lines = [f"End to end: the framework (defaults, Ray) against the hand-written GA, same work; "
              f"medians over seeds ({platform.machine()}, dense matmul peak {peak:.1f} GFLOP/s)",
              f"{'density':>7} {'ref wall s':>10} {'fw wall s':>9} {'fw/ref':>6} {'ref GF/s':>8} {'fw GF/s':>7} "
-             f"{'time to ref acc':>15} {'ref test':>15} {'fw test':>15} {'fw - ref':>8}"]
+             f"{'time to ref acc':>15} {'ref test':>15} {'fw test':>15} {'fw - ref':>8} {'p':>5}"]
     for d in sorted({r["density"] for r in runs}):
         rs = [r for r in runs if r["density"] == d]
         ref_wall = statistics.median(r["reference"]["wall_s"] for r in rs)
@@ -123,14 +128,16 @@ def summarise(runs: list[dict], dense: list[dict], peak: float) -> str:
         sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
         lines.append(f"{d:>7.0%} {ref_wall:>10.1f} {fw_wall:>9.1f} {fw_wall / ref_wall:>5.2f}x {gf / ref_wall:>8.2f} "
                      f"{gf / fw_wall:>7.2f} {tta:>15} {statistics.mean(ref_t):.4f}±{sd(ref_t):.4f} "
-                     f"{statistics.mean(fw_t):.4f}±{sd(fw_t):.4f} {statistics.mean(fw_t) - statistics.mean(ref_t):>+8.4f}")
+                     f"{statistics.mean(fw_t):.4f}±{sd(fw_t):.4f} {statistics.mean(fw_t) - statistics.mean(ref_t):>+8.4f} "
+                     f"{welch_p(fw_t, ref_t):>5.2f}")
     if dense:
         t = [r["test"] for r in dense]
         lines.append(f"dense 784-300-100-10, same samples as one GA run ({dense[0]['samples']:,}): test "
                      f"{statistics.mean(t):.4f} ± {statistics.stdev(t) if len(t) > 1 else 0:.4f} "
                      f"(seeds {', '.join(str(r['seed']) for r in dense)})")
     lines.append("time to ref acc: framework's time to the reference's final best validation accuracy over the "
-                 "reference's time to it (runs that reached it / runs); test: best-by-validation, mean ± sd")
+                 "reference's time to it (runs that reached it / runs); test: best-by-validation, mean ± sd; "
+                 "p: Welch's t-test of the two means (two-sided)")
     return "\n".join(lines)
 
 
@@ -147,7 +154,9 @@ def main() -> None:
 
     if args.report_only:
         stored = json.loads(args.out.read_text())
-        print(summarise(stored["runs"], stored["dense"], stored["peak_gflops"]))
+        stored["table"] = summarise(stored["runs"], stored["dense"], stored["peak_gflops"])
+        args.out.write_text(json.dumps(stored, indent=1))
+        print(stored["table"])
         return
     peak = dense_peak_gflops()
     runs, dense, i = [], [], 0

@@ -124,7 +124,7 @@ class TrainingConfig:
     init: Literal["kaiming_uniform", "xavier_uniform"] = "kaiming_uniform"
     # What the init counts as a neuron's fan-in: "dense", every position of the layer (as
     # torch initialises a dense layer); "sparse", only its active connections (bound wider by
-    # 1/sqrt(density)). "sparse" was the only behaviour before 0.3; at low density it trains
+    # 1/sqrt(density)). "sparse" was the only behaviour before 0.2; at low density it trains
     # worse under brief SGD (docs/ABLATION.md).
     init_fan: Literal["dense", "sparse"] = "dense"
     # Train individuals of one generation together, `vectorise_group` at a time, in one
@@ -171,9 +171,10 @@ class StructureConfig:
     # "threshold", "strength"), by the density repair after crossover, and by the structure
     # rules inside `neuroevo train`. "zero": it starts silent and the gradient grows it (RigL);
     # "random": a fresh draw from the layer's init (training.init / init_fan), as SET's
-    # reference code does. One key for every context, so a GA and a single network compared
-    # side by side grow connections the same way. Measured in docs/ABLATION.md.
-    new_weights: Literal["zero", "random"] = "zero"
+    # reference code does; the default since 0.2 (better for the GA at 2% and 10% density,
+    # docs/ABLATION.md). One key for every context, so a GA and a single network compared
+    # side by side grow connections the same way.
+    new_weights: Literal["zero", "random"] = "random"
     # magnitude: epochs of masked fine-tuning after the one-shot prune (within training.epochs).
     finetune_epochs: int = _range(0, default=1)
     # A structure has converged at the first epoch from which fewer than this fraction of the

@@ -133,7 +133,8 @@ class Init:
     layer; "sparse" counts only the active connections, which widens the bound by
     1/sqrt(density) so that activations keep their variance at initialisation (Evci et al.
     2022). The sparse bound is the theory's choice but not the better one under brief SGD
-    training: at 2% density it costs the GA about 3 points of accuracy (docs/ABLATION.md),
+    training: with it (and newborns drawn at its scale) the GA of benchmarks/ablation.py ends
+    9 points lower at 2% density and 2 points lower at 10% (docs/ABLATION.md),
     hence "dense" by default.
     """
 

@@ -371,3 +371,21 @@ def test_a_cluster_that_needs_a_token_says_so(tiny_toml, tmp_path):
         assert "Traceback" not in p.stderr and time.monotonic() - start < 60
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, env=head_env, timeout=120)
+
+
+@pytest.mark.ray
+def test_a_hung_task_is_cancelled_not_waited_for(tiny_toml, tmp_path):
+    """A task that stops answering (here: made to sleep) is cancelled once no job could still
+    be working, and its individuals fail; with all of a generation hung the run stops (exit 4)
+    with generation 0 checkpointed."""
+    import os
+    import time
+
+    start = time.monotonic()
+    p = subprocess.run(neuroevo_cmd() + ["run", str(tiny_toml), "--run-dir", str(tmp_path / "run"), "--set",
+                                         'resources.backend="ray"', "--set", "resources.num_cpus=2",
+                                         "--set", "resources.job_timeout_s=2"],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "NEUROEVO_FAULT": "hang:job@1"})
+    assert p.returncode == 4, p.stderr[-2000:]
+    assert "the task hung and was cancelled" in p.stderr and time.monotonic() - start < 150
+    assert RunDir(tmp_path / "run").load_checkpoint().path.name == "gen-000000"

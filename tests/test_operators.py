@@ -159,3 +159,34 @@ def test_operators_are_deterministic_given_rng():
     x = operators.cx_neuron(var, a, b, (3, 4), 1, r1)[0]
     y = operators.cx_neuron(var, a, b, (3, 4), 1, r2)[0]
     assert all(np.array_equal(x.weights[k], y.weights[k]) for k in x.weights)
+
+
+@pytest.mark.parametrize("new_weights", ["zero", "random"])
+@pytest.mark.parametrize("fan", ["dense", "sparse"])
+def test_newborn_weights_follow_the_one_shared_key(new_weights, fan):
+    """structure.new_weights decides every newborn of the GA (SET, rewire, the paper's methods,
+    the density repair) as it does inside `neuroevo train`: 0, or a draw within the layer's
+    init bound (training.init_fan: dense fans, or fans counting active connections only)."""
+    from neuroevo_sparse.config import StructureConfig
+
+    _, template, info, counts = setup(density=0.1)
+    var = Variation(info, Init(fan=fan), new_weights)
+    rng = np.random.default_rng(0)
+    (g,) = population(template, info, counts, 1, rng)
+    kids = [operators.mut_set(var, g, 1, 1, rng, fraction=0.3), operators.mut_rewire(var, g, 2, 1, rng, fraction=0.3),
+            operators.mut_structure(var, g, 3, 1, rng, method="threshold",
+                                    params=StructureConfig(threshold=2.0, max_fraction=0.3))]
+    for kid in kids:
+        born = 0
+        for name, m in kid.masks.items():
+            new = m & ~g.masks[name]
+            born += int(new.sum())
+            w = kid.weights[name][new]
+            if new_weights == "zero":
+                assert not w.any()
+            else:
+                bound = Init(fan=fan).bound(info[name], m.mean())
+                assert np.abs(w).max() <= bound and np.abs(w).min() > 0
+                if fan == "sparse":
+                    assert bound > Init(fan="dense").bound(info[name], m.mean())
+        assert born > 0, kid.operator

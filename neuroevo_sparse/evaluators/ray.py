@@ -15,13 +15,16 @@ times out is a failure of that individual only. If the cluster itself stops answ
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 
 from ..config import ConfigError, ResourcesConfig
 from ..data import Splits
 from ..jobs import TrainJob, TrainResult, TrainSpec
 from ..training import DeviceData, pick_device
 from ..worker import groups, train_group
+from .. import faults
 from . import ClusterLost, OnResult
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ def _import_ray(local: bool):
 
 def _train_task(spec: TrainSpec, jobs: list[TrainJob], splits: Splits, data_key: str,
                 gpus: float) -> list[TrainResult]:
+    faults.hang("job", jobs[0].generation)
     data = _WORKER_DATA.get(data_key)
     if data is None:
         _WORKER_DATA.clear()  # one run's data at a time per worker
@@ -146,6 +150,7 @@ class RayEvaluator:
         log.info("Ray: %d node(s), %s CPU, %s GPU; %s CPU and %s GPU per job",
                  len(ray.nodes()), cluster.get("CPU", 0), cluster.get("GPU", 0),
                  resources.cpus_per_job, gpus)
+        self.job_timeout_s = resources.job_timeout_s
         self.data_ref = ray.put(splits)
         self.data_key = self.data_ref.hex()
         self.task = ray.remote(_train_task).options(
@@ -161,8 +166,21 @@ class RayEvaluator:
             done: list[list[TrainResult] | None] = [None] * len(batches)
             pending = list(refs)
             warned = False
+            deadline = self._deadline(batches)
             while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
+                # A bounded wait: signal handlers run between waits, and a task that hangs
+                # (past every job's own time limit) is cancelled instead of waited for forever.
+                ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+                if not ready and deadline is not None and time.monotonic() > deadline:
+                    for ref in pending:
+                        ray.cancel(ref, force=True)
+                        i = index[ref]
+                        done[i] = self._failed(batches[i], f"no result within {deadline - self._started:.0f} s "
+                                                           f"(resources.job_timeout_s = {self.job_timeout_s:g} "
+                                                           f"per job): the task hung and was cancelled")
+                        for result in done[i] if on_result else ():
+                            on_result(result)
+                    break
                 for ref in ready:
                     i = index[ref]
                     done[i] = self._collect(ref, batches[i])
@@ -176,6 +194,21 @@ class RayEvaluator:
         except (ray.exceptions.RaySystemError, ray.exceptions.LocalRayletDiedError,
                 ray.exceptions.RpcError, ConnectionError) as e:
             raise ClusterLost(f"the Ray cluster stopped answering: {type(e).__name__}: {e}") from e
+
+    def _deadline(self, batches: list[list[TrainJob]]) -> float | None:
+        """When a generation's last task must have returned, if jobs have a time limit: as many
+        rounds of tasks as the cluster's slots need, each its group's jobs' limits, plus slack
+        for start-up and transfers. Beyond that no task can be working: it hangs."""
+        self._started = time.monotonic()
+        if self.job_timeout_s is None or not batches:
+            return None
+        rounds = math.ceil(len(batches) / self.slots)
+        per_task = max(len(b) for b in batches) * self.job_timeout_s
+        return self._started + rounds * per_task * 1.5 + 20.0
+
+    @staticmethod
+    def _failed(jobs: list[TrainJob], error: str) -> list[TrainResult]:
+        return [TrainResult(j.individual_id, j.weights, status="failed", error=error) for j in jobs]
 
     def _collect(self, ref, jobs: list[TrainJob]) -> list[TrainResult]:
         ex = self.ray.exceptions
@@ -192,7 +225,7 @@ class RayEvaluator:
             raise  # the cluster, not this job: ClusterLost in evaluate()
         except ex.RayError as e:  # OutOfMemoryError, ObjectStoreFullError, ...: this job's failure
             error = f"{type(e).__name__}: {str(e)[:300]}"
-        return [TrainResult(j.individual_id, j.weights, status="failed", error=error) for j in jobs]
+        return self._failed(jobs, error)
 
     def close(self) -> None:
         if self.started_ray and self.ray.is_initialized():
