@@ -389,3 +389,39 @@ def test_a_hung_task_is_cancelled_not_waited_for(tiny_toml, tmp_path):
     assert p.returncode == 4, p.stderr[-2000:]
     assert "the task hung and was cancelled" in p.stderr and time.monotonic() - start < 150
     assert RunDir(tmp_path / "run").load_checkpoint().path.name == "gen-000000"
+
+
+def test_a_read_only_location_is_one_line_and_writes_nothing(tiny_toml, tmp_path):
+    """A run directory on a read-only file system (a tmpfs mounted read-only; root ignores
+    permission bits): refused with the error and the path, no traceback."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root, or not allowed)")
+    try:
+        p = cli("run", str(tiny_toml), "--run-dir", str(ro / "run"))
+        assert p.returncode == 1 and "Read-only file system" in p.stderr and str(ro / "run") in p.stderr
+        assert "Traceback" not in p.stderr and not any(ro.iterdir())
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
+
+
+def test_a_broken_cifar_batch_is_named(tmp_path):
+    import pickle
+
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(root / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 255, (10, 3072), dtype=np.uint8), b"labels": list(range(10))}, f)
+    cfg = config.DataConfig(dataset="cifar10", path=str(root))
+    assert data.load(cfg, 0).input_shape == (3, 32, 32)
+    (root / "data_batch_3").write_bytes((root / "data_batch_3").read_bytes()[:500])
+    with pytest.raises(data.DatasetError, match="'cifar10' could not be read .* damaged"):
+        data.load(cfg, 0)
+    with open(root / "data_batch_3", "wb") as f:
+        pickle.dump({b"labels": [1, 2]}, f)  # a pickle of the wrong shape
+    with pytest.raises(data.DatasetError, match="'cifar10' could not be read"):
+        data.load(cfg, 0)

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -135,3 +136,26 @@ def test_damaged_experiment_files_give_a_config_error_or_an_experiment(text, tmp
         return
     assert isinstance(exp, config.Experiment)
     assert np.isfinite([v for v in config.flatten(exp.to_dict()).values() if isinstance(v, float)]).all()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One Ray instance on this machine for the examples below, stopped however they end."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.ray
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(exp=experiments())
+def test_random_configurations_give_the_same_history_on_ray(exp, local_ray, tmp_path_factory):
+    root = tmp_path_factory.mktemp("backends")
+    local, _ = runs.start(exp, root / "local")
+    on_ray, _ = runs.start(replace(exp, resources=replace(exp.resources, backend="ray")), root / "ray")
+    strip = lambda p: pd.read_parquet(p / "history").drop(columns=["run_id", *NONDETERMINISTIC])  # noqa: E731
+    pd.testing.assert_frame_equal(strip(local.path), strip(on_ray.path))
