@@ -39,6 +39,8 @@ def resume(run_path: str | Path, overrides: list[str] | None = None, generations
     run = RunDir(run_path)
     if not run.config_path.is_file():
         raise FileNotFoundError(f"{run.path} is not a run directory (no config.toml)")
+    for path in run.remove_stale_temporaries():
+        log.info("removed %s, left half-written by a process that was killed", path)
     original = run.config()
     exp = run.config(overrides)
     if generations is not None:

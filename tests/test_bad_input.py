@@ -425,3 +425,45 @@ def test_a_broken_cifar_batch_is_named(tmp_path):
         pickle.dump({b"labels": [1, 2]}, f)  # a pickle of the wrong shape
     with pytest.raises(data.DatasetError, match="'cifar10' could not be read"):
         data.load(cfg, 0)
+
+
+@pytest.mark.ray
+def test_ray_out_of_memory_fails_the_individuals_not_the_driver(tiny_toml, tmp_path):
+    """Ray's memory monitor, told that any use is too much, kills every training task with a
+    real OutOfMemoryError: each becomes a failed individual (here all of them: exit 4)."""
+    import os
+
+    env = {**os.environ, "RAY_memory_usage_threshold": "0.01", "RAY_task_oom_retries": "0",
+           "RAY_memory_monitor_refresh_ms": "50"}
+    p = subprocess.run(neuroevo_cmd() + ["run", str(tiny_toml), "--run-dir", str(tmp_path / "run"), "--set",
+                                         'resources.backend="ray"'], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 4, p.stderr[-2000:]
+    assert "failed: OutOfMemoryError" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_no_temporary_file_outlives_a_run_or_a_resume(finished, tiny_toml, tmp_path):
+    import glob
+    import tempfile
+
+    assert not [p for p in finished.rglob("*") if ".tmp" in p.name]
+    left = [finished / "best" / ".model.pt.tmp-99999", finished / ".config.toml.tmp-99999",
+            finished / "history" / ".gen-000001.parquet.tmp-99999"]
+    for p in left:
+        p.write_bytes(b"half")
+    (finished / "checkpoints" / ".tmp-gen-000003-99999").mkdir()
+    before = set(glob.glob(f"{tempfile.gettempdir()}/neuroevo-*.run"))
+    assert cli("resume", str(finished), "--generations", "3").returncode == 0
+    assert not [p for p in finished.rglob("*") if ".tmp" in p.name]
+    assert set(glob.glob(f"{tempfile.gettempdir()}/neuroevo-*.run")) <= before  # the supervisor's report file
+
+
+def test_results_must_answer_their_jobs(tiny, tmp_path, monkeypatch):
+    from neuroevo_sparse.evaluators.local import LocalEvaluator
+
+    class Shuffled(LocalEvaluator):
+        def evaluate(self, jobs, on_result=None):
+            return list(reversed(super().evaluate(jobs, on_result)))
+
+    monkeypatch.setattr("neuroevo_sparse.evaluators.local.LocalEvaluator", Shuffled)
+    with pytest.raises(RuntimeError, match="returned results for individuals"):
+        runs.start(tiny, tmp_path / "run")

@@ -61,6 +61,18 @@ class RunDir:
         _write_text(run.config_path, to_toml(exp))
         return run
 
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Half-written files a killed process left behind (every write here goes to a hidden
+        temporary name first, then is renamed): removed when the run is resumed."""
+        stale = [p for p in self.path.rglob(".*tmp*") if ".tmp" in p.name]
+        for p in stale:
+            if p.is_dir():
+                import shutil
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        return stale
+
     def config(self, overrides: list[str] | None = None) -> Experiment:
         return load_config(self.config_path, overrides)
 
