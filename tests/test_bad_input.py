@@ -467,3 +467,19 @@ def test_results_must_answer_their_jobs(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr("neuroevo_sparse.evaluators.local.LocalEvaluator", Shuffled)
     with pytest.raises(RuntimeError, match="returned results for individuals"):
         runs.start(tiny, tmp_path / "run")
+
+
+def test_a_port_where_something_else_listens_fails_in_seconds(tiny_toml, tmp_path):
+    """Not Ray at that address: Ray alone would wait minutes, deaf to signals."""
+    import socket
+    import time
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        start = time.monotonic()
+        p = cli("run", str(tiny_toml), "--run-dir", str(tmp_path / "run"), "--set", 'resources.backend="ray"',
+                "--address", f"127.0.0.1:{port}")
+    assert p.returncode == 3 and "no Ray cluster answered within" in p.stderr, p.stderr[-1000:]
+    assert "Traceback" not in p.stderr and time.monotonic() - start < 90

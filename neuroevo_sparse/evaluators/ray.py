@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 
 from ..config import ConfigError, ResourcesConfig
@@ -69,22 +70,38 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
                           f"`ray start --head --port={port}` on {host}, or check --address") from None
 
 
-def _check_token(ray, address: str) -> None:
-    """A cluster started by `ray start --head` (Ray >= 2.5x) wants a token: without it,
-    `ray.init` retries for a minute and then says only "failed to connect". Ray's GCS client
-    says it at once, so ask it first."""
+def _check_token(ray, address: str, timeout_s: float = 20.0) -> None:
+    """Ask the cluster's GCS first, in seconds: a cluster started by `ray start --head` (Ray >=
+    2.5x) wants a token, and without it `ray.init` retries for a minute and then says only
+    "failed to connect"; a port where something other than Ray listens makes `ray.init` wait
+    for minutes, deaf to Ctrl-C. The probe runs in a thread so that this one stays responsive
+    to signals and can give up."""
     if ":" not in address or address.startswith("ray://"):
         return
     try:
         from ray._raylet import GcsClient
     except ImportError:  # another Ray: let ray.init speak for itself
         return
-    try:
-        GcsClient(address=address)
-    except ray.exceptions.AuthenticationError as e:
-        raise ClusterLost(_TOKEN_HELP.format(address=address, detail=str(e).split(". Note")[0])) from None
-    except Exception:
-        return  # anything else: ray.init below reports it
+    outcome: list[BaseException | None] = []
+
+    def probe() -> None:
+        try:
+            GcsClient(address=address)
+            outcome.append(None)
+        except BaseException as e:  # reported by the waiting thread
+            outcome.append(e)
+
+    thread = threading.Thread(target=probe, name="neuroevo-gcs-probe", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while thread.is_alive() and time.monotonic() < deadline:
+        thread.join(0.2)
+    if not outcome:
+        raise ClusterLost(f"something listens at {address} but no Ray cluster answered within {timeout_s:.0f} s: "
+                          f"check the address (the head's GCS port, 6379 by default) and that `ray start --head` "
+                          f"runs there")
+    if isinstance(outcome[0], ray.exceptions.AuthenticationError):
+        raise ClusterLost(_TOKEN_HELP.format(address=address, detail=str(outcome[0]).split(". Note")[0])) from None
 
 
 _TOKEN_HELP = ("the Ray cluster at {address} uses token authentication ({detail}): set RAY_AUTH_MODE=token in "
