@@ -265,6 +265,8 @@ RESUME_SAFE_KEYS = frozenset({
 def load(path: str | Path, overrides: list[str] | None = None) -> Experiment:
     """Read, override and validate an experiment file; raises ConfigError on any problem."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(["is a directory: give the experiment's .toml file"], source=str(path))
     if not path.is_file():
         raise ConfigError([f"file not found: {path}"], source=str(path))
     try:

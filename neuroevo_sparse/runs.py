@@ -75,6 +75,11 @@ def resume(run_path: str | Path, overrides: list[str] | None = None, generations
         run.config_path.write_text(to_toml(exp))
     splits = data.load(exp.data, exp.experiment.seed)
     dropped = run.drop_history_after(loaded.state["generation"])
+    missing = run.missing_history(loaded.state["generation"])
+    if missing:
+        log.warning("history parts of generation(s) %s are missing: they cannot be recomputed from the "
+                    "checkpoint, so this run's history will lack them (inspect and plot will say so)",
+                    ", ".join(map(str, missing)))
     log.info("resuming %s from %s%s", run.path, loaded.path.name,
              f" (history of {len(dropped)} later generation(s) replaced)" if dropped else "")
     return run, _execute(exp, run, splits, loaded, should_stop)

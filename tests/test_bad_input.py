@@ -76,6 +76,8 @@ def test_unreadable_experiment_files(tmp_path):
         config.load(path)
     with pytest.raises(ConfigError, match="file not found"):
         config.load(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="is a directory"):
+        config.load(tmp_path)
 
 
 def test_a_density_that_leaves_a_layer_empty_is_an_error(tiny, tmp_path):
@@ -289,6 +291,12 @@ def test_a_damaged_or_deleted_history_part_is_reported(finished, damage, expecte
     damage(finished / "history")
     p = cli("inspect", str(finished))
     assert p.returncode == 2 and expected in p.stderr and "Traceback" not in p.stderr
+
+
+def test_resume_says_which_history_parts_are_missing(finished):
+    (finished / "history" / "gen-000001.parquet").unlink()
+    p = cli("resume", str(finished), "--generations", "3")
+    assert p.returncode == 0 and "history parts of generation(s) 1 are missing" in p.stderr
 
 
 # ------------------------------------------------------------------ clusters

@@ -83,6 +83,10 @@ class RunDir:
     def drop_history_after(self, generation: int) -> list[Path]:
         return history.drop_parts_after(self.history, generation) if self.history.exists() else []
 
+    def missing_history(self, through: int) -> list[int]:
+        """Generations 0..`through` that have no history part."""
+        return [g for g in range(through + 1) if not history.part_path(self.history, g).is_file()]
+
     def read_history(self):
         import pandas as pd
         return pd.read_parquet(self.history)
