@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from . import data
+from . import __version__, data
 from .config import RESUME_SAFE_KEYS, ConfigError, Experiment, diff, to_toml
 from .evaluators import ClusterLost, make as make_evaluator
 from .evolution import Evolution, State
@@ -62,6 +62,12 @@ def resume(run_path: str | Path, overrides: list[str] | None = None, generations
     loaded = run.load_checkpoint()
     for why in loaded.skipped:
         log.warning("checkpoint %s is damaged and was skipped: using an older one", why)
+    written_by = str(loaded.state.get("versions", {}).get("neuroevo_sparse", "unknown"))
+    if written_by.split(".")[:2] != __version__.split(".")[:2]:
+        raise ConfigError([f"its checkpoints were written by neuroevo_sparse {written_by}; this is {__version__}, "
+                           f"whose defaults and operators differ (see the README), so resuming would not continue "
+                           f"the same run: finish it with {written_by}, or start a new run"],
+                          source=f"resuming {run.path}")
     done = loaded.state["generation"]
     if exp.evolution.generations < done:
         raise ConfigError([f"--generations {exp.evolution.generations}: the run has already done {done} "

@@ -491,3 +491,17 @@ def test_a_port_where_something_else_listens_fails_in_seconds(tiny_toml, tmp_pat
                 "--address", f"127.0.0.1:{port}")
     assert p.returncode == 3 and "no Ray cluster answered within" in p.stderr, p.stderr[-1000:]
     assert "Traceback" not in p.stderr and time.monotonic() - start < 90
+
+
+def test_a_run_of_another_minor_version_is_not_resumed(finished):
+    from neuroevo_sparse.store import checkpoint
+
+    for ckpt in (finished / "checkpoints").glob("gen-*"):
+        state = json.loads((ckpt / "state.json").read_text())
+        state["versions"]["neuroevo_sparse"] = "0.1.0"
+        (ckpt / "state.json").write_text(json.dumps(state))
+        manifest = json.loads((ckpt / "MANIFEST.json").read_text())
+        manifest["files"]["state.json"] = checkpoint._sha256(ckpt / "state.json")
+        (ckpt / "MANIFEST.json").write_text(json.dumps(manifest))
+    p = cli("resume", str(finished), "--generations", "3")
+    assert p.returncode == 2 and "written by neuroevo_sparse 0.1.0" in p.stderr
