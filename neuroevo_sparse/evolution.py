@@ -136,7 +136,9 @@ class Evolution:
     def _vary(self, parents: list[Genome], next_id: int, g: int, rng: np.random.Generator) -> list[Genome]:
         """Pairs of parents -> pairs of new children: crossover with probability crossover_prob,
         then mutation with probability mutation_prob. A child that drew neither operator is
-        mutated anyway, so no training is spent on an exact copy of a parent."""
+        mutated anyway, so no training is spent on an exact copy of a parent; with no mutation
+        configured it is a clone: a new individual whose training goes on from the parent's
+        weights (never the parent object itself, which would collapse the population)."""
         ev, tb = self.exp.evolution, self.toolbox
         children = []
         for i in range(0, len(parents), 2):
