@@ -3,6 +3,7 @@ configurations that no other test exercises keep their invariants."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -325,18 +326,24 @@ def test_an_unreachable_cluster_fails_in_seconds(tiny_toml, tmp_path):
     assert "Traceback" not in p.stderr and time.monotonic() - start < 60
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 300 kB tmpfs (needs root and permission to mount: skipped elsewhere)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str):
+    """A tmpfs mounted at `path` for the block (needs root and permission to mount: the test
+    is skipped elsewhere), unmounted however the block ends."""
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (not root, or not allowed)")
     try:
-        yield mount
+        yield path
     finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 300 kB disk."""
+    with tmpfs(tmp_path / "small", "size=300k") as mount:
+        yield mount
 
 
 def test_a_full_disk_stops_the_run_and_it_resumes_once_there_is_room(tiny_toml, tmp_path, small_disk):
@@ -402,17 +409,10 @@ def test_a_hung_task_is_cancelled_not_waited_for(tiny_toml, tmp_path):
 def test_a_read_only_location_is_one_line_and_writes_nothing(tiny_toml, tmp_path):
     """A run directory on a read-only file system (a tmpfs mounted read-only; root ignores
     permission bits): refused with the error and the path, no traceback."""
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (not root, or not allowed)")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
         p = cli("run", str(tiny_toml), "--run-dir", str(ro / "run"))
         assert p.returncode == 1 and "Read-only file system" in p.stderr and str(ro / "run") in p.stderr
         assert "Traceback" not in p.stderr and not any(ro.iterdir())
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
 
 
 def test_a_broken_cifar_batch_is_named(tmp_path):
