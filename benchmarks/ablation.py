@@ -88,7 +88,7 @@ def apply_patch(patch: str | None) -> None:
 
 
 def run_one(row: str, density: float, seed: int) -> dict:
-    from neuroevo_sparse import config, runs
+    from neuroevo_sparse import runs
 
     apply_patch(ROWS[row][2])
     exp = experiment(row, density, seed)
@@ -124,11 +124,11 @@ def key_of(row: str, density: float, seed: int) -> str:
 
 def stored(row: str, density: float, seed: int) -> dict | None:
     path = OUT / f"{row}-d{density:g}-s{seed}.json"
-    if path.is_file():
+    try:
         r = json.loads(path.read_text())
-        if r.get("key") == key_of(row, density, seed):
-            return r
-    return None
+    except (OSError, ValueError):  # not run yet, or a damaged file: run it again
+        return None
+    return r if isinstance(r, dict) and r.get("key") == key_of(row, density, seed) else None
 
 
 def run_and_store(row: str, density: float, seed: int) -> dict:

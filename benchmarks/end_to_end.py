@@ -153,7 +153,10 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.report_only:
-        stored = json.loads(args.out.read_text())
+        try:
+            stored = json.loads(args.out.read_text())
+        except (OSError, ValueError) as e:
+            sys.exit(f"error: cannot read {args.out} ({e}): run the benchmark without --report-only first")
         stored["table"] = summarise(stored["runs"], stored["dense"], stored["peak_gflops"])
         args.out.write_text(json.dumps(stored, indent=1))
         print(stored["table"])

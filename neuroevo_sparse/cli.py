@@ -55,7 +55,7 @@ def _dispatch(args) -> int:
     """Run the command; every error a user can cause or meet ends as one message and an exit
     status (2: bad input, 3: cluster gone, 4: the run failed, 1: the system), with how to go on.
     `--debug` shows the traceback instead."""
-    from .data import DatasetError, DatasetNotFound
+    from .data import DatasetError
     from .evolution import AllFailed
     from .report import HistoryError
     from .store.checkpoint import NoValidCheckpoint
@@ -69,8 +69,8 @@ def _dispatch(args) -> int:
     except Exception as e:
         if args.debug:
             raise
-        if isinstance(e, (ConfigError, DatasetNotFound, DatasetError, NoValidCheckpoint, HistoryError,
-                          FileExistsError)):
+        if isinstance(e, (ConfigError, DatasetError, NoValidCheckpoint, HistoryError, FileExistsError,
+                          FileNotFoundError)):  # FileNotFoundError: a missing run dir, dataset (DatasetNotFound)
             print(f"error: {e}", file=sys.stderr)
             return 2
         if isinstance(e, ClusterLost):
@@ -79,9 +79,6 @@ def _dispatch(args) -> int:
         if isinstance(e, AllFailed):
             print(f"error: {e}{_resume_hint()}", file=sys.stderr)
             return 4
-        if isinstance(e, FileNotFoundError):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
         if isinstance(e, OSError):  # a read-only location, a full disk, a lost mount
             where = f" ({e.filename})" if e.filename else ""
             print(f"error: {e.strerror or e}{where}{_resume_hint()}", file=sys.stderr)

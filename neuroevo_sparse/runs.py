@@ -50,16 +50,30 @@ def resume(run_path: str | Path, overrides: list[str] | None = None, generations
         lines = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()]
         raise ConfigError(lines + [f"only these keys may change on resume: {', '.join(sorted(RESUME_SAFE_KEYS))}"],
                           source=f"resuming {run.path}")
-    if not run.has_checkpoint():
-        # The run stopped before its first checkpoint: nothing was computed that could be
-        # lost, so resuming it is starting it, in the same directory.
+    # A run stopped before its first checkpoint computed nothing that could be lost:
+    # resuming it is starting it, in the same directory.
+    loaded = run.load_checkpoint() if run.has_checkpoint() else None
+    done = _check_checkpoint(run, loaded, original, exp) if loaded else -1
+    if exp != original:
+        run.config_path.write_text(to_toml(exp))
+    splits = data.load(exp.data, exp.experiment.seed)
+    dropped = run.drop_history_after(done)
+    missing = run.missing_history(done)
+    if missing:
+        log.warning("history parts of generation(s) %s are missing: they cannot be recomputed from the "
+                    "checkpoint, so this run's history will lack them (inspect and plot will say so)",
+                    ", ".join(map(str, missing)))
+    if loaded:
+        log.info("resuming %s from %s%s", run.path, loaded.path.name,
+                 f" (history of {len(dropped)} later generation(s) replaced)" if dropped else "")
+    else:
         log.info("%s has no checkpoint yet: starting it from generation 0", run.path)
-        if exp != original:
-            run.config_path.write_text(to_toml(exp))
-        splits = data.load(exp.data, exp.experiment.seed)
-        run.drop_history_after(-1)
-        return run, _execute(exp, run, splits, None, should_stop)
-    loaded = run.load_checkpoint()
+    return run, _execute(exp, run, splits, loaded, should_stop)
+
+
+def _check_checkpoint(run: RunDir, loaded, original: Experiment, exp: Experiment) -> int:
+    """The generation a checkpoint continues from, once it is known to belong to this run,
+    this version and this request."""
     for why in loaded.skipped:
         log.warning("checkpoint %s is damaged and was skipped: using an older one", why)
     written_by = str(loaded.state.get("versions", {}).get("neuroevo_sparse", "unknown"))
@@ -77,18 +91,7 @@ def resume(run_path: str | Path, overrides: list[str] | None = None, generations
         raise ConfigError([f"config.toml of {run.path} does not match the checkpoint's config hash "
                            f"({original.hash()} != {loaded.state['config_hash']}): it was edited by hand"],
                           source=str(run.config_path))
-    if exp != original:
-        run.config_path.write_text(to_toml(exp))
-    splits = data.load(exp.data, exp.experiment.seed)
-    dropped = run.drop_history_after(loaded.state["generation"])
-    missing = run.missing_history(loaded.state["generation"])
-    if missing:
-        log.warning("history parts of generation(s) %s are missing: they cannot be recomputed from the "
-                    "checkpoint, so this run's history will lack them (inspect and plot will say so)",
-                    ", ".join(map(str, missing)))
-    log.info("resuming %s from %s%s", run.path, loaded.path.name,
-             f" (history of {len(dropped)} later generation(s) replaced)" if dropped else "")
-    return run, _execute(exp, run, splits, loaded, should_stop)
+    return done
 
 
 def _execute(exp, run, splits, loaded, should_stop) -> State:

@@ -64,3 +64,12 @@ def tiny(tiny_toml: Path) -> config.Experiment:
 def neuroevo_cmd() -> list[str]:
     """The installed console script's entry point, run with this interpreter."""
     return [sys.executable, "-m", "neuroevo_sparse.cli"]
+
+
+def comparable_history(run_dir: Path):
+    """A run's history without the columns that differ between identical runs (timing, placement)."""
+    import pandas as pd
+
+    from neuroevo_sparse.store.history import NONDETERMINISTIC
+
+    return pd.read_parquet(Path(run_dir) / "history").drop(columns=["run_id", *NONDETERMINISTIC])

@@ -16,9 +16,8 @@ from hypothesis import strategies as st
 from neuroevo_sparse import config, runs
 from neuroevo_sparse.config import ConfigError
 from neuroevo_sparse.evolution import Evolution
-from neuroevo_sparse.store.history import NONDETERMINISTIC
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, comparable_history
 
 EXPERIMENTS = [TINY] + [p.read_text() for p in sorted((ROOT / "experiments").rglob("*.toml"))]
 
@@ -93,8 +92,7 @@ def test_random_configurations_keep_the_invariants(exp, tmp_path_factory, monkey
     # stopped after generation 1 and resumed == never stopped
     part, _ = runs.start(replace(exp, evolution=replace(exp.evolution, generations=1)), root / "part")
     runs.resume(part.path, generations=2)
-    strip = lambda p: pd.read_parquet(p / "history").drop(columns=["run_id", *NONDETERMINISTIC])  # noqa: E731
-    pd.testing.assert_frame_equal(strip(whole.path), strip(part.path))
+    pd.testing.assert_frame_equal(comparable_history(whole.path), comparable_history(part.path))
 
 
 # ------------------------------------------------------------------ the loader, fuzzed
@@ -157,5 +155,4 @@ def test_random_configurations_give_the_same_history_on_ray(exp, local_ray, tmp_
     root = tmp_path_factory.mktemp("backends")
     local, _ = runs.start(exp, root / "local")
     on_ray, _ = runs.start(replace(exp, resources=replace(exp.resources, backend="ray")), root / "ray")
-    strip = lambda p: pd.read_parquet(p / "history").drop(columns=["run_id", *NONDETERMINISTIC])  # noqa: E731
-    pd.testing.assert_frame_equal(strip(local.path), strip(on_ray.path))
+    pd.testing.assert_frame_equal(comparable_history(local.path), comparable_history(on_ray.path))

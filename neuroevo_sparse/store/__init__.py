@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,6 @@ class RunDir:
         stale = [p for p in self.path.rglob(".*tmp*") if ".tmp" in p.name]
         for p in stale:
             if p.is_dir():
-                import shutil
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 p.unlink(missing_ok=True)

@@ -52,6 +52,4 @@ def drop_parts_after(history_dir: Path, generation: int) -> list[Path]:
         if int(p.stem.split("-")[1]) > generation:
             p.unlink()
             dropped.append(p)
-    for p in history_dir.glob(".gen-*.tmp-*"):
-        p.unlink()
     return dropped
