@@ -206,12 +206,16 @@ def _parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="write PNG figures of a run (default into RUN_DIR/plots)")
     plot.add_argument("run_dir", type=Path)
     plot.add_argument("--out", type=Path, help="directory for the PNGs")
+    plot.add_argument("--baselines", type=Path, help="JSON of benchmarks/front.py: draw the final front against its curves")
     plot.set_defaults(func=cmd_plot)
 
     exp = sub.add_parser("export", help="write an individual as a plain torch state_dict + masks + metrics")
     exp.add_argument("run_dir", type=Path)
     exp.add_argument("--out", type=Path, help="output file (default RUN_DIR/export/individual-ID.pt)")
-    exp.add_argument("--id", type=int, dest="individual", help="individual id (default: the best)")
+    which = exp.add_mutually_exclusive_group()
+    which.add_argument("--id", type=int, dest="individual", help="individual id (default: the best)")
+    which.add_argument("--max-params", type=_positive, metavar="N",
+                       help="the most accurate (by validation) individual with at most N active parameters")
     exp.set_defaults(func=cmd_export)
     return p
 
@@ -302,15 +306,23 @@ def cmd_inspect(args) -> int:
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 4):
         for title, table in [("Generations (population after selection)", tables["generations"]),
                              (f"Top {args.top} individuals", tables["top"]),
-                             ("Pareto front: validation accuracy vs active parameters", tables["pareto_front"])]:
+                             ("Pareto front: validation accuracy vs active parameters (test accuracy "
+                              "shown, not used to choose)", tables["pareto_front"])]:
             print(f"== {title}\n{table.to_string(index=False)}\n")
+        print(f"Export a point of the front: neuroevo export {args.run_dir} --id ID   "
+              f"(or --max-params N: the best with at most N active parameters)")
     return 0
 
 
 def cmd_plot(args) -> int:
     from . import plots
 
-    for path in plots.all_figures(args.run_dir, args.out):
+    try:
+        figures = plots.all_figures(args.run_dir, args.out, args.baselines)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in figures:
         print(path)
     return 0
 
@@ -319,8 +331,8 @@ def cmd_export(args) -> int:
     from .export import export
 
     try:
-        print(export(args.run_dir, args.out, args.individual))
-    except KeyError as e:
+        print(export(args.run_dir, args.out, args.individual, args.max_params))
+    except (KeyError, ValueError) as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
     return 0

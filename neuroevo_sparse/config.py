@@ -79,6 +79,14 @@ class SparsityConfig:
     init: Literal["uniform", "erdos_renyi"] = "erdos_renyi"
     # Tensors (by parameter name, e.g. "layers.2.weight") that are never masked.
     dense_layers: list[str] = field(default_factory=list)
+    # true: every layer keeps its number of active connections (crossover repairs each layer
+    # to its parents' mean count), so every individual has `density`. false: size is searched:
+    # the initial densities are drawn log-uniformly in [min_density, max_density], the
+    # "grow"/"prune" mutations change them, crossover children keep the counts they inherit,
+    # and every individual stays within the bounds. Use it with fitness.mode = "pareto".
+    fixed: bool = True
+    min_density: float = _range(0.0, 1.0, lo_open=True, default=0.005)
+    max_density: float = _range(0.0, 1.0, lo_open=True, default=0.5)
 
 
 @dataclass(frozen=True)
@@ -90,13 +98,25 @@ class EvolutionConfig:
     crossover: Literal["neuron", "connection", "layer", "none"] = "neuron"
     crossover_prob: float = _range(0.0, 1.0, default=0.5)
     # "set", "rewire", and the seed paper's two methods "threshold" and "strength" (their
-    # parameters are in [structure]; the update index is the generation).
-    mutations: list[Literal["set", "rewire", "threshold", "strength"]] = field(default_factory=lambda: ["set"])
+    # parameters are in [structure]; the update index is the generation). "move" shifts
+    # connections between layers at a constant total (the per-layer allocation evolves).
+    # "grow" and "prune" change the size and need sparsity.fixed = false.
+    mutations: list[Literal["set", "rewire", "threshold", "strength", "grow", "prune", "move"]] = field(
+        default_factory=lambda: ["set"])
     mutation_prob: float = _range(0.0, 1.0, default=1.0)
     # SET's zeta: fraction of each layer's active connections pruned (smallest |w|) and regrown.
     prune_fraction: float = _range(0.0, 1.0, hi_open=True, default=0.2)
     # Fraction of each layer's active connections moved to random positions by "rewire".
     rewire_fraction: float = _range(0.0, 1.0, hi_open=True, default=0.05)
+    # "grow" adds, "prune" removes this fraction of every layer's active connections: a
+    # multiplicative step, the same relative change at every size (within the density bounds).
+    resize_fraction: float = _range(0.0, 1.0, lo_open=True, hi_open=True, default=0.25)
+    # Where "grow" and "move" put new connections: "random" positions, or "strength": drawn
+    # in proportion to the summed |w| of the two neurons they join (the structure rule of the
+    # same name). Gradient-based growth (RigL) needs the gradient, which only a worker has.
+    grow_rule: Literal["random", "strength"] = "random"
+    # "move": fraction of one layer's active connections moved to another layer.
+    move_fraction: float = _range(0.0, 1.0, lo_open=True, hi_open=True, default=0.1)
     # "plus": survivors are the best of parents + offspring; "comma": of the offspring,
     # with the `elitism` best parents kept.
     survival: Literal["plus", "comma"] = "plus"
@@ -422,6 +442,14 @@ def _cross_checks(exp: Experiment, problems: list[str]) -> None:
         problems.append("fitness.objectives: an objective is listed twice")
     if f.mode == "pareto" and len(f.objectives) < 2:
         problems.append('fitness.mode: "pareto" needs at least two objectives')
+    sp = exp.sparsity
+    sizing = sorted({"grow", "prune"} & set(ev.mutations))
+    if sp.fixed and sizing:
+        problems.append(f"evolution.mutations: {', '.join(map(repr, sizing))} change(s) the network's size, which "
+                        f"sparsity.fixed = true forbids: set sparsity.fixed = false (and give min_density/max_density)")
+    if not sp.fixed and sp.min_density >= sp.max_density:
+        problems.append(f"sparsity.min_density: must be < sparsity.max_density ({sp.max_density}); "
+                        f"got {sp.min_density}")
     if ev.elitism >= ev.population:
         problems.append(f"evolution.elitism: must be < evolution.population ({ev.population}); got {ev.elitism}")
     if ev.survival == "comma" and exp.n_offspring + ev.elitism < ev.population:

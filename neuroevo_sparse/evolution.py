@@ -30,7 +30,7 @@ from .evaluators import Evaluator
 from .fitness import Objectives
 from .genome import Genome, Init, random_genome, target_counts
 from .jobs import TrainJob
-from .operators import clone, make_toolbox
+from .operators import Variation, clone, make_toolbox
 from .progress import Progress
 from .store import RunDir
 
@@ -66,7 +66,10 @@ class Evolution:
         self.maskable = models.maskable(model, exp.sparsity, exp.model.mask_biases)
         self.template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
         self.objectives = Objectives(exp.fitness, self.info)
-        self.toolbox = make_toolbox(exp, self.info)
+        self.toolbox = make_toolbox(exp, self.info, self.maskable)
+        self.variation = Variation.of(exp, self.info, self.maskable)
+        if not exp.sparsity.fixed:  # the smallest network allowed must still connect every layer
+            target_counts(self.info, self.maskable, exp.sparsity.min_density, exp.sparsity.init, "sparsity.min_density")
         self.archive = self.objectives.make_archive()
 
     # ------------------------------------------------------------------------ the loop
@@ -103,14 +106,25 @@ class Evolution:
     def _initial(self, progress: Progress) -> State:
         ev = self.exp.evolution
         rng = seeds.rng(self.seed, "init")
-        counts = target_counts(self.info, self.maskable, self.exp.sparsity.density, self.exp.sparsity.init)
         population = [random_genome(i, self.template, self.info, counts, Init.of(self.exp.training), rng)
-                      for i in range(ev.population)]
+                      for i, counts in enumerate(self._initial_counts())]
         progress.generation_started(0)
         self._evaluate(population, 0, progress)
         self.archive.update(population)
         self._record(0, parents=[], offspring=population, survivors=population, progress=progress)
         return State(0, population, list(self.archive), ev.population)
+
+    def _initial_counts(self) -> list[dict[str, int]]:
+        """Per individual, its active connections per layer: all at `sparsity.density`, or with
+        sizes searched, at densities drawn log-uniformly between the bounds (so the first
+        generation already spans the sizes the front is to cover)."""
+        sp, n = self.exp.sparsity, self.exp.evolution.population
+        if sp.fixed:
+            return [target_counts(self.info, self.maskable, sp.density, sp.init)] * n
+        rng = seeds.rng(self.seed, "init-density")
+        densities = np.exp(rng.uniform(np.log(sp.min_density), np.log(sp.max_density), size=n))
+        return [self.variation.fit(target_counts(self.info, self.maskable, float(d), sp.init, "sparsity.min_density"))
+                for d in densities]
 
     def _generation(self, state: State, progress: Progress) -> State:
         ev, g = self.exp.evolution, state.generation + 1
@@ -129,7 +143,9 @@ class Evolution:
         else:
             elites = self.objectives.select_survivors(state.population, ev.elitism)
             survivors = elites + self.objectives.select_survivors(offspring, ev.population - ev.elitism)
-        self.archive.update(survivors)
+        # A Pareto archive holds every non-dominated individual evaluated so far, survivor or
+        # not (its hypervolume can then never fall); a hall of fame the best survivors.
+        self.archive.update(trained + survivors if self.exp.fitness.mode == "pareto" else survivors)
         self._record(g, state.population, offspring, survivors, progress)
         return State(g, survivors, list(self.archive), state.next_id + len(offspring))
 
@@ -190,11 +206,15 @@ class Evolution:
                 survivors: list[Genome], progress: Progress) -> None:
         chosen = {s.id for s in survivors}
         rows = [self._row(ind, g, ind.id in chosen) for ind in parents + offspring]
+        hypervolume = self.objectives.hypervolume(list(self.archive))
+        if hypervolume is not None:  # the archive's, after this generation: the same on each row of it
+            for row in rows:
+                row["hypervolume"] = hypervolume
         self.run_dir.write_history(g, rows)
         faults.point("history-written", g)
         best = self.objectives.best(survivors)
         progress.generation_done({"fitness": list(best.fitness.values), **best.metrics,
-                                  "density": best.density()},
+                                  "density": best.density(), "hypervolume": hypervolume},
                                  evaluated=sum(r["evaluated"] for r in rows))
 
     def _row(self, ind: Genome, g: int, selected: bool) -> dict:

@@ -12,18 +12,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import report
 from .store import RunDir
 
 
-def export(run_dir: str | Path, out: str | Path | None = None, individual: int | None = None) -> Path:
+def export(run_dir: str | Path, out: str | Path | None = None, individual: int | None = None,
+           max_params: int | None = None) -> Path:
+    """Write one individual: `individual` by id, else the most accurate (by validation) with
+    at most `max_params` active parameters, else the run's best."""
     run = RunDir(run_dir)
     loaded = run.load_checkpoint()
     metas = {m["id"]: m for m in loaded.state["genomes"]}
+    if individual is None and max_params is not None:
+        individual = int(report.best_under(report.load(run.path), max_params).individual_id)
     if individual is None:
         individual = json.loads((run.best / "metrics.json").read_text())["id"]
     if individual not in metas:
         raise KeyError(f"individual {individual} is not in the newest checkpoint of {run.path} "
-                       f"(weights are kept for the population and hall of fame only); "
+                       f"(weights are kept for the population and the archive: the hall of fame, or in a Pareto
+run every non-dominated individual); "
                        f"available: {sorted(metas)}")
     meta = metas[individual]
     prefix = f"g{individual}/"

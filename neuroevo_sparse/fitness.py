@@ -6,12 +6,20 @@ survivors by NSGA-II (DEAP's selNSGA2), parents by binary tournaments on (front,
 An individual whose training failed gets each objective's worst possible value in the
 direction its weight gives (accuracy 0; density 1, the dense parameter count and dense FLOPs
 when minimised, 0 when maximised): finite, so NSGA-II's crowding stays defined.
+
+The hypervolume of a set of individuals (pareto mode) is measured on objectives each scaled
+to [0, 1] by its range (accuracy as it is, parameters and FLOPs as fractions of the dense
+network's), oriented so that smaller is better, against the reference point where every
+objective is at its worst. It lies in [0, 1], 1 being a dense-accuracy-1 network of no
+size, and compares across runs of the same model whatever their population. Computed by
+moocore (which DEAP itself uses), not by hand.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+import moocore
 import numpy as np
 from deap import base, tools
 
@@ -39,12 +47,34 @@ class Objectives:
     def worst(self, g: Genome) -> dict[str, float]:
         """Each objective's worst possible value in its own direction (the sign of its weight):
         a failed individual must never win on an objective, whichever way it points."""
+        bounds = self.bounds(g)
+        return {k: bounds[k][0] if w > 0 else bounds[k][1] for k, w in zip(self.cfg.objectives, self.cfg.weights)}
+
+    def bounds(self, g: Genome) -> dict[str, tuple[float, float]]:
+        """The range each objective can take for a network of this model."""
         masked = [self.info[n] for n in g.masks]
         unmasked = g.active_params() - sum(int(m.sum()) for m in g.masks.values())
-        bounds = {"val_accuracy": (0.0, 1.0), "density": (0.0, 1.0),
-                  "active_params": (float(unmasked), float(unmasked + sum(i.size for i in masked))),
-                  "flops": (0.0, float(sum(2 * i.size * i.positions for i in masked)))}
-        return {k: bounds[k][0] if w > 0 else bounds[k][1] for k, w in zip(self.cfg.objectives, self.cfg.weights)}
+        return {"val_accuracy": (0.0, 1.0), "density": (0.0, 1.0),
+                "active_params": (float(unmasked), float(unmasked + sum(i.size for i in masked))),
+                "flops": (0.0, float(sum(2 * i.size * i.positions for i in masked)))}
+
+    def hypervolume(self, genomes: Sequence[Genome]) -> float | None:
+        """Hypervolume of `genomes` in normalised objective space (module docstring); None in
+        weighted mode, where there is no front."""
+        if self.cfg.mode != "pareto":
+            return None
+        if not genomes:
+            return 0.0
+        bounds = self.bounds(genomes[0])
+        points = []
+        for g in genomes:
+            row = []
+            for k, w, v in zip(self.cfg.objectives, self.cfg.weights, g.fitness.values):
+                lo, hi = bounds[k]
+                x = (v - lo) / max(hi - lo, 1e-12)
+                row.append(1.0 - x if w > 0 else x)
+            points.append(row)
+        return float(moocore.hypervolume(np.clip(np.array(points), 0.0, 1.0), ref=np.ones(len(points[0]))))
 
     def assign(self, g: Genome) -> None:
         values = list(self.measure(g).values())

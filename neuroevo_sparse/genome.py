@@ -108,7 +108,7 @@ def layer_densities(info: dict[str, LayerInfo], names: list[str], density: float
 
 
 def target_counts(info: dict[str, LayerInfo], names: list[str], density: float,
-                  rule: str) -> dict[str, int]:
+                  rule: str, key: str = "sparsity.density") -> dict[str, int]:
     """Active connections per masked tensor. A layer left with none would cut the network
     (chance accuracy at whatever density the rounding gives), so that is an error that says
     which density is the least that works."""
@@ -117,7 +117,7 @@ def target_counts(info: dict[str, LayerInfo], names: list[str], density: float,
     empty = [n for n, c in counts.items() if c == 0]
     if empty:
         least = density * max(0.5 / (dens[n] * info[n].size) for n in empty)
-        raise ConfigError([f"sparsity.density: {density:g} leaves {', '.join(empty)} with no connection "
+        raise ConfigError([f"{key}: {density:g} leaves {', '.join(empty)} with no connection "
                            f"({'x'.join(map(str, info[empty[0]].shape))} weights at "
                            f"{dens[empty[0]]:.2g}); use a density of at least {least:.2g}"
                            + ("" if rule == "erdos_renyi" else " or sparsity.init = \"erdos_renyi\"")])

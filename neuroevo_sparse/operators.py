@@ -4,16 +4,28 @@ All operators are pure: they return new genomes and never modify their parents, 
 random choice comes from the numpy Generator passed in (derived from the run seed and the
 generation), never from Python's global `random`.
 
-Density: each crossover ends with `repair`, which brings every layer back to its target
-count of active connections (the parents' mean count). Surplus connections are removed by
-smallest |w| (the least useful, as in SET); missing ones are grown at random. Every grown
-connection starts at `structure.new_weights` (zero, or a fresh draw from the layer's init),
-the one rule shared with the structure rules of `neuroevo train`. Inherited connections keep
-their parent's exact trained weight.
+Size. With `sparsity.fixed = true` each crossover ends with `repair`, which brings every
+layer back to its target count of active connections (the parents' mean count, the total kept
+exact). With `sparsity.fixed = false` size is searched: a child keeps the counts it inherited
+(neuron- and connection-wise crossover give counts between its parents', layer-wise crossover
+a parent's), "grow" and "prune" scale every layer by (1 +/- resize_fraction), and every
+genome is brought back within [min_density, max_density] (`Variation.fit`). "move" shifts
+connections from one layer to another at a constant total, in either mode, so the per-layer
+allocation evolves. Surplus connections are removed by smallest |w| (the least useful, as in
+SET); missing ones are grown at random or by `evolution.grow_rule`. Every grown connection
+starts at `structure.new_weights` (zero, or a fresh draw from the layer's init), the one rule
+shared with the structure rules of `neuroevo train`. Inherited connections keep their parent's
+exact trained weight.
+
+The step of "grow"/"prune" is a fixed fraction, not self-adapted (as an evolution strategy's
+sigma would be): a multiplicative step is already scale-free, the same relative move at 1% and
+at 50% density, and NSGA-II keeps every size that is best for its accuracy, so there is no
+single optimum for a step size to home in on.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -30,10 +42,20 @@ Operator = Callable[..., Genome]
 class Variation:
     """What operators need to know about the model: layer shapes, and how a connection is born."""
 
-    def __init__(self, info: dict[str, LayerInfo], init: Init, new_weights: str):
+    def __init__(self, info: dict[str, LayerInfo], init: Init, new_weights: str,
+                 bounds: tuple[int, int] | None = None, grow_rule: str = "random"):
         self.info = info
         self.init = init
         self.new_weights = new_weights
+        self.bounds = bounds  # (least, most) active masked connections; None: fixed size
+        self.grow_rule = grow_rule
+
+    @classmethod
+    def of(cls, exp: Experiment, info: dict[str, LayerInfo], names: list[str]) -> "Variation":
+        sp = exp.sparsity
+        total = sum(info[n].size for n in names)
+        bounds = None if sp.fixed else (math.ceil(sp.min_density * total), math.floor(sp.max_density * total))
+        return cls(info, Init.of(exp.training), exp.structure.new_weights, bounds, exp.evolution.grow_rule)
 
     def born(self, name: str, n: int, active: int, rng: np.random.Generator) -> np.ndarray:
         """Weights of `n` connections born in layer `name`, which then has `active` connections."""
@@ -64,9 +86,70 @@ class Variation:
         mask[new] = True
         w[new] = self.born(name, len(new), int(mask.sum()), rng)
 
+    def grow_by_rule(self, name: str, mask: np.ndarray, w: np.ndarray, n: int, rng: np.random.Generator) -> None:
+        """Activate `n` inactive positions chosen by `evolution.grow_rule`, with newborn weights."""
+        if self.grow_rule == "strength":
+            score = structure.neuron_strength(mask, w, self.info[name].shape)
+            new = structure.grow_weighted(~mask, score, n, rng)
+        else:
+            new = structure.grow_random(~mask, n, rng)
+        mask[new] = True
+        w[new] = self.born(name, len(new), int(mask.sum()), rng)
+
+    # ------------------------------------------------------------------ size
+    def fit(self, counts: dict[str, int]) -> dict[str, int]:
+        """`counts` brought within the size bounds (each layer keeps at least one connection and
+        at most its size); counts already within them are returned as they are. Out of bounds,
+        every layer is scaled by the same factor, so the allocation between layers is kept."""
+        sizes = {n: self.info[n].size for n in counts}
+        out = {n: min(sizes[n], max(1, c)) for n, c in counts.items()}
+        if self.bounds is None:
+            return out
+        lo, hi = self.bounds
+        total = sum(out.values())
+        if lo <= total <= hi:
+            return out
+        goal = hi if total > hi else lo
+        scaled = {n: c * goal / total for n, c in out.items()}
+        out = {n: min(sizes[n], max(1, math.floor(v) if total > hi else math.ceil(v))) for n, v in scaled.items()}
+        # Rounding and the per-layer limits can leave it a few off: one connection at a time,
+        # from the layer with the most (when over) or the most room (when under).
+        while sum(out.values()) > hi:
+            out[max((n for n in out if out[n] > 1), key=lambda n: out[n])] -= 1
+        while sum(out.values()) < lo:
+            out[max(out, key=lambda n: sizes[n] - out[n])] += 1
+        return out
+
+    def resize(self, masks: dict[str, np.ndarray], weights: dict[str, np.ndarray], counts: dict[str, int],
+               rng: np.random.Generator) -> None:
+        """Bring every layer to `counts`: remove the smallest |w|, grow by `grow_rule`."""
+        for name, target in counts.items():
+            mask, w = masks[name].reshape(-1), weights[name].reshape(-1)
+            count = int(mask.sum())
+            if count > target:
+                drop = structure.smallest(mask, w, count - target)
+                mask[drop] = False
+                w[drop] = 0.0
+            elif count < target:
+                self.grow_by_rule(name, mask, w, target - count, rng)
+
 
 def _targets(a: Genome, b: Genome) -> dict[str, int]:
-    return {n: int(round((a.active(n) + b.active(n)) / 2)) for n in a.masks}
+    """Per layer the parents' mean count. When the parents have the same total (fixed size,
+    allocations moved by "move") the children get exactly that total: half-counts rounded the
+    wrong way are turned, first layers first."""
+    sums = {n: a.active(n) + b.active(n) for n in a.masks}
+    out = {n: int(round(s / 2)) for n, s in sums.items()}
+    total = sum(a.active(n) for n in a.masks)
+    if total == sum(b.active(n) for n in b.masks):
+        gap = total - sum(out.values())
+        for n in (n for n, s in sums.items() if s % 2):
+            if gap == 0:
+                break
+            turned = (sums[n] + 1) // 2 if gap > 0 else sums[n] // 2
+            gap -= turned - out[n]
+            out[n] = turned
+    return out
 
 
 def _child(gid: int, parents: tuple[Genome, ...], generation: int, operator: str,
@@ -130,9 +213,13 @@ def _copy(g: Genome) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
 
 
 def _finish(var, a, b, ids, generation, op, first, second, rng):
-    targets = _targets(a, b)
-    return tuple(var.repair(_child(gid, (a, b), generation, op, m, w), targets, rng)
-                 for gid, (m, w) in zip(ids, (first, second)))
+    children = [_child(gid, (a, b), generation, op, m, w) for gid, (m, w) in zip(ids, (first, second))]
+    if var.bounds is None:  # fixed size: every layer back to the parents' mean count
+        targets = _targets(a, b)
+        return tuple(var.repair(c, targets, rng) for c in children)
+    for c in children:  # size searched: the inherited counts, within the bounds
+        var.resize(c.masks, c.weights, var.fit({n: c.active(n) for n in c.masks}), rng)
+    return tuple(children)
 
 
 # ------------------------------------------------------------------------- mutations
@@ -199,19 +286,59 @@ def mut_structure(var: Variation, g: Genome, gid: int, generation: int, rng: np.
     return _child(gid, (g,), generation, f"mut_{method}", masks, weights)
 
 
+def mut_grow(var: Variation, g: Genome, gid: int, generation: int, rng: np.random.Generator,
+             fraction: float) -> Genome:
+    """Every layer gets `fraction` more active connections (at least one), placed by
+    `grow_rule`, within the density bounds."""
+    masks, weights = _copy(g)
+    counts = {n: g.active(n) + max(1, int(round(fraction * g.active(n)))) for n in masks}
+    var.resize(masks, weights, var.fit(counts), rng)
+    return _child(gid, (g,), generation, "mut_grow", masks, weights)
+
+
+def mut_prune(var: Variation, g: Genome, gid: int, generation: int, rng: np.random.Generator,
+              fraction: float) -> Genome:
+    """Every layer loses `fraction` of its active connections (at least one), the smallest
+    |w| first, within the density bounds."""
+    masks, weights = _copy(g)
+    counts = {n: g.active(n) - max(1, int(round(fraction * g.active(n)))) for n in masks}
+    var.resize(masks, weights, var.fit(counts), rng)
+    return _child(gid, (g,), generation, "mut_prune", masks, weights)
+
+
+def mut_move(var: Variation, g: Genome, gid: int, generation: int, rng: np.random.Generator,
+             fraction: float) -> Genome:
+    """Move `fraction` of one random layer's active connections (its smallest |w|) to another
+    random layer (placed by `grow_rule`): the total is unchanged, the allocation changes."""
+    masks, weights = _copy(g)
+    names = list(masks)
+    donors = [n for n in names if g.active(n) > 1]
+    if len(names) > 1 and donors:
+        src = donors[rng.integers(len(donors))]
+        takers = [n for n in names if n != src and g.active(n) < masks[n].size]
+        if takers:
+            dst = takers[rng.integers(len(takers))]
+            n = min(max(1, int(round(fraction * g.active(src)))), g.active(src) - 1,
+                    masks[dst].size - g.active(dst))
+            counts = {**{k: g.active(k) for k in names}, src: g.active(src) - n, dst: g.active(dst) + n}
+            var.resize(masks, weights, counts, rng)
+    return _child(gid, (g,), generation, "mut_move", masks, weights)
+
+
 CROSSOVERS = {"neuron": cx_neuron, "connection": cx_connection, "layer": cx_layer}
 
 
-def make_toolbox(exp: Experiment, info: dict[str, LayerInfo]) -> base.Toolbox:
+def make_toolbox(exp: Experiment, info: dict[str, LayerInfo], names: list[str]) -> base.Toolbox:
     """The DEAP toolbox of this experiment: `mate(a, b, ids, generation, rng)` and one
     `mutate_<name>(g, gid, generation, rng)` per configured mutation."""
-    var = Variation(info, Init.of(exp.training), exp.structure.new_weights)
+    var = Variation.of(exp, info, names)
     ev = exp.evolution
     toolbox = base.Toolbox()
     if ev.crossover != "none":
         toolbox.register("mate", CROSSOVERS[ev.crossover], var)
-    fractions = {"set": ev.prune_fraction, "rewire": ev.rewire_fraction}
-    functions = {"set": mut_set, "rewire": mut_rewire}
+    fractions = {"set": ev.prune_fraction, "rewire": ev.rewire_fraction, "grow": ev.resize_fraction,
+                 "prune": ev.resize_fraction, "move": ev.move_fraction}
+    functions = {"set": mut_set, "rewire": mut_rewire, "grow": mut_grow, "prune": mut_prune, "move": mut_move}
     for name in ev.mutations:
         if name in functions:
             toolbox.register(f"mutate_{name}", functions[name], var, fraction=fractions[name])

@@ -17,15 +17,32 @@ def _plt():
     return plt
 
 
-def all_figures(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+def all_figures(run_dir: str | Path, out_dir: str | Path | None = None,
+                baselines: str | Path | None = None) -> list[Path]:
+    """Every figure of a run; `baselines` is a JSON file written by benchmarks/front.py whose
+    curves the final front is drawn against."""
     history = report.load(run_dir)
     out = Path(out_dir or Path(run_dir) / "plots")
     out.mkdir(parents=True, exist_ok=True)
     name = Path(run_dir).name
+    curves = load_curves(baselines) if baselines else {}
     return [fitness(history, out / "fitness.png", name),
             accuracy_vs_params(history, out / "accuracy_vs_params.png", name),
+            front(history, out / "front.png", name, curves),
             layer_density(history, out / "layer_density.png", name),
             lineage(history, out / "lineage.png", name)]
+
+
+def load_curves(path: str | Path) -> dict[str, pd.DataFrame]:
+    """Baseline curves from benchmarks/front.py's JSON: method -> (active_params, test accuracy)."""
+    import json
+
+    raw = json.loads(Path(path).read_text())
+    try:
+        return {method: pd.DataFrame(points).sort_values("active_params")
+                for method, points in raw["curves"].items()}
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path} is not a baselines file of benchmarks/front.py (no 'curves' of points): {e}") from None
 
 
 def fitness(history: pd.DataFrame, path: Path, title: str) -> Path:
@@ -38,7 +55,7 @@ def fitness(history: pd.DataFrame, path: Path, title: str) -> Path:
     ax1.set(xlabel="generation", ylabel="fitness (first value)", title="Fitness of the population")
     ax1.legend()
     ax2.plot(g.index, g.best_val_acc, "o-", label="best validation accuracy")
-    ax2.plot(g.index, g.best_test_acc, "s--", label="best test accuracy")
+    ax2.plot(g.index, g.its_test_acc, "s--", label="its test accuracy")
     ax2.set(xlabel="generation", ylabel="accuracy", title="Accuracy in the population")
     ax2.legend()
     for ax in (ax1, ax2):
@@ -62,6 +79,42 @@ def accuracy_vs_params(history: pd.DataFrame, path: Path, title: str) -> Path:
            title=f"{title}: every evaluated individual")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def front(history: pd.DataFrame, path: Path, title: str, curves: dict[str, pd.DataFrame]) -> Path:
+    """Left: the front (validation accuracy vs active parameters) after each generation, and the
+    archive's hypervolume if the run has one. Right: the final front's test accuracy (of the
+    networks chosen by validation) against the baselines' curves, if given."""
+    plt = _plt()
+    last = int(history.generation.max())
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    cmap = plt.get_cmap("viridis")
+    for g in range(last + 1):
+        f = report.pareto_front(history, up_to=g)
+        ax1.step(f.active_params, f.val_accuracy, "-", where="post", color=cmap(g / max(last, 1)),
+                 lw=2.2 if g == last else 1.0, alpha=1.0 if g == last else 0.6)
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, max(last, 1)))
+    fig.colorbar(sm, ax=ax1, label="generation")
+    ax1.set(xscale="log", xlabel="active parameters", ylabel="validation accuracy",
+            title="Front after each generation")
+    if "hypervolume" in history:
+        hv = history.groupby("generation").hypervolume.first()
+        inset = ax1.inset_axes([0.58, 0.1, 0.38, 0.3])
+        inset.plot(hv.index, hv.values, "k.-")
+        inset.set_title("hypervolume", fontsize=8)
+        inset.tick_params(labelsize=7)
+    final = report.pareto_front(history)
+    ax2.plot(final.active_params, final.test_accuracy, "ko-", lw=2, label="GA front (test acc. of each)")
+    for method, c in curves.items():
+        ax2.errorbar(c.active_params, c.test_accuracy, yerr=c.get("test_accuracy_sd"), fmt="o--", ms=4,
+                     capsize=2, label=method)
+    ax2.set(xscale="log", xlabel="active parameters", ylabel="test accuracy",
+            title="Final front" + (" against the baselines" if curves else ""))
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3, which="both")
+    ax2.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
     return _save(fig, path)
 
 

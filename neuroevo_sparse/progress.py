@@ -40,6 +40,8 @@ class Progress:
     def generation_done(self, best: dict, evaluated: int) -> None:
         text = (f"best fitness {_fmt(best['fitness'])}, val acc {best['val_accuracy']:.4f}, "
                 f"test acc {_fmt(best['test_accuracy'])}, density {best['density']:.4f}")
+        if best.get("hypervolume") is not None:
+            text += f", hypervolume {best['hypervolume']:.4f}"
         if self.bar is not None:
             self.bar.set_postfix_str(text, refresh=True)
         elif self.mode == "log":

@@ -51,18 +51,32 @@ def evaluations(history: pd.DataFrame) -> pd.DataFrame:
 
 
 def generations(history: pd.DataFrame) -> pd.DataFrame:
-    """Per generation: fitness (first value) best / mean / worst over the population, mean
-    density, and the best validation and test accuracy in the population."""
+    """Per generation: fitness (first value) best / mean / worst over the population, density
+    range, the best validation accuracy in the population and the test accuracy of that same
+    individual (chosen by validation: the population's highest test accuracy would be a choice
+    made on the test set), and in Pareto runs the archive's hypervolume."""
     pop = population(history).assign(f0=lambda d: d.fitness.map(lambda v: v[0]))
     grouped = pop.groupby("generation")
+    chosen = by_validation(pop).set_index("generation")
     out = pd.DataFrame({
         "evaluated": evaluations(history).groupby("generation").size(),
         "best_fitness": grouped.f0.max(), "mean_fitness": grouped.f0.mean(), "worst_fitness": grouped.f0.min(),
-        "mean_density": grouped.density.mean(), "best_val_acc": grouped.val_accuracy.max(),
-        "best_test_acc": grouped.test_accuracy.max(),
+        "mean_density": grouped.density.mean(), "min_density": grouped.density.min(),
+        "max_density": grouped.density.max(),
+        "best_val_acc": chosen.val_accuracy, "its_test_acc": chosen.test_accuracy,
         "failed": evaluations(history).assign(bad=lambda d: d.status != "ok").groupby("generation").bad.sum(),
     })
+    if "hypervolume" in history:
+        out["hypervolume"] = history.groupby("generation").hypervolume.first()
     return out.fillna({"evaluated": 0, "failed": 0}).astype({"evaluated": int, "failed": int})
+
+
+def by_validation(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per generation, the row with the highest validation accuracy (ties: fewer parameters,
+    then the lower id)."""
+    ok = rows[rows.status == "ok"].sort_values(["generation", "val_accuracy", "active_params", "individual_id"],
+                                               ascending=[True, False, True, True])
+    return ok.drop_duplicates("generation", keep="first")
 
 
 def top(history: pd.DataFrame, n: int = 10) -> pd.DataFrame:
@@ -74,9 +88,11 @@ def top(history: pd.DataFrame, n: int = 10) -> pd.DataFrame:
     return ev[cols].head(n).reset_index(drop=True)
 
 
-def pareto_front(history: pd.DataFrame, x: str = "active_params", y: str = "val_accuracy") -> pd.DataFrame:
-    """Individuals not dominated in (min `x`, max `y`) among all evaluated, sorted by `x`."""
-    ev = evaluations(history)
+def pareto_front(history: pd.DataFrame, x: str = "active_params", y: str = "val_accuracy",
+                 up_to: int | None = None) -> pd.DataFrame:
+    """Individuals not dominated in (min `x`, max `y`) among all evaluated (up to generation
+    `up_to`), sorted by `x`. Their test accuracy is shown, never used to choose them."""
+    ev = evaluations(history if up_to is None else history[history.generation <= up_to])
     ev = ev[ev.status == "ok"].drop_duplicates("individual_id", keep="last")
     ev = ev.sort_values([x, y], ascending=[True, False])
     best, keep = -np.inf, []
@@ -108,6 +124,17 @@ def lineage(history: pd.DataFrame, individual_id: int, depth: int = 12) -> pd.Da
 def _first_eval(history: pd.DataFrame, gid: int) -> float:
     ev = history[(history.individual_id == gid) & history.evaluated]
     return float(ev.val_accuracy.iloc[0]) if len(ev) else float("nan")
+
+
+def best_under(history: pd.DataFrame, max_params: int) -> pd.Series:
+    """The most accurate (by validation) individual ever evaluated with at most `max_params`
+    active parameters; ValueError naming the smallest there is when none is that small."""
+    front = pareto_front(history)
+    fits = front[front.active_params <= max_params]
+    if fits.empty:
+        raise ValueError(f"no individual has at most {max_params} active parameters; the smallest evaluated "
+                         f"has {int(front.active_params.min())}" if len(front) else "no individual was evaluated")
+    return fits.sort_values(["val_accuracy", "active_params"], ascending=[False, True]).iloc[0]
 
 
 def best_id(history: pd.DataFrame) -> int:

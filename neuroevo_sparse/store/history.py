@@ -25,6 +25,9 @@ FIXED = [
     ("train_seconds", pa.float64()), ("worker", pa.string()), ("device", pa.string()),
 ]
 
+# Pareto runs only: the hypervolume of the archive after the row's generation (fitness.py).
+OPTIONAL = [("hypervolume", pa.float64())]
+
 # Columns that vary between identical runs (timing, placement); everything else must not.
 NONDETERMINISTIC = ("train_seconds", "worker", "device")
 
@@ -36,7 +39,8 @@ def part_path(history_dir: Path, generation: int) -> Path:
 def write_part(history_dir: Path, generation: int, rows: list[dict[str, Any]]) -> Path:
     history_dir.mkdir(parents=True, exist_ok=True)
     layer_cols = sorted({k for r in rows for k in r if k.startswith("density.")})
-    schema = pa.schema(FIXED + [(c, pa.float64()) for c in layer_cols])
+    optional = [(c, t) for c, t in OPTIONAL if any(c in r for r in rows)]
+    schema = pa.schema(FIXED + optional + [(c, pa.float64()) for c in layer_cols])
     table = pa.Table.from_pylist(rows, schema=schema)
     path = part_path(history_dir, generation)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -1,0 +1,341 @@
+"""The GA's accuracy-size front against single networks at equal compute.
+
+Baselines: one network per (method, density, seed), on the network and data of
+experiments/fashion_mnist_pareto.toml (Fashion-MNIST, MLP 784-300-100-10, ERK allocation),
+each trained by `neuroevo train`'s loop for EPOCHS epochs (SGD with momentum, the GA's
+learning rate, decayed by a cosine, which helps a single long run):
+  magnitude  dense training, one-shot magnitude pruning to the density, 1 epoch of fine-tuning
+  static     a random sparse mask that never changes
+  set        SET: prune the smallest |w| (zeta 0.3) and regrow at random, every epoch
+  rigl       RigL: drop by |w|, regrow by gradient, every 100 steps, cosine-decayed, until 75%
+  threshold  the seed paper's first method (structure.py), every epoch
+  strength   the seed paper's second method, every epoch
+at densities 1, 2, 5, 10, 20 and 50%, seeds 0-2.
+
+The GA: experiments/fashion_mnist_pareto.toml itself (seeds 0-2). Its training budget, the
+samples of every training of every individual it evaluated, is measured from its history and
+must not exceed the budget of one baseline method over the grid (6 densities x EPOCHS epochs
+of the training split); the table says both.
+
+Per density the table gives each method's test accuracy (mean ± sd over seeds) and the GA
+front's best at or below that density: of the front's networks with at most that density,
+the one with the highest *validation* accuracy, and its test accuracy. Each curve's
+hypervolume is that of its points (density of the masked weights, test accuracy) against
+the reference point (density 1, accuracy 0), by moocore.
+
+A second table answers whether evolved per-layer allocation beats ERK and uniform at a fixed
+global density of 10%: the work of benchmarks/experiments/ga_work.toml at 10%, started from
+uniform or ERK, with or without the "move" mutation (which shifts connections between layers
+at a constant total), at the same compute, seeds 0-2.
+
+Runs are stored one per file in benchmarks/results/front/, keyed by every resolved config value
+and the package version; a stored run is reused only when its key matches.
+
+    python benchmarks/front.py                  # everything missing, 2 processes (~40 min on 2 cores)
+    python benchmarks/front.py --report-only    # table, JSON, plot and docs/FRONT.md from stored runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PARETO = ROOT / "experiments" / "fashion_mnist_pareto.toml"
+WORK = ROOT / "benchmarks" / "experiments" / "ga_work.toml"
+OUT = ROOT / "benchmarks" / "results" / "front"
+SUMMARY = ROOT / "benchmarks" / "results" / "front.json"
+FIGURE = ROOT / "benchmarks" / "results" / "front.png"
+DOC = ROOT / "docs" / "FRONT.md"
+SEEDS = [0, 1, 2]
+DENSITIES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
+METHODS = ["magnitude", "static", "set", "rigl", "threshold", "strength"]
+EPOCHS = 10
+ALLOCATIONS = {  # name: overrides of ga_work.toml (at 10% density)
+    "uniform": ['sparsity.init="uniform"'],
+    "erk": ['sparsity.init="erdos_renyi"'],
+    "uniform+move": ['sparsity.init="uniform"', 'evolution.mutations=["set","move"]'],
+    "erk+move": ['sparsity.init="erdos_renyi"', 'evolution.mutations=["set","move"]'],
+}
+COMMON = ['resources.backend="local"', 'output.progress="none"', "resources.torch_threads=1"]
+
+
+# ------------------------------------------------------------------ experiments
+
+def baseline_experiment(method: str, density: float, seed: int):
+    from neuroevo_sparse import config
+
+    sets = [f'structure.method="{method}"', f"sparsity.density={density}", f"training.epochs={EPOCHS}",
+            'training.lr_schedule="cosine"', f"experiment.seed={seed}"]
+    if method == "rigl":
+        sets.append("structure.update_every=100")
+    return config.load(PARETO, sets + COMMON)
+
+
+def ga_experiment(seed: int):
+    from neuroevo_sparse import config
+
+    return config.load(PARETO, [f"experiment.seed={seed}"] + COMMON)
+
+
+def allocation_experiment(name: str, seed: int):
+    from neuroevo_sparse import config
+
+    return config.load(WORK, ALLOCATIONS[name] + ["sparsity.density=0.1", f"experiment.seed={seed}"] + COMMON)
+
+
+def experiment(kind: str, *args):
+    return {"baseline": baseline_experiment, "ga": ga_experiment, "alloc": allocation_experiment}[kind](*args)
+
+
+def key_of(kind: str, *args) -> str:
+    """Every resolved config value and the package version: a changed default or a new
+    release never reuses a stored run."""
+    import neuroevo_sparse
+
+    blob = json.dumps({"kind": kind, "config": experiment(kind, *args).to_dict(),
+                       "version": neuroevo_sparse.__version__}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def path_of(kind: str, *args) -> Path:
+    return OUT / ("-".join([kind, *(f"{a:g}" if isinstance(a, float) else str(a) for a in args)]) + ".json")
+
+
+def stored(kind: str, *args) -> dict | None:
+    try:
+        r = json.loads(path_of(kind, *args).read_text())
+    except (OSError, ValueError):  # not run yet, or a damaged file: run it again
+        return None
+    return r if isinstance(r, dict) and r.get("key") == key_of(kind, *args) else None
+
+
+# ------------------------------------------------------------------ one run (in a child process)
+
+def run_baseline(method: str, density: float, seed: int) -> dict:
+    from neuroevo_sparse import data, dst
+
+    exp = baseline_experiment(method, density, seed)
+    splits = data.load(exp.data, seed)
+    run = dst.train_network(exp, splits, seed)
+    f = run.final
+    return {"test_accuracy": f.test_accuracy, "val_accuracy": f.val_accuracy, "density": f.density,
+            "active_params": f.active_params, "samples": EPOCHS * len(splits.train[1]),
+            "seconds": f.seconds}
+
+
+def run_ga(seed: int) -> dict:
+    from neuroevo_sparse import report, runs
+
+    exp = ga_experiment(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        run, _ = runs.start(exp, Path(tmp) / "run")
+        h = report.load(run.path)
+    ev = report.evaluations(h)
+    front = report.pareto_front(h)
+    return {"front": json.loads(front[["individual_id", "active_params", "density", "val_accuracy",
+                                      "test_accuracy"]].to_json(orient="records")),
+            "samples": int((ev.steps * exp.training.batch_size).sum()), "evaluations": int(len(ev)),
+            "hypervolume_val": float(h.hypervolume.iloc[-1]),
+            "spread": float(front.active_params.max() / front.active_params.min())}
+
+
+def run_alloc(name: str, seed: int) -> dict:
+    from neuroevo_sparse import report, runs
+
+    exp = allocation_experiment(name, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        run, _ = runs.start(exp, Path(tmp) / "run")
+        h = report.load(run.path)
+    best = report.by_validation(report.evaluations(h).assign(generation=0)).iloc[0]
+    layers = {c.removeprefix("density."): float(best[c]) for c in h.columns if c.startswith("density.")}
+    return {"test_accuracy": float(best.test_accuracy), "val_accuracy": float(best.val_accuracy),
+            "layer_density": layers}
+
+
+def run_and_store(kind: str, *args) -> dict:
+    if (r := stored(kind, *args)) is not None:
+        return r
+    cmd = [sys.executable, __file__, "--one", kind, *map(str, args)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} {args} failed:\n{out.stderr[-3000:]}")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r.update(key=key_of(kind, *args), kind=kind, args=list(args))
+    OUT.mkdir(parents=True, exist_ok=True)
+    path_of(kind, *args).write_text(json.dumps(r, indent=1))
+    print(f"  {kind} {' '.join(map(str, args))}: "
+          + (f"test {r['test_accuracy']:.4f}" if "test_accuracy" in r else f"front of {len(r['front'])}"), flush=True)
+    return r
+
+
+# ------------------------------------------------------------------ the report
+
+def hypervolume(points: list[tuple[float, float]]) -> float:
+    """(density, test accuracy) points, density minimised and accuracy maximised, against (1, 0)."""
+    import moocore
+    import numpy as np
+
+    return float(moocore.hypervolume(np.array(points), ref=np.array([1.0, 0.0]), maximise=[False, True]))
+
+
+def best_at_or_below(front: list[dict], density: float) -> float | None:
+    fits = [p for p in front if p["density"] <= density * (1 + 1e-9)]
+    return max(fits, key=lambda p: (p["val_accuracy"], -p["active_params"]))["test_accuracy"] if fits else None
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise() -> dict:
+    curves, hv = {}, {}
+    for m in METHODS:
+        points = []
+        for d in DENSITIES:
+            runs = [stored("baseline", m, d, s) for s in SEEDS]
+            if any(r is None for r in runs):
+                continue
+            acc = mean_sd([r["test_accuracy"] for r in runs])
+            points.append({"density": d, "active_params": statistics.mean(r["active_params"] for r in runs),
+                           "test_accuracy": acc[0], "test_accuracy_sd": acc[1],
+                           "samples": runs[0]["samples"]})
+        if len(points) == len(DENSITIES):
+            curves[m] = points
+            per_seed = [hypervolume([(d, stored("baseline", m, d, s)["test_accuracy"]) for d in DENSITIES])
+                        for s in SEEDS]
+            hv[m] = mean_sd(per_seed)
+    ga = [stored("ga", s) for s in SEEDS]
+    ga = [r for r in ga if r is not None]
+    out = {"epochs": EPOCHS, "densities": DENSITIES, "seeds": SEEDS, "curves": curves,
+           "hypervolume": {m: {"mean": v[0], "sd": v[1]} for m, v in hv.items()}}
+    if ga:
+        out["ga"] = {
+            "runs": len(ga), "samples": [r["samples"] for r in ga], "evaluations": [r["evaluations"] for r in ga],
+            "front_sizes": [len(r["front"]) for r in ga], "spreads": [r["spread"] for r in ga],
+            "best_at_or_below": {str(d): [best_at_or_below(r["front"], d) for r in ga] for d in DENSITIES},
+            "fronts": [r["front"] for r in ga],
+        }
+        v = mean_sd([hypervolume([(p["density"], p["test_accuracy"]) for p in r["front"]]) for r in ga])
+        out["hypervolume"]["GA front"] = {"mean": v[0], "sd": v[1]}
+    alloc = {}
+    for name in ALLOCATIONS:
+        runs = [stored("alloc", name, s) for s in SEEDS]
+        if all(r is not None for r in runs):
+            acc = mean_sd([r["test_accuracy"] for r in runs])
+            alloc[name] = {"test_accuracy": acc[0], "test_accuracy_sd": acc[1],
+                           "layer_density": [r["layer_density"] for r in runs]}
+    out["allocation"] = alloc
+    return out
+
+
+def table(s: dict) -> str:
+    ga = s.get("ga")
+    budget = EPOCHS * len(DENSITIES)
+    lines = [f"Test accuracy, mean ± sd over seeds {', '.join(map(str, SEEDS))}. Each single network: {EPOCHS} "
+             f"epochs; one method over the grid: {budget} epochs"
+             + (f" ({s['curves'][METHODS[0]][0]['samples'] * len(DENSITIES) / 1e6:.2f}M samples)"
+                if METHODS[0] in s["curves"] else "") + "."]
+    if ga:
+        lines.append(f"The GA: {statistics.mean(ga['evaluations']):.0f} evaluations, "
+                     f"{statistics.mean(ga['samples']) / 1e6:.2f}M samples in all; final fronts of "
+                     f"{', '.join(map(str, ga['front_sizes']))} networks spanning "
+                     f"{', '.join(f'{x:.0f}x' for x in ga['spreads'])} in active parameters.")
+    lines += ["", "| density | " + " | ".join(METHODS) + " | GA front, best at or below |",
+              "| --- | " + " | ".join("---" for _ in METHODS) + " | --- |"]
+    for i, d in enumerate(DENSITIES):
+        cells = []
+        for m in METHODS:
+            c = s["curves"].get(m)
+            cells.append(f"{c[i]['test_accuracy']:.4f} ± {c[i]['test_accuracy_sd']:.4f}" if c else "not run")
+        g = "not run"
+        if ga:
+            vals = ga["best_at_or_below"][str(d)]
+            g = "none that small" if any(v is None for v in vals) else "{:.4f} ± {:.4f}".format(*mean_sd(vals))
+        lines.append(f"| {d:.0%} | " + " | ".join(cells) + f" | {g} |")
+    lines += ["", "Hypervolume of each curve (density of the masked weights vs test accuracy, reference (1, 0)):", ""]
+    lines += [f"- {name}: {v['mean']:.4f} ± {v['sd']:.4f}"
+              for name, v in sorted(s["hypervolume"].items(), key=lambda kv: -kv[1]["mean"])]
+    if s["allocation"]:
+        lines += ["", "Per-layer allocation at a fixed global density of 10% (the work of ga_work.toml, same compute):",
+                  "", "| start | test accuracy | layer densities of the best (seed 0) |", "| --- | --- | --- |"]
+        for name, a in s["allocation"].items():
+            layers = ", ".join(f"{v:.3f}" for v in a["layer_density"][0].values())
+            lines.append(f"| {name} | {a['test_accuracy']:.4f} ± {a['test_accuracy_sd']:.4f} | {layers} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(s: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for m, points in s["curves"].items():
+        ax.errorbar([p["density"] for p in points], [p["test_accuracy"] for p in points],
+                    yerr=[p["test_accuracy_sd"] for p in points], fmt="o--", ms=4, capsize=2, label=m)
+    for i, front in enumerate(s.get("ga", {}).get("fronts", [])):
+        front = sorted(front, key=lambda p: p["density"])
+        ax.plot([p["density"] for p in front], [p["test_accuracy"] for p in front], "k.-", lw=1.6,
+                alpha=0.8, label="GA front (seeds 0-2)" if i == 0 else None)
+    ax.set(xscale="log", xlabel="density of the masked weights", ylabel="test accuracy",
+           title="Fashion-MNIST MLP: GA front vs single networks at equal compute")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(FIGURE, dpi=110)
+
+
+def write_report() -> str:
+    s = summarise()
+    SUMMARY.parent.mkdir(parents=True, exist_ok=True)
+    SUMMARY.write_text(json.dumps(s, indent=1))
+    figure(s)
+    text = table(s)
+    DOC.write_text("# The GA's front against single networks at equal compute\n\nWritten by "
+                   "`python benchmarks/front.py` (`--report-only` rewrites it from the stored runs in "
+                   "benchmarks/results/front/). Figure: benchmarks/results/front.png; data: "
+                   "benchmarks/results/front.json.\n\n" + text)
+    return text
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
+    p.add_argument("--parts", nargs="+", choices=["baseline", "ga", "alloc"], default=["ga", "alloc", "baseline"])
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args()
+    if args.one:
+        kind, *rest = args.one
+        conv = {"baseline": (str, float, int), "ga": (int,), "alloc": (str, int)}[kind]
+        values = [f(v) for f, v in zip(conv, rest)]
+        print(json.dumps({"baseline": run_baseline, "ga": run_ga, "alloc": run_alloc}[kind](*values)))
+        return
+    if not args.report_only:
+        todo = []
+        for part in args.parts:
+            if part == "ga":
+                todo += [("ga", s) for s in SEEDS]
+            elif part == "alloc":
+                todo += [("alloc", n, s) for n in ALLOCATIONS for s in SEEDS]
+            else:
+                todo += [("baseline", m, d, s) for s in SEEDS for m in METHODS for d in DENSITIES]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda t: run_and_store(*t), todo))
+    print(write_report())
+
+
+if __name__ == "__main__":
+    main()
