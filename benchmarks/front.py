@@ -73,13 +73,21 @@ COMMON = ['resources.backend="local"', 'output.progress="none"', "resources.torc
 # ------------------------------------------------------------------ experiments
 
 def baseline_experiment(method: str, density: float, seed: int):
+    """The data, model and optimiser of the Pareto experiment, without its evolution keys
+    (so that tuning the GA does not invalidate the stored baselines)."""
+    import tomllib
+
     from neuroevo_sparse import config
 
+    raw = tomllib.loads(PARETO.read_text())
+    raw = {"experiment": raw["experiment"], "data": raw["data"], "model": raw["model"],
+           "sparsity": {"init": raw["sparsity"]["init"]},
+           "training": {k: v for k, v in raw["training"].items() if k != "steps"}}
     sets = [f'structure.method="{method}"', f"sparsity.density={density}", f"training.epochs={EPOCHS}",
             'training.lr_schedule="cosine"', f"experiment.seed={seed}"]
     if method == "rigl":
         sets.append("structure.update_every=100")
-    return config.load(PARETO, sets + COMMON)
+    return config.from_dict(config.apply_overrides(raw, sets + COMMON), source=str(PARETO))
 
 
 def ga_experiment(seed: int):

@@ -29,8 +29,8 @@ def export(run_dir: str | Path, out: str | Path | None = None, individual: int |
         individual = json.loads((run.best / "metrics.json").read_text())["id"]
     if individual not in metas:
         raise KeyError(f"individual {individual} is not in the newest checkpoint of {run.path} "
-                       f"(weights are kept for the population and the archive: the hall of fame, or in a Pareto
-run every non-dominated individual); "
+                       f"(weights are kept for the population and the archive: the hall of fame, or in a "
+                       f"Pareto run every non-dominated individual); "
                        f"available: {sorted(metas)}")
     meta = metas[individual]
     prefix = f"g{individual}/"

@@ -48,7 +48,7 @@ def test_plot_writes_readable_pngs(finished):
     p = cli("plot", str(run), "--out", str(run / "figs"))
     assert p.returncode == 0, p.stderr
     names = sorted(x.name for x in (run / "figs").iterdir())
-    assert names == ["accuracy_vs_params.png", "fitness.png", "layer_density.png", "lineage.png"]
+    assert names == ["accuracy_vs_params.png", "fitness.png", "front.png", "layer_density.png", "lineage.png"]
     for name in names:
         head = (run / "figs" / name).read_bytes()
         assert head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) > 10_000

@@ -30,7 +30,9 @@ def experiments(draw) -> config.Experiment:
     elitism = draw(st.integers(0, population - 1))
     offspring = draw(st.integers(max(1, population - elitism) if survival == "comma" else 1, 6))
     crossover = draw(st.sampled_from(["neuron", "connection", "layer", "none"]))
-    mutations = draw(st.lists(st.sampled_from(["set", "rewire", "threshold", "strength"]), max_size=3, unique=True))
+    fixed = draw(st.booleans())
+    operators = ["set", "rewire", "threshold", "strength", "move"] + ([] if fixed else ["grow", "prune"])
+    mutations = draw(st.lists(st.sampled_from(operators), max_size=3, unique=True))
     if crossover == "none" and not mutations:
         mutations = ["set"]
     pareto = draw(st.booleans())
@@ -42,7 +44,8 @@ def experiments(draw) -> config.Experiment:
         "experiment": {"name": "prop", "seed": draw(st.integers(0, 2 ** 32))},
         "data": {"dataset": "synthetic", "synthetic_samples": 120},
         "model": {"hidden": [draw(st.integers(4, 12))], "mask_biases": mask_biases},
-        "sparsity": {"density": draw(st.sampled_from(densities)), "init": init},
+        "sparsity": {"density": draw(st.sampled_from(densities)), "init": init, "fixed": fixed,
+                     "min_density": densities[0], "max_density": 0.9},
         "evolution": {"population": population, "offspring": offspring, "generations": 2,
                       "crossover": crossover, "crossover_prob": draw(st.sampled_from([0.0, 0.5, 1.0])),
                       "mutations": mutations, "mutation_prob": draw(st.sampled_from([0.0, 0.5, 1.0])),
