@@ -138,7 +138,7 @@ def run_baseline(method: str, density: float, seed: int) -> dict:
     run = dst.train_network(exp, splits, seed)
     f = run.final
     return {"test_accuracy": f.test_accuracy, "val_accuracy": f.val_accuracy, "density": f.density,
-            "active_params": f.active_params, "samples": EPOCHS * len(splits.train[1]),
+            "active_params": f.active_params, "samples": EPOCHS * len(splits.train_y),
             "seconds": f.seconds}
 
 

@@ -66,8 +66,8 @@ class Evolution:
         self.maskable = models.maskable(model, exp.sparsity, exp.model.mask_biases)
         self.template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
         self.objectives = Objectives(exp.fitness, self.info)
-        self.toolbox = make_toolbox(exp, self.info, self.maskable)
         self.variation = Variation.of(exp, self.info, self.maskable)
+        self.toolbox = make_toolbox(exp, self.variation)
         if not exp.sparsity.fixed:  # the smallest network allowed must still connect every layer
             target_counts(self.info, self.maskable, exp.sparsity.min_density, exp.sparsity.init, "sparsity.min_density")
         self.archive = self.objectives.make_archive()

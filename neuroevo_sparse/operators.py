@@ -65,15 +65,8 @@ class Variation:
 
     # ------------------------------------------------------------------ density repair
     def repair(self, child: Genome, targets: dict[str, int], rng: np.random.Generator) -> Genome:
-        for name, target in targets.items():
-            mask, w = child.masks[name].reshape(-1), child.weights[name].reshape(-1)
-            count = int(mask.sum())
-            if count > target:
-                drop = structure.smallest(mask, w, count - target)
-                mask[drop] = False
-                w[drop] = 0.0
-            elif count < target:
-                self.grow(name, mask, w, target - count, rng)
+        """Every layer back to its target count (fixed size), missing connections grown at random."""
+        self.resize(child.masks, child.weights, targets, rng, self.grow)
         return child
 
     def grow(self, name: str, mask: np.ndarray, w: np.ndarray, n: int,
@@ -121,8 +114,8 @@ class Variation:
         return out
 
     def resize(self, masks: dict[str, np.ndarray], weights: dict[str, np.ndarray], counts: dict[str, int],
-               rng: np.random.Generator) -> None:
-        """Bring every layer to `counts`: remove the smallest |w|, grow by `grow_rule`."""
+               rng: np.random.Generator, grow: Callable[..., None] | None = None) -> None:
+        """Bring every layer to `counts`: remove the smallest |w|; grow by `grow_rule` (or `grow`)."""
         for name, target in counts.items():
             mask, w = masks[name].reshape(-1), weights[name].reshape(-1)
             count = int(mask.sum())
@@ -131,7 +124,7 @@ class Variation:
                 mask[drop] = False
                 w[drop] = 0.0
             elif count < target:
-                self.grow_by_rule(name, mask, w, target - count, rng)
+                (grow or self.grow_by_rule)(name, mask, w, target - count, rng)
 
 
 def _targets(a: Genome, b: Genome) -> dict[str, int]:
@@ -283,6 +276,8 @@ def mut_structure(var: Variation, g: Genome, gid: int, generation: int, rng: np.
                                   max_fraction=params.max_fraction, regrow_ratio=params.regrow_ratio)
         if len(change.added):
             w[change.added] = var.born(name, len(change.added), int(mask.sum()), rng)
+    if var.bounds is not None:  # regrow_ratio < 1 shrinks: never below min_density
+        var.resize(masks, weights, var.fit({n: int(m.sum()) for n, m in masks.items()}), rng)
     return _child(gid, (g,), generation, f"mut_{method}", masks, weights)
 
 
@@ -328,10 +323,9 @@ def mut_move(var: Variation, g: Genome, gid: int, generation: int, rng: np.rando
 CROSSOVERS = {"neuron": cx_neuron, "connection": cx_connection, "layer": cx_layer}
 
 
-def make_toolbox(exp: Experiment, info: dict[str, LayerInfo], names: list[str]) -> base.Toolbox:
+def make_toolbox(exp: Experiment, var: Variation) -> base.Toolbox:
     """The DEAP toolbox of this experiment: `mate(a, b, ids, generation, rng)` and one
     `mutate_<name>(g, gid, generation, rng)` per configured mutation."""
-    var = Variation.of(exp, info, names)
     ev = exp.evolution
     toolbox = base.Toolbox()
     if ev.crossover != "none":

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from conftest import TINY, comparable_history, neuroevo_cmd
 from neuroevo_sparse import config, models, operators, report, runs
-from neuroevo_sparse.config import ConfigError, ModelConfig, SparsityConfig
+from neuroevo_sparse.config import ConfigError, ModelConfig, SparsityConfig, StructureConfig
 from neuroevo_sparse.genome import Init, random_genome, target_counts
 from neuroevo_sparse.operators import Variation
 
@@ -74,8 +74,11 @@ def test_variable_size_operators_keep_masks_weights_and_bounds(kind, seed, lo, s
         consistent(g, var)
     for step in range(steps):
         a, b = (pool[i] for i in rng.choice(len(pool), 2, replace=False))
-        op = rng.integers(6)
-        if op < 3:
+        op = rng.integers(7)
+        if op == 6:
+            children = (operators.mut_structure(var, a, 100 + step, step, rng, method="threshold",
+                                                params=StructureConfig(regrow_ratio=0.2, threshold=2.0)),)
+        elif op < 3:
             children = operators.CROSSOVERS[["neuron", "connection", "layer"][op]](var, a, b, (100 + 2 * step, 101 + 2 * step), 1, rng)
         else:
             mutate = [operators.mut_grow, operators.mut_prune, operators.mut_move][op - 3]
