@@ -19,7 +19,8 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -52,10 +53,26 @@ class State:
     next_id: int
 
 
+@dataclass(frozen=True)
+class GenerationInfo:
+    """What a callback (`on_generation`) sees once a generation is recorded in the history."""
+
+    generation: int
+    run_dir: Path
+    evaluated: int                 # individuals trained in this generation
+    failed: int                    # of which failed (diverged, crashed, timed out)
+    best: dict[str, Any]           # the best survivor: id, fitness, accuracies, density, active_params
+    hypervolume: float | None      # the Pareto archive's (pareto mode), else None
+
+
+Callback = Callable[[GenerationInfo], None]
+
+
 class Evolution:
     def __init__(self, exp: Experiment, splits: Splits, evaluator: Evaluator, run: RunDir,
-                 should_stop: Callable[[], bool] = lambda: False):
+                 should_stop: Callable[[], bool] = lambda: False, callbacks: Sequence[Callback] = ()):
         self.exp = exp
+        self.callbacks = list(callbacks)
         self.seed = exp.experiment.seed
         self.evaluator = evaluator
         self.run_dir = run
@@ -213,9 +230,18 @@ class Evolution:
         self.run_dir.write_history(g, rows)
         faults.point("history-written", g)
         best = self.objectives.best(survivors)
+        evaluated = [r for r in rows if r["evaluated"]]
         progress.generation_done({"fitness": list(best.fitness.values), **best.metrics,
                                   "density": best.density(), "hypervolume": hypervolume},
-                                 evaluated=sum(r["evaluated"] for r in rows))
+                                 evaluated=len(evaluated))
+        info = GenerationInfo(g, self.run_dir.path, len(evaluated), sum(r["status"] != "ok" for r in evaluated),
+                              {"id": best.id, "fitness": list(best.fitness.values),
+                               "val_accuracy": best.metrics.get("val_accuracy"),
+                               "test_accuracy": best.metrics.get("test_accuracy"),
+                               "density": best.density(), "active_params": best.active_params()},
+                              hypervolume)
+        for callback in self.callbacks:
+            callback(info)
 
     def _row(self, ind: Genome, g: int, selected: bool) -> dict:
         m = ind.metrics

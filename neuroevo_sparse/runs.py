@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from . import __version__, data
 from .config import RESUME_SAFE_KEYS, ConfigError, Experiment, diff, to_toml
 from .evaluators import ClusterLost, make as make_evaluator
-from .evolution import Evolution, State
+from .evolution import Callback, Evolution, State
 from .jobs import TrainSpec
 from .store import RunDir
 
@@ -19,18 +19,20 @@ log = logging.getLogger("neuroevo_sparse")
 
 def start(exp: Experiment, run_dir: str | Path | None = None,
           should_stop: Callable[[], bool] = lambda: False,
-          on_created: Callable[[Path], None] = lambda path: None) -> tuple[RunDir, State]:
+          on_created: Callable[[Path], None] = lambda path: None,
+          callbacks: Sequence[Callback] = ()) -> tuple[RunDir, State]:
     """Run an experiment from generation 0 in a new run directory."""
     splits = data.load(exp.data, exp.experiment.seed)  # before the run dir: a missing dataset leaves nothing
     run = RunDir.create(exp, run_dir)
     on_created(run.path)
     log.info("run directory: %s", run.path)
     log.info("data: %s %s", exp.data.dataset, splits.summary())
-    return run, _execute(exp, run, splits, None, should_stop)
+    return run, _execute(exp, run, splits, None, should_stop, callbacks)
 
 
 def resume(run_path: str | Path, overrides: list[str] | None = None, generations: int | None = None,
-           should_stop: Callable[[], bool] = lambda: False) -> tuple[RunDir, State]:
+           should_stop: Callable[[], bool] = lambda: False,
+           callbacks: Sequence[Callback] = ()) -> tuple[RunDir, State]:
     """Continue a run from its newest valid checkpoint, as if it had never stopped.
 
     Overrides may change only keys that cannot change what is computed (RESUME_SAFE_KEYS);
@@ -68,7 +70,7 @@ def resume(run_path: str | Path, overrides: list[str] | None = None, generations
                  f" (history of {len(dropped)} later generation(s) replaced)" if dropped else "")
     else:
         log.info("%s has no checkpoint yet: starting it from generation 0", run.path)
-    return run, _execute(exp, run, splits, loaded, should_stop)
+    return run, _execute(exp, run, splits, loaded, should_stop, callbacks)
 
 
 def _check_checkpoint(run: RunDir, loaded, original: Experiment, exp: Experiment) -> int:
@@ -94,11 +96,11 @@ def _check_checkpoint(run: RunDir, loaded, original: Experiment, exp: Experiment
     return done
 
 
-def _execute(exp, run, splits, loaded, should_stop) -> State:
+def _execute(exp, run, splits, loaded, should_stop, callbacks) -> State:
     spec = TrainSpec.of(exp, splits.input_shape, splits.num_classes)
     evaluator = make_evaluator(exp, spec, splits)
     try:
-        evo = Evolution(exp, splits, evaluator, run, should_stop)
+        evo = Evolution(exp, splits, evaluator, run, should_stop, callbacks)
         state = evo.restore(loaded.state, loaded.arrays) if loaded else None
         return evo.run(state)
     except ClusterLost as e:
