@@ -37,7 +37,12 @@ def load_curves(path: str | Path) -> dict[str, pd.DataFrame]:
     """Baseline curves from benchmarks/front.py's JSON: method -> (active_params, test accuracy)."""
     import json
 
-    raw = json.loads(Path(path).read_text())
+    try:
+        raw = json.loads(Path(path).read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a baselines file of benchmarks/front.py (not UTF-8 text)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not a baselines file of benchmarks/front.py (not JSON: {e})") from None
     try:
         return {method: pd.DataFrame(points).sort_values("active_params")
                 for method, points in raw["curves"].items()}

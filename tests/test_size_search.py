@@ -255,6 +255,9 @@ def test_inspect_and_plot_show_the_front_and_its_hypervolume(pareto_run, tmp_pat
     (tmp_path / "bad.json").write_text('{"runs": []}')
     p = cli("plot", str(run), "--out", str(tmp_path / "figs2"), "--baselines", str(tmp_path / "bad.json"))
     assert p.returncode == 2 and "not a baselines file" in p.stderr
+    (tmp_path / "cut.json").write_text('{"curves": {"static": [')
+    p = cli("plot", str(run), "--out", str(tmp_path / "figs3"), "--baselines", str(tmp_path / "cut.json"))
+    assert p.returncode == 2 and "cut.json is not a baselines file" in p.stderr and "not JSON" in p.stderr
 
 
 def test_size_keys_are_checked(tmp_path):
