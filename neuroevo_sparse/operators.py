@@ -285,20 +285,21 @@ def mut_grow(var: Variation, g: Genome, gid: int, generation: int, rng: np.rando
              fraction: float) -> Genome:
     """Every layer gets `fraction` more active connections (at least one), placed by
     `grow_rule`, within the density bounds."""
-    masks, weights = _copy(g)
-    counts = {n: g.active(n) + max(1, int(round(fraction * g.active(n)))) for n in masks}
-    var.resize(masks, weights, var.fit(counts), rng)
-    return _child(gid, (g,), generation, "mut_grow", masks, weights)
+    return _resized(var, g, gid, generation, rng, fraction, +1, "mut_grow")
 
 
 def mut_prune(var: Variation, g: Genome, gid: int, generation: int, rng: np.random.Generator,
               fraction: float) -> Genome:
     """Every layer loses `fraction` of its active connections (at least one), the smallest
     |w| first, within the density bounds."""
+    return _resized(var, g, gid, generation, rng, fraction, -1, "mut_prune")
+
+
+def _resized(var, g, gid, generation, rng, fraction, sign, op) -> Genome:
     masks, weights = _copy(g)
-    counts = {n: g.active(n) - max(1, int(round(fraction * g.active(n)))) for n in masks}
+    counts = {n: g.active(n) + sign * max(1, int(round(fraction * g.active(n)))) for n in masks}
     var.resize(masks, weights, var.fit(counts), rng)
-    return _child(gid, (g,), generation, "mut_prune", masks, weights)
+    return _child(gid, (g,), generation, op, masks, weights)
 
 
 def mut_move(var: Variation, g: Genome, gid: int, generation: int, rng: np.random.Generator,
