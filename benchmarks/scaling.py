@@ -43,6 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from neuroevo_sparse.models import Architecture
 from neuroevo_sparse import config, data  # noqa: E402
 from neuroevo_sparse.evaluators import make as make_evaluator  # noqa: E402
 from neuroevo_sparse.evolution import Evolution  # noqa: E402
@@ -72,9 +73,10 @@ def measure(exp: config.Experiment, splits, workers: int, generations: int, root
                   evolution=replace(exp.evolution, generations=generations),
                   output=replace(exp.output, progress="none"))
     run = RunDir.create(exp, root / f"workers-{workers}")
-    evaluator = _Timed(make_evaluator(exp, TrainSpec.of(exp, splits.input_shape, splits.num_classes), splits))
+    arch = Architecture.of(exp, splits.input_shape, splits.num_classes)
+    evaluator = _Timed(make_evaluator(exp, TrainSpec.of(exp, arch), splits))
     try:
-        evo = Evolution(exp, splits, evaluator, run)
+        evo = Evolution(exp, arch, evaluator, run)
         state = evo.run(generations=0)  # generation 0: warms the workers up, not timed
         evaluator.seconds = 0.0
         start = time.perf_counter()

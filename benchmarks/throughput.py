@@ -14,8 +14,11 @@ One generation of individuals of one architecture, each with its own mask, train
                   block-diagonal sparse matmul
 
 Workloads: the Fashion-MNIST MLP 784-300-100-10 (ERK masks at the given overall density,
-real Fashion-MNIST) and one wide 4096x4096 Linear layer (random inputs and labels, masks at
-exactly the given density). Every path gets the same masks, initial weights, seeds, batch
+real Fashion-MNIST), one wide 4096x4096 Linear layer (random inputs and labels, masks at
+exactly the given density), and a user's own module: the residual CNN with BatchNorm of
+experiments/custom/resnet.py on Fashion-MNIST (uniform masks on its convs; the per-individual,
+vectorised (vmap over functional_call, buffers stacked) and auto paths only: the hand-written
+reference and the CSR path are for MLPs). Every path gets the same masks, initial weights, seeds, batch
 size, optimiser and thread count (torch's default: every core).
 
 Measured per (workload, path, density), each in a fresh process so peak memory is its own:
@@ -29,6 +32,7 @@ Measured per (workload, path, density), each in a fresh process so peak memory i
 
     python benchmarks/throughput.py                  # full table, writes JSON (~12 minutes on 2 cores)
     python benchmarks/throughput.py --workloads wide --densities 0.02 0.1
+    python benchmarks/throughput.py --workloads resnet --densities 0.3 --json benchmarks/results/throughput_resnet.json
 """
 
 from __future__ import annotations
@@ -53,7 +57,10 @@ WORKLOADS = {
     # individuals, steps of the short and the long generation, vmap group size
     "mlp": {"individuals": 16, "steps": (50, 300), "group": 8},
     "wide": {"individuals": 2, "steps": (5, 25), "group": 2},
+    "resnet": {"individuals": 4, "steps": (5, 25), "group": 4},
 }
+# Paths that apply to a workload (the reference and the CSR path are written for MLPs).
+APPLIES = {"resnet": {"per-individual", "vectorised", "auto"}}
 BATCH = 64
 
 
@@ -115,7 +122,11 @@ def _workload(name: str, density: float, seed: int = 0):
     from neuroevo_sparse.jobs import TrainJob
 
     w = WORKLOADS[name]
-    if name == "mlp":
+    if name == "resnet":
+        exp = config.load(ROOT / "experiments" / "custom" / "resnet.toml")
+        splits = data.load(exp.data, exp.experiment.seed)
+        rule = "uniform"
+    elif name == "mlp":
         exp = config.load(ROOT / "experiments" / "fashion_mnist_mlp.toml")
         splits = data.load(exp.data, exp.experiment.seed)
         rule = "erdos_renyi"
@@ -131,10 +142,8 @@ def _workload(name: str, density: float, seed: int = 0):
     exp = replace(exp, training=replace(exp.training, batch_size=BATCH, optimizer="adam", lr=1e-3,
                                         weight_decay=0.0, vectorise_group=w["group"], init_fan="sparse"),
                   sparsity=replace(exp.sparsity, density=density, init=rule))  # what "auto" decides from
-    model = models.build(exp.model, splits.input_shape, splits.num_classes)
-    info = models.layer_info(model, splits.input_shape)
-    names = models.maskable(model, exp.sparsity)
-    template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    arch = models.Architecture.of(exp, splits.input_shape, splits.num_classes)
+    info, names, template = arch.info, arch.maskable, arch.template
     counts = target_counts(info, names, density, rule)
     rng = np.random.default_rng(seed)
     jobs = [TrainJob(i, 0, 1000 + i, g.masks, g.weights) for i, g in enumerate(
@@ -161,7 +170,9 @@ def _generation(path: str, exp, splits, jobs, steps: int, device_data) -> list[f
         training.update(vectorise="off", sparse_kernels="on" if path == "sparse" else "off")
     exp = replace(exp, training=replace(exp.training, **training),
                   resources=replace(exp.resources, torch_threads=threads))
-    spec = TrainSpec.of(exp, splits.input_shape, splits.num_classes)
+    from neuroevo_sparse.models import Architecture
+
+    spec = TrainSpec.of(exp, Architecture.of(exp, splits.input_shape, splits.num_classes))
     if path == "vectorised":
         results = [r for g in groups(jobs, replace(spec, vectorise=True)) for r in train_many(g, spec, device_data)]
     elif path == "auto":
@@ -232,7 +243,7 @@ def main() -> None:
     rows = []
     for workload in args.workloads:
         for density in args.densities:
-            for path in args.paths:
+            for path in [p for p in args.paths if p in APPLIES.get(workload, PATHS)]:
                 cell = json.dumps({"workload": workload, "path": path, "density": density})
                 out = subprocess.run([sys.executable, __file__, "--cell", cell], capture_output=True, text=True)
                 if out.returncode != 0:
@@ -244,18 +255,19 @@ def main() -> None:
 
     machine = (f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
                f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"\nTraining throughput, {machine}; batch {BATCH}, Adam; ratios against the reference")
+    print(f"\nTraining throughput, {machine}; batch {BATCH}, Adam; ratios against the reference (resnet: against per-individual)")
     print(f"{'workload':8} {'density':>7} {'path':15} {'sample-ep/s':>11} {'x ref':>6} {'step ms':>8} "
           f"{'x ref':>6} {'peak MB':>8} {'val acc':>7}")
     for r in rows:
-        ref = next(x for x in rows if x["workload"] == r["workload"] and x["density"] == r["density"]
-                   and x["path"] == "reference") if "reference" in args.paths else r
+        # Against the hand-written reference where there is one, else against one-by-one training.
+        ref = next((x for base in ("reference", "per-individual") for x in rows if x["workload"] == r["workload"]
+                    and x["density"] == r["density"] and x["path"] == base), r)
         r["speedup_vs_reference"] = r["sample_epochs_per_s"] / ref["sample_epochs_per_s"]
         r["step_vs_reference"] = r["step_ms"] / ref["step_ms"]
         print(f"{r['workload']:8} {r['density']:>7.0%} {r['path']:15} {r['sample_epochs_per_s']:>11.3f} "
               f"{r['speedup_vs_reference']:>5.2f}x {r['step_ms']:>8.2f} {r['step_vs_reference']:>5.2f}x "
               f"{r['peak_mb']:>8.0f} {r['mean_val_accuracy']:>7.3f}")
-    for workload in args.workloads:
+    for workload in [w for w in args.workloads if "sparse" in APPLIES.get(w, PATHS)]:
         below = [d for d in args.densities if _step(rows, workload, "sparse", d) < _step(rows, workload, "per-individual", d)]
         print(f"{workload}: the sparse step is faster than the dense masked step at densities {below or 'none'}")
     args.json.parent.mkdir(parents=True, exist_ok=True)

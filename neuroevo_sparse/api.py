@@ -5,9 +5,16 @@
     exp = load_experiment("experiments/quickstart.toml", overrides=["evolution.generations=3"])
     run = evolve(exp, callbacks=[lambda info: print(info.generation, info.best["val_accuracy"])])
     run.history                        # pandas DataFrame: one row per individual per generation
+    run.generations()                  # per generation: fitness, density, hypervolume, ...
     run.front()                        # the accuracy-size front (chosen by validation accuracy)
     net = run.module()                 # the best network, a ready nn.Module (masked weights are 0)
     net = run.module(max_params=20_000)
+
+Your own network and data: `evolve(exp, model=make_net, data=load_data)` with a function (or
+nn.Module class) returning the module and one returning the splits (see `data.factory` in
+config.py), both defined at the top level of a module or of your script. They are recorded in
+the run's config by name (`model.factory = "module:make_net"`), so `resume`, `export` and
+`Run.module` find them again, and Ray ships the module to the workers.
 
 `neuroevo run`/`resume` and `evolve`/`resume` run the same code (`runs.start`/`runs.resume`)
 and give the same history for the same experiment. A run is a directory on disk: `load_run`
@@ -36,15 +43,26 @@ def load_experiment(source: str | Path | Mapping[str, Any], overrides: Sequence[
     """An experiment from a TOML file or a dict of sections (the TOML's structure), validated;
     `overrides` are `SECTION.KEY=VALUE` strings as `--set` takes. ConfigError lists every problem."""
     if isinstance(source, Mapping):
-        return config.from_dict(config.apply_overrides(dict(source), list(overrides)), source="experiment dict")
+        exp = config.from_dict(config.apply_overrides(dict(source), list(overrides)), source="experiment dict")
+        return config.with_absolute_paths(exp, Path.cwd())
     return config.load(source, list(overrides))
 
 
 def evolve(experiment: Experiment, run_dir: str | Path | None = None, callbacks: Sequence[Callback] = (),
-           should_stop: Callable[[], bool] = lambda: False) -> "Run":
+           should_stop: Callable[[], bool] = lambda: False, model: Callable[..., nn.Module] | None = None,
+           data: Callable[..., Any] | None = None) -> "Run":
     """Run an experiment from generation 0 in a new run directory (default:
     `output.root/<name>/<run-id>`). Each callback gets a GenerationInfo after every generation;
-    `should_stop` is polled between generations (the run then checkpoints and returns)."""
+    `should_stop` is polled between generations (the run then checkpoints and returns).
+    `model` and `data` set `model.factory` and `data.factory` to these callables."""
+    from dataclasses import replace
+
+    from .plugins import name_of
+
+    if model is not None:
+        experiment = replace(experiment, model=replace(experiment.model, factory=name_of(model, "model")))
+    if data is not None:
+        experiment = replace(experiment, data=replace(experiment.data, factory=name_of(data, "data")))
     run, _ = runs.start(experiment, run_dir, should_stop=should_stop, callbacks=callbacks)
     return Run(run.path)
 

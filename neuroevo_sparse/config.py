@@ -59,6 +59,14 @@ class DataConfig:
     train_fraction: float = _range(0.0, 1.0, lo_open=True, default=1.0)
     # Size of the synthetic dataset (tests); ignored by the real datasets.
     synthetic_samples: int = _range(10, default=600)
+    # Your own data instead of `dataset`: "package.module:load" or "file.py:load" (relative to
+    # the experiment file). It returns {"train": (x, y), "test": (x, y)} and optionally
+    # "validation" (else drawn from train with validation_fraction), or a tuple in that order;
+    # each split a pair of arrays/tensors or a torch Dataset of (x, y). Taken as given (no
+    # normalisation); labels are class indices 0..C-1. Called once, on the driver.
+    factory: str | None = None
+    # Keyword arguments of the data factory (it also gets `seed` if it has such a parameter).
+    args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,14 @@ class ModelConfig:
     activation: Literal["relu", "tanh", "gelu"] = "relu"
     # Biases and norms stay dense unless asked; masking biases is rarely useful.
     mask_biases: bool = False
+    # Your own network instead of `kind`: "package.module:build" or "file.py:build" (relative to
+    # the experiment file), a callable returning an nn.Module (a function or an nn.Module class).
+    # kind, hidden, channels and activation are then unused. Workers on other nodes get the code
+    # with the run (resources.ship_code).
+    factory: str | None = None
+    # Keyword arguments of the model factory (it also gets `input_shape` and `num_classes` if it
+    # has parameters of those names).
+    args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -79,6 +95,12 @@ class SparsityConfig:
     init: Literal["uniform", "erdos_renyi"] = "erdos_renyi"
     # Tensors (by parameter name, e.g. "layers.2.weight") that are never masked.
     dense_layers: list[str] = field(default_factory=list)
+    # Which parameters carry a mask, as name patterns (fnmatch: "*", "?", "[..]"). Empty: every
+    # Linear and Conv weight. `include` lists what is masked (any parameter may be named, e.g.
+    # "blocks.*.weight"); `exclude` keeps the matching ones dense (e.g. ["conv1.weight",
+    # "fc.weight"]: the first conv and the classifier). A pattern that matches nothing is an error.
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
     # true: every layer keeps its number of active connections (crossover repairs each layer
     # to its parents' mean count), so every individual has `density`. false: size is searched:
     # the initial densities are drawn log-uniformly in [min_density, max_density], the
@@ -227,6 +249,15 @@ class ResourcesConfig:
     max_retries: int = _range(0, default=3)
     # A job running longer than this is cancelled and recorded as failed.
     job_timeout_s: float | None = _range(0.0, lo_open=True, default=None)
+    # Ship the modules of model.factory / data.factory that are not installed (your own code)
+    # to the Ray workers (Ray runtime environment `py_modules`), so nodes that lack the files
+    # import them all the same.
+    ship_code: bool = True
+    # More code for the workers, as Ray's runtime environment takes it: `py_modules` (package
+    # directories or .py files) and `working_dir` (a directory that becomes the workers' current
+    # directory and is importable). Relative paths are taken from the experiment file.
+    py_modules: list[str] = field(default_factory=list)
+    working_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -237,6 +268,14 @@ class OutputConfig:
     checkpoint_seconds: float | None = _range(0.0, lo_open=True, default=None)
     keep_checkpoints: int = _range(1, default=3)
     progress: Literal["auto", "bar", "log", "none"] = "auto"
+    # Per-generation scalars (best/mean fitness and validation accuracy, density, active
+    # parameters, hypervolume, failures, jobs/s) as TensorBoard event files in
+    # <run dir>/tensorboard (needs the `tensorboard` package: pip install neuroevo_sparse[tracking]).
+    tensorboard: bool = False
+    # The same scalars, and the resolved config as parameters, to MLflow (needs `mlflow` or
+    # `mlflow-skinny`); the tracking server is MLflow's own setting (MLFLOW_TRACKING_URI,
+    # default ./mlruns), the experiment is experiment.name, the run is named after the run id.
+    mlflow: bool = False
 
 
 @dataclass(frozen=True)
@@ -276,7 +315,8 @@ RESUME_SAFE_KEYS = frozenset({
     "evolution.generations", "output.progress", "output.checkpoint_every",
     "output.checkpoint_seconds", "output.keep_checkpoints", "output.root",
     "resources.address", "resources.num_cpus", "resources.backend",
-    "resources.max_retries", "resources.job_timeout_s",
+    "resources.max_retries", "resources.job_timeout_s", "resources.ship_code", "resources.py_modules",
+    "resources.working_dir", "output.tensorboard", "output.mlflow",
 })
 
 
@@ -302,7 +342,24 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Experiment:
         raise ConfigError(["sets nothing (it is empty or only comments), which would silently run the whole "
                            "default experiment: write what to run, e.g. start from experiments/quickstart.toml"],
                           source=str(path))
-    return from_dict(raw, source=str(path))
+    return with_absolute_paths(from_dict(raw, source=str(path)), path.parent)
+
+
+def with_absolute_paths(exp: Experiment, base: Path) -> Experiment:
+    """User code named by a relative path is found from `base` (the experiment file's
+    directory), wherever the run is started from; the run's config.toml records it absolute."""
+    from .plugins import absolute
+
+    def path(p: str) -> str:
+        return str((base / p).resolve()) if p and not Path(p).is_absolute() else p
+
+    res = exp.resources
+    return dataclasses.replace(
+        exp,
+        model=dataclasses.replace(exp.model, factory=exp.model.factory and absolute(exp.model.factory, base)),
+        data=dataclasses.replace(exp.data, factory=exp.data.factory and absolute(exp.data.factory, base)),
+        resources=dataclasses.replace(res, py_modules=[path(p) for p in res.py_modules],
+                                      working_dir=res.working_dir and path(res.working_dir)))
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -379,6 +436,10 @@ def _check_type(value: Any, tp: Any) -> str | None:
         return _check_type(value, inner[0])
     if origin is Literal:
         return None if value in args else f"must be one of {', '.join(map(repr, args))}; got {_show(value)}"
+    if origin is dict:
+        if not isinstance(value, dict):
+            return f"must be a table (e.g. {{ depth = 3 }}), got {_show(value)}"
+        return None  # the factory it is passed to checks its values
     if origin is list:
         if not isinstance(value, list):
             return f"must be a list, got {_show(value)}"
@@ -461,6 +522,17 @@ def _cross_checks(exp: Experiment, problems: list[str]) -> None:
         pass  # flat datasets are reshaped to images by data.py when their size is square
     if exp.resources.gpus_per_job > 1 and exp.resources.gpus_per_job != int(exp.resources.gpus_per_job):
         problems.append("resources.gpus_per_job: above 1 it must be a whole number of GPUs")
+    from .plugins import split
+    for key, name in (("model.factory", exp.model.factory), ("data.factory", exp.data.factory)):
+        if name is not None:
+            try:
+                split(name)
+            except ValueError as e:
+                problems.append(f"{key}: {e}")
+    for key in ("model.args", "data.args"):
+        section, arg = key.split(".")
+        if getattr(getattr(exp, section), arg) and getattr(exp, section).factory is None:
+            problems.append(f"{key}: set only with {section}.factory (they are its keyword arguments)")
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -514,6 +586,8 @@ def _toml_value(v: Any) -> str:
         return json.dumps(v)
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(f"cannot write {type(v).__name__} as TOML")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DataConfig
+from .config import ConfigError, DataConfig
 from .seeds import derive
 
 DEFAULT_PATHS = {
@@ -67,6 +67,8 @@ class Splits:
 
 def load(cfg: DataConfig, seed: int) -> Splits:
     """Load the configured dataset; the validation split is drawn with a seed derived from `seed`."""
+    if cfg.factory is not None:
+        return from_factory(cfg, seed)
     loaders = {"digits": _digits, "fashion_mnist": _idx, "mnist": _idx,
                "cifar10": _cifar10, "synthetic": _synthetic}
     try:
@@ -82,10 +84,7 @@ def load(cfg: DataConfig, seed: int) -> Splits:
     if len(train_y) != len(train_x) or len(test_y) != len(test_x):
         raise DatasetError(f"dataset {cfg.dataset!r}: {len(train_x)} training images but {len(train_y)} labels, "
                            f"{len(test_x)} test images but {len(test_y)} labels: the files do not belong together")
-    rng = np.random.default_rng(derive(seed, "data-split"))
-    order = rng.permutation(len(train_y))
-    n_val = max(1, int(round(cfg.validation_fraction * len(order))))
-    val_idx, train_idx = order[:n_val], order[n_val:]
+    val_idx, train_idx = _validation_split(len(train_y), cfg, seed)
     if cfg.train_fraction < 1.0:
         train_idx = train_idx[: max(1, int(round(cfg.train_fraction * len(train_idx))))]
     mean, std = train_x[train_idx].mean(), train_x[train_idx].std() + 1e-8
@@ -94,6 +93,91 @@ def load(cfg: DataConfig, seed: int) -> Splits:
     return Splits(norm(train_x[train_idx]), train_y[train_idx].astype(np.int64),
                   norm(train_x[val_idx]), train_y[val_idx].astype(np.int64),
                   norm(test_x), test_y.astype(np.int64), num_classes)
+
+
+def from_factory(cfg: DataConfig, seed: int) -> Splits:
+    """Splits from the user's `data.factory`, checked: every problem is a DatasetError that
+    names the factory, the split and what is wrong."""
+    from . import plugins
+
+    factory = plugins.resolve(cfg.factory, "data.factory")
+    where = f"data.factory {cfg.factory!r}"
+    try:
+        out = plugins.call(factory, dict(cfg.args), "data.factory", seed=seed)
+    except (ConfigError, DatasetError, FileNotFoundError):
+        raise
+    except Exception as e:
+        raise DatasetError(f"{where} raised {type(e).__name__}: {e}") from e
+    splits = _named_splits(out, where)
+    arrays = {name: _pair(value, f"{where}, split {name!r}") for name, value in splits.items()}
+    shapes = {name: x.shape[1:] for name, (x, _) in arrays.items()}
+    if len(set(shapes.values())) > 1:
+        raise DatasetError(f"{where}: the splits' inputs differ in shape ("
+                           + ", ".join(f"{n} {tuple(s)}" for n, s in shapes.items()) + "): they must be alike")
+    classes = int(max(y.max() for _, y in arrays.values())) + 1
+    (train_x, train_y), (test_x, test_y) = arrays["train"], arrays["test"]
+    if "validation" in arrays:
+        (val_x, val_y) = arrays["validation"]
+        train_idx = np.arange(len(train_y))
+    else:
+        val_idx, train_idx = _validation_split(len(train_y), cfg, seed)
+        val_x, val_y = train_x[val_idx], train_y[val_idx]
+    if cfg.train_fraction < 1.0:
+        train_idx = train_idx[: max(1, int(round(cfg.train_fraction * len(train_idx))))]
+    return Splits(train_x[train_idx], train_y[train_idx], val_x, val_y, test_x, test_y, classes)
+
+
+_SPLITS = ("train", "validation", "test")
+
+
+def _named_splits(out, where: str) -> dict:
+    if isinstance(out, dict):
+        unknown = sorted(set(out) - set(_SPLITS))
+        if unknown or not {"train", "test"} <= set(out):
+            raise DatasetError(f"{where}: returned a dict with keys {sorted(out)}; it needs \"train\" and \"test\" "
+                               f"and may have \"validation\"" + (f" (unknown: {unknown})" if unknown else ""))
+        return dict(out)
+    if isinstance(out, (tuple, list)) and len(out) in (2, 3):
+        names = ("train", "test") if len(out) == 2 else _SPLITS
+        return dict(zip(names, out))
+    raise DatasetError(f"{where}: returned {type(out).__name__}; it must return {{\"train\": (x, y), \"test\": (x, y)}} "
+                       f"(optionally \"validation\"), or a tuple (train, test) or (train, validation, test)")
+
+
+def _pair(value, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs float32 (N, ...), labels int64 (N,)) from a pair of arrays/tensors or a Dataset."""
+    if not (isinstance(value, (tuple, list)) and len(value) == 2) and hasattr(value, "__getitem__") \
+            and hasattr(value, "__len__"):
+        items = [value[i] for i in range(len(value))]  # a torch Dataset of (x, y)
+        if not items or not all(isinstance(it, (tuple, list)) and len(it) == 2 for it in items):
+            raise DatasetError(f"{where}: a dataset must yield (x, y) pairs")
+        value = (np.stack([np.asarray(x) for x, _ in items]), np.asarray([np.asarray(y) for _, y in items]))
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        raise DatasetError(f"{where}: must be a pair (inputs, labels) or a dataset of pairs, got {type(value).__name__}")
+    x, y = (np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for v in value)
+    if x.ndim < 2:
+        raise DatasetError(f"{where}: inputs of shape {x.shape}; they must be (samples, features...)")
+    if y.ndim != 1:
+        raise DatasetError(f"{where}: labels of shape {y.shape}; they must be one class index per sample, shape (N,)")
+    if len(x) != len(y):
+        raise DatasetError(f"{where}: {len(x)} inputs but {len(y)} labels")
+    if len(y) == 0:
+        raise DatasetError(f"{where}: is empty")
+    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x.astype(np.float64)).all():
+        raise DatasetError(f"{where}: inputs must be finite numbers (dtype {x.dtype})")
+    if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and (y == np.round(y)).all())):
+        raise DatasetError(f"{where}: labels must be class indices (integers), got dtype {y.dtype}")
+    if y.min() < 0:
+        raise DatasetError(f"{where}: labels must be class indices 0..C-1, found {int(y.min())}")
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def _validation_split(n: int, cfg: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(validation indices, training indices) of a training split of n samples."""
+    rng = np.random.default_rng(derive(seed, "data-split"))
+    order = rng.permutation(n)
+    n_val = max(1, int(round(cfg.validation_fraction * len(order))))
+    return order[:n_val], order[n_val:]
 
 
 def _digits(cfg: DataConfig, seed: int):

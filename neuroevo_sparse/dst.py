@@ -66,10 +66,8 @@ def train_network(exp: Experiment, splits: Splits, seed: int | None = None,
     seed = exp.experiment.seed if seed is None else seed
     s, cfg = exp.structure, exp.training
     torch.manual_seed(seeds.derive(seed, "torch"))  # nothing should draw from it; belt and braces
-    model = models.build(exp.model, splits.input_shape, splits.num_classes)
-    info = models.layer_info(model, splits.input_shape)
-    names = models.maskable(model, exp.sparsity, exp.model.mask_biases)
-    template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    arch = models.Architecture.of(exp, splits.input_shape, splits.num_classes)
+    model, info, names, template = arch.build(), arch.info, arch.maskable, arch.template
     sparse_from_start = s.method not in ("dense", "magnitude")
     density = exp.sparsity.density if sparse_from_start else 1.0
     counts = target_counts(info, names, density, exp.sparsity.init)

@@ -18,19 +18,19 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import __version__, faults, models, seeds
+from . import __version__, faults, seeds
 from .config import Experiment
-from .data import Splits
 from .evaluators import Evaluator
 from .fitness import Objectives
 from .genome import Genome, Init, random_genome, target_counts
 from .jobs import TrainJob
+from .models import Architecture
 from .operators import Variation, clone, make_toolbox
 from .progress import Progress
 from .store import RunDir
@@ -63,13 +63,21 @@ class GenerationInfo:
     failed: int                    # of which failed (diverged, crashed, timed out)
     best: dict[str, Any]           # the best survivor: id, fitness, accuracies, density, active_params
     hypervolume: float | None      # the Pareto archive's (pareto mode), else None
+    # What trackers plot: fitness/best, fitness/mean, val_accuracy/best|mean, density/best|mean,
+    # active_params/best, hypervolume (pareto), failed, evaluated, throughput/jobs_per_s, seconds.
+    scalars: dict[str, float] = field(default_factory=dict)
 
 
+# A function of a GenerationInfo, or an object with an `on_generation(info)` method (a tracker).
 Callback = Callable[[GenerationInfo], None]
 
 
+def _call(callback: Any, info: GenerationInfo) -> None:
+    (callback.on_generation if hasattr(callback, "on_generation") else callback)(info)
+
+
 class Evolution:
-    def __init__(self, exp: Experiment, splits: Splits, evaluator: Evaluator, run: RunDir,
+    def __init__(self, exp: Experiment, arch: Architecture, evaluator: Evaluator, run: RunDir,
                  should_stop: Callable[[], bool] = lambda: False, callbacks: Sequence[Callback] = ()):
         self.exp = exp
         self.callbacks = list(callbacks)
@@ -77,11 +85,8 @@ class Evolution:
         self.evaluator = evaluator
         self.run_dir = run
         self.should_stop = should_stop
-        self.input_shape, self.num_classes = splits.input_shape, splits.num_classes
-        model = models.build(exp.model, splits.input_shape, splits.num_classes)
-        self.info = models.layer_info(model, splits.input_shape)
-        self.maskable = models.maskable(model, exp.sparsity, exp.model.mask_biases)
-        self.template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+        self.input_shape, self.num_classes = arch.input_shape, arch.num_classes
+        self.info, self.maskable, self.template = arch.info, arch.maskable, arch.template
         self.objectives = Objectives(exp.fitness, self.info)
         self.variation = Variation.of(exp, self.info, self.maskable)
         self.toolbox = make_toolbox(exp, self.variation)
@@ -126,6 +131,7 @@ class Evolution:
         population = [random_genome(i, self.template, self.info, counts, Init.of(self.exp.training), rng)
                       for i, counts in enumerate(self._initial_counts())]
         progress.generation_started(0)
+        self._started = time.monotonic()
         self._evaluate(population, 0, progress)
         self.archive.update(population)
         self._record(0, parents=[], offspring=population, survivors=population, progress=progress)
@@ -146,6 +152,7 @@ class Evolution:
     def _generation(self, state: State, progress: Progress) -> State:
         ev, g = self.exp.evolution, state.generation + 1
         progress.generation_started(g)
+        self._started = time.monotonic()
         rng = seeds.rng(self.seed, "variation", g)
 
         n = self.exp.n_offspring
@@ -234,14 +241,31 @@ class Evolution:
         progress.generation_done({"fitness": list(best.fitness.values), **best.metrics,
                                   "density": best.density(), "hypervolume": hypervolume},
                                  evaluated=len(evaluated))
-        info = GenerationInfo(g, self.run_dir.path, len(evaluated), sum(r["status"] != "ok" for r in evaluated),
+        failed = sum(r["status"] != "ok" for r in evaluated)
+        info = GenerationInfo(g, self.run_dir.path, len(evaluated), failed,
                               {"id": best.id, "fitness": list(best.fitness.values),
                                "val_accuracy": best.metrics.get("val_accuracy"),
                                "test_accuracy": best.metrics.get("test_accuracy"),
                                "density": best.density(), "active_params": best.active_params()},
-                              hypervolume)
+                              hypervolume, self._scalars(best, survivors, len(evaluated), failed, hypervolume))
         for callback in self.callbacks:
-            callback(info)
+            _call(callback, info)
+
+    def _scalars(self, best: Genome, survivors: list[Genome], evaluated: int, failed: int,
+                 hypervolume: float | None) -> dict[str, float]:
+        seconds = time.monotonic() - getattr(self, "_started", time.monotonic())
+        mean = lambda xs: float(np.mean(xs)) if len(xs) else float("nan")  # noqa: E731
+        out = {"fitness/best": float(best.fitness.values[0]),
+               "fitness/mean": mean([s.fitness.values[0] for s in survivors]),
+               "val_accuracy/best": float(best.metrics.get("val_accuracy") or 0.0),
+               "val_accuracy/mean": mean([s.metrics.get("val_accuracy") or 0.0 for s in survivors]),
+               "density/best": best.density(), "density/mean": mean([s.density() for s in survivors]),
+               "active_params/best": float(best.active_params()),
+               "evaluated": float(evaluated), "failed": float(failed), "seconds": seconds,
+               "throughput/jobs_per_s": evaluated / seconds if seconds > 0 else float("nan")}
+        if hypervolume is not None:
+            out["hypervolume"] = float(hypervolume)
+        return out
 
     def _row(self, ind: Genome, g: int, selected: bool) -> dict:
         m = ind.metrics

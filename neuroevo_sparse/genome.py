@@ -22,7 +22,7 @@ from .models import LayerInfo
 class Genome:
     id: int
     masks: dict[str, np.ndarray]      # maskable parameter name -> bool array
-    weights: dict[str, np.ndarray]    # every parameter and buffer of the model -> float32
+    weights: dict[str, np.ndarray]    # every parameter and buffer -> float32 (integer buffers keep theirs)
     parents: tuple[int, ...] = ()
     born: int = 0                      # generation of birth
     operator: str = "init"
@@ -166,8 +166,10 @@ def random_genome(gid: int, template: dict[str, np.ndarray], info: dict[str, Lay
                   counts: dict[str, int], init: Init, rng: np.random.Generator) -> Genome:
     """A genome with `counts[name]` active connections per masked tensor at random positions.
 
-    `template` gives the names and shapes of all model tensors; unmasked weights get the
-    same init at density 1, biases start at zero.
+    `template` gives the names and shapes of all model tensors; unmasked Linear/Conv weights
+    get the same init at density 1, their biases start at zero, and every other tensor (norms,
+    buffers such as BatchNorm running statistics, a user's own parameters) starts as the template
+    has it, in its own dtype.
     """
     masks, weights = {}, {}
     for name, like in template.items():
@@ -178,8 +180,10 @@ def random_genome(gid: int, template: dict[str, np.ndarray], info: dict[str, Lay
             w = np.zeros(like.size, dtype=np.float32)
             w[flat] = init.draw(info[name], counts[name] / like.size, counts[name], rng)
             weights[name] = w.reshape(like.shape)
-        elif name in info and name.endswith("weight"):
+        elif name in info and info[name].role == "weight":
             weights[name] = init.draw(info[name], 1.0, like.size, rng).reshape(like.shape)
-        else:
+        elif name in info and info[name].role == "bias":
             weights[name] = np.zeros(like.shape, dtype=np.float32)
+        else:
+            weights[name] = np.array(like, dtype=np.float32 if like.dtype.kind == "f" else like.dtype)
     return Genome(id=gid, masks=masks, weights=weights)

@@ -1,26 +1,32 @@
 """What crosses the boundary between the driver and a worker: plain data only.
 
 No DEAP object, no Genome, no torch module: numpy arrays, numbers, strings and frozen config
-dataclasses, which pickle the same way in every process (DEAP's creator classes do not).
+dataclasses, which pickle the same way in every process (DEAP's creator classes do not). The
+one callable is a user's model factory in the spec, which Ray pickles by reference.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .config import Experiment, ModelConfig, TrainingConfig
+
+if TYPE_CHECKING:
+    from .models import Architecture, Builder
+
+log = logging.getLogger("neuroevo_sparse")
 
 
 @dataclass(frozen=True)
 class TrainSpec:
     """Identical for every job of a run: how to build the model and train it."""
 
-    model: ModelConfig
+    builder: Builder                   # the network: config and resolved factory (models.Builder)
     training: TrainingConfig
-    input_shape: tuple[int, ...]
-    num_classes: int
     torch_threads: int = 1
     time_limit_s: float | None = None  # a job training longer is stopped and recorded as failed
     # Train groups of `training.vectorise_group` jobs in one vmapped pass. Resolved once on
@@ -28,10 +34,21 @@ class TrainSpec:
     vectorise: bool = False
 
     @classmethod
-    def of(cls, exp: Experiment, input_shape: tuple[int, ...], num_classes: int) -> "TrainSpec":
-        return cls(exp.model, exp.training, tuple(input_shape), num_classes,
-                   exp.resources.torch_threads, exp.resources.job_timeout_s,
-                   _vectorise(exp, tuple(input_shape), num_classes))
+    def of(cls, exp: Experiment, arch: Architecture) -> "TrainSpec":
+        return cls(arch.builder, exp.training, exp.resources.torch_threads, exp.resources.job_timeout_s,
+                   _vectorise(exp, arch))
+
+    @property
+    def model(self) -> ModelConfig:
+        return self.builder.model
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.builder.input_shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.builder.num_classes
 
 
 # Below this many parameters a CPU step is dominated by per-call overhead, which batching
@@ -40,26 +57,34 @@ class TrainSpec:
 VECTORISE_CPU_MAX_PARAMS = 100_000
 
 
-def _vectorise(exp: Experiment, input_shape: tuple[int, ...], num_classes: int) -> bool:
+def _vectorise(exp: Experiment, arch: Architecture) -> bool:
     """"auto": MLPs on a GPU; on a CPU, small MLPs and MLPs with a layer that starts truly
     sparse (its block-diagonal sparse matmul over the group beats one sparse matmul per
-    individual, 1.3x at 784-300-100-10 / 10%); never CNNs (grouped convolutions are slower)."""
+    individual, 1.3x at 784-300-100-10 / 10%); other networks (CNNs, your own) on a GPU only,
+    where they can be vmapped (grouped convolutions are slower on a CPU). "on" for a network
+    that cannot be vmapped trains one by one, and says why once."""
     mode = exp.training.vectorise
-    if mode != "auto":
-        return mode == "on"
-    if exp.model.kind != "mlp":
+    if mode == "off":
         return False
-    from . import genome, models  # torch only when a spec is made, never when jobs are unpickled
-    model = models.build(exp.model, input_shape, num_classes)
-    params = sum(p.numel() for p in model.parameters())
-    info = models.layer_info(model, input_shape)
-    names = models.maskable(model, exp.sparsity, exp.model.mask_biases)
-    density = genome.layer_densities(info, names, exp.sparsity.density, exp.sparsity.init)
+    gpu = exp.resources.gpus_per_job > 0
+    if not arch.is_chain():
+        if mode == "auto" and not (gpu and arch.builder.factory is not None):
+            return False
+        from .vectorised import unvectorisable  # torch.func only on the driver, once
+        why = unvectorisable(arch.builder)
+        if why:
+            log.warning("training.vectorise: this network cannot be trained under torch.func.vmap (%s): "
+                        "training one individual at a time", why)
+        return why is None
+    if mode == "on":
+        return True
+    from . import genome  # only when a spec is made, never when jobs are unpickled
+    density = genome.layer_densities(arch.info, arch.maskable, exp.sparsity.density, exp.sparsity.init)
     cfg = exp.training
     sparse = cfg.sparse_kernels == "on" or (cfg.sparse_kernels == "auto" and any(
-        len(info[n].shape) == 2 and info[n].size >= cfg.sparse_min_size and density[n] < cfg.sparse_below
-        for n in names))
-    return exp.resources.gpus_per_job > 0 or params <= VECTORISE_CPU_MAX_PARAMS or sparse
+        len(arch.info[n].shape) == 2 and arch.info[n].size >= cfg.sparse_min_size and density[n] < cfg.sparse_below
+        for n in arch.maskable))
+    return gpu or arch.parameters <= VECTORISE_CPU_MAX_PARAMS or sparse
 
 
 @dataclass(frozen=True)

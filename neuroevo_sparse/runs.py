@@ -7,11 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import __version__, data
+from . import __version__, data, tracking
 from .config import RESUME_SAFE_KEYS, ConfigError, Experiment, diff, to_toml
 from .evaluators import ClusterLost, make as make_evaluator
 from .evolution import Callback, Evolution, State
 from .jobs import TrainSpec
+from .models import Architecture
 from .store import RunDir
 
 log = logging.getLogger("neuroevo_sparse")
@@ -22,12 +23,16 @@ def start(exp: Experiment, run_dir: str | Path | None = None,
           on_created: Callable[[Path], None] = lambda path: None,
           callbacks: Sequence[Callback] = ()) -> tuple[RunDir, State]:
     """Run an experiment from generation 0 in a new run directory."""
-    splits = data.load(exp.data, exp.experiment.seed)  # before the run dir: a missing dataset leaves nothing
+    # Data and network before the run dir: a missing dataset or a broken factory leaves nothing.
+    splits = data.load(exp.data, exp.experiment.seed)
+    arch = Architecture.of(exp, splits.input_shape, splits.num_classes)
     run = RunDir.create(exp, run_dir)
     on_created(run.path)
     log.info("run directory: %s", run.path)
-    log.info("data: %s %s", exp.data.dataset, splits.summary())
-    return run, _execute(exp, run, splits, None, should_stop, callbacks)
+    log.info("data: %s %s", exp.data.factory or exp.data.dataset, splits.summary())
+    log.info("network: %s, %d parameters, %d masked tensor(s)", exp.model.factory or exp.model.kind,
+             arch.parameters, len(arch.maskable))
+    return run, _execute(exp, run, splits, None, should_stop, callbacks, arch)
 
 
 def resume(run_path: str | Path, overrides: list[str] | None = None, generations: int | None = None,
@@ -59,6 +64,7 @@ def resume(run_path: str | Path, overrides: list[str] | None = None, generations
     if exp != original:
         run.config_path.write_text(to_toml(exp))
     splits = data.load(exp.data, exp.experiment.seed)
+    arch = Architecture.of(exp, splits.input_shape, splits.num_classes)
     dropped = run.drop_history_after(done)
     missing = run.missing_history(done)
     if missing:
@@ -70,7 +76,7 @@ def resume(run_path: str | Path, overrides: list[str] | None = None, generations
                  f" (history of {len(dropped)} later generation(s) replaced)" if dropped else "")
     else:
         log.info("%s has no checkpoint yet: starting it from generation 0", run.path)
-    return run, _execute(exp, run, splits, loaded, should_stop, callbacks)
+    return run, _execute(exp, run, splits, loaded, should_stop, callbacks, arch)
 
 
 def _check_checkpoint(run: RunDir, loaded, original: Experiment, exp: Experiment) -> int:
@@ -96,16 +102,21 @@ def _check_checkpoint(run: RunDir, loaded, original: Experiment, exp: Experiment
     return done
 
 
-def _execute(exp, run, splits, loaded, should_stop, callbacks) -> State:
-    spec = TrainSpec.of(exp, splits.input_shape, splits.num_classes)
-    evaluator = make_evaluator(exp, spec, splits)
+def _execute(exp, run, splits, loaded, should_stop, callbacks, arch: Architecture) -> State:
+    spec = TrainSpec.of(exp, arch)
+    trackers = tracking.trackers(exp, run.path)
+    evaluator = None
     try:
-        evo = Evolution(exp, splits, evaluator, run, should_stop, callbacks)
+        evaluator = make_evaluator(exp, spec, splits)
+        evo = Evolution(exp, arch, evaluator, run, should_stop, [*callbacks, *trackers])
         state = evo.restore(loaded.state, loaded.arrays) if loaded else None
         return evo.run(state)
     except ClusterLost as e:
         raise ClusterLost(f"{e}\nEvery generation completed before it is checkpointed in {run.path}; "
                           f"once the cluster is back, continue with:\n  neuroevo resume {run.path}") from e
     finally:
-        evaluator.close()
+        for t in trackers:
+            t.close()
+        if evaluator is not None:
+            evaluator.close()
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import models, sparse
+from . import sparse
 from .data import Splits
 from .jobs import TrainJob, TrainResult, TrainSpec
 
@@ -46,9 +46,16 @@ def pick_device(gpus: float) -> str:
 
 
 def build_model(spec: TrainSpec, weights: dict[str, np.ndarray], device: str) -> nn.Module:
-    model = models.build(spec.model, spec.input_shape, spec.num_classes)
+    model = spec.builder()
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
     return model.to(device)
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A trained tensor as the genome stores it: float32, or its own dtype for integer buffers
+    (BatchNorm's num_batches_tracked)."""
+    a = t.detach().cpu().numpy()
+    return a.astype(np.float32, copy=True) if a.dtype.kind == "f" else a.copy()
 
 
 def train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
@@ -83,6 +90,8 @@ def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
     x_train, y_train = data.train
     n = len(y_train)
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * n / cfg.batch_size))
+    # Randomness inside a user's network (dropout) comes from the job's seed, not the worker's.
+    torch.manual_seed(job.seed % 2 ** 63)
 
     model.train()
     total, done = 0.0, 0
@@ -100,8 +109,7 @@ def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
         total += loss.item()
         done += 1
 
-    weights = {k: v.detach().cpu().numpy().astype(np.float32, copy=True)
-               for k, v in sparse.dense_state_dict(model).items()}
+    weights = {k: to_numpy(v) for k, v in sparse.dense_state_dict(model).items()}
     if not all(np.isfinite(w).all() for w in weights.values()):
         return TrainResult(job.individual_id, job.weights, status="diverged", steps=done,
                            error="weights became non-finite during training")

@@ -4,8 +4,11 @@ Parameters of the K individuals are stacked along a new first dimension. MLPs ru
 of batched matmuls; a masked Linear layer that is truly sparse for every individual of the
 group (sparse.layers_to_sparsify) holds only the K individuals' active weights and runs as
 one sparse matmul whose matrix has the K masks on its block diagonal, the K inputs side by
-side: population-vectorised and O(active connections) at once. Other models (CNNs) run under
-`torch.func.vmap` (Conv2d becomes a grouped convolution), dense masked.
+side: population-vectorised and O(active connections) at once. Other models (CNNs,
+your own modules) run under `torch.func.vmap` over `functional_call` with stacked parameters
+and buffers (BatchNorm's running statistics update per individual; Conv2d becomes a grouped
+convolution), dense masked. A module vmap cannot run (data-dependent control flow, dropout)
+is found by `unvectorisable` on the driver and trained one by one instead.
 
 Each individual keeps what the per-individual path gives it: its own mask, its own batch
 order (from its own seed), its own optimiser state. Adam, SGD and weight decay are
@@ -28,10 +31,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from . import models
 from .jobs import TrainJob, TrainResult, TrainSpec
 from .sparse import Pattern, layers_to_sparsify, sparse_matmul
-from .training import DeviceData, batches, optimiser_for, set_lr
+from .training import DeviceData, batches, optimiser_for, set_lr, to_numpy
 
 
 def train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list[TrainResult]:
@@ -57,8 +59,10 @@ def train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list[
 
 def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list[TrainResult]:
     cfg, device, k = spec.training, data.device, len(jobs)
-    model = models.build(spec.model, spec.input_shape, spec.num_classes).to(device)
+    model = spec.builder().to(device)
     names = [n for n, _ in model.named_parameters()]
+    buffers = {n: torch.stack([torch.from_numpy(np.array(j.weights[n])) for j in jobs]).to(device)
+               for n, _ in model.named_buffers()}
     masks = {n: torch.stack([torch.from_numpy(np.array(j.masks[n])) for j in jobs]).to(device)
              for n in jobs[0].masks}
     chain = _chain(model)
@@ -75,8 +79,7 @@ def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
     params = {n: holder.get_parameter(f"p{i}") for i, n in enumerate(names)}
     dense_masks = {n: m.to(torch.float32) for n, m in masks.items() if n not in patterns}
     optimiser = optimiser_for(cfg, holder)
-    forward = _chain_forward(chain, patterns) if chain else \
-        vmap(lambda p, x: functional_call(model, p, (x,)))
+    forward = _chain_forward(chain, patterns) if chain else _vmapped(model, buffers)
 
     x_train, y_train = data.train
     n = len(y_train)
@@ -121,6 +124,7 @@ def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
 
     results = []
     with torch.no_grad():
+        model.eval()  # norms use their running statistics, which stay as training left them
         val = _evaluate_many(forward, params, k, *data.val)
         test = _evaluate_many(forward, params, k, *data.test)
         for i, job in enumerate(jobs):
@@ -131,6 +135,7 @@ def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
                 continue
             weights = {name: _individual(params[name], i, masks.get(name) if name in patterns else None)
                        for name in names}
+            weights.update({name: to_numpy(b[i]) for name, b in buffers.items()})
             if not all(np.isfinite(w).all() for w in weights.values()):
                 results.append(TrainResult(job.individual_id, job.weights, status="diverged", steps=steps,
                                            error="weights became non-finite during training"))
@@ -145,12 +150,35 @@ def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
 def _individual(param: torch.Tensor, i: int, masks: torch.Tensor | None) -> np.ndarray:
     """Individual i's dense weights, from a stacked tensor or from block-diagonal values."""
     if masks is None:
-        return param[i].detach().cpu().numpy().astype(np.float32, copy=True)
+        return to_numpy(param[i])
     counts = masks.flatten(1).sum(1).tolist()
     start = int(sum(counts[:i]))
     dense = torch.zeros(masks.shape[1:], dtype=param.dtype, device=param.device)
     dense[masks[i]] = param.detach()[start: start + int(counts[i])]
-    return dense.cpu().numpy().astype(np.float32, copy=True)
+    return to_numpy(dense)
+
+
+def _vmapped(model: nn.Module, buffers: dict[str, torch.Tensor]):
+    """Forward of K copies of `model`, each with its own parameters and buffers (updated in
+    place, per individual, where the module updates them: BatchNorm in training mode)."""
+    run = vmap(lambda p, b, x: functional_call(model, (p, b), (x,)))
+    return lambda params, x: run(params, buffers, x)
+
+
+def unvectorisable(builder) -> str | None:
+    """Why the network cannot be trained under vmap, or None if it can: two stacked copies are
+    run forward and backward on a tiny batch, in training mode, as the vectorised path would."""
+    try:
+        model = builder()
+        params = {n: torch.stack([p.detach()] * 2).requires_grad_() for n, p in model.named_parameters()}
+        buffers = {n: torch.stack([b] * 2) for n, b in model.named_buffers()}
+        x = torch.zeros(2, 2, *builder.input_shape)
+        model.train()
+        _vmapped(model, buffers)(params, x).sum().backward()
+        return None
+    except Exception as e:
+        text = str(e).strip()
+        return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
 _ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU)

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
+from neuroevo_sparse.models import Architecture
 from neuroevo_sparse import config, data, runs
 from neuroevo_sparse.config import ConfigError
 from neuroevo_sparse.store import RunDir
@@ -233,8 +234,8 @@ def test_layer_crossover_with_masked_biases_keeps_weights_inside_masks(tiny, tmp
 
     exp = replace(tiny, model=replace(tiny.model, mask_biases=True))
     splits = data.load(exp.data, 0)
-    evo = Evolution(exp, splits, LocalEvaluator(TrainSpec.of(exp, splits.input_shape, splits.num_classes), splits),
-                    RunDir(tmp_path))
+    arch = Architecture.of(exp, splits.input_shape, splits.num_classes)
+    evo = Evolution(exp, arch, LocalEvaluator(TrainSpec.of(exp, arch), splits), RunDir(tmp_path))
     rng = np.random.default_rng(0)
     var = operators.Variation(evo.info, Init(), "random")
     counts = target_counts(evo.info, evo.maskable, 0.3, "uniform")

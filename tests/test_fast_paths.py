@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from neuroevo_sparse.models import Architecture
 from neuroevo_sparse import data, models
 from neuroevo_sparse.genome import Init, random_genome, target_counts
 from neuroevo_sparse.jobs import TrainJob, TrainSpec
@@ -27,7 +28,7 @@ def setup(exp, n=4, density=0.3, vectorise="on", **training):
     rng = np.random.default_rng(0)
     jobs = [TrainJob(i, 0, 100 + i, g.masks, g.weights)
             for i, g in enumerate(random_genome(i, template, info, counts, Init(), rng) for i in range(n))]
-    return jobs, TrainSpec.of(exp, splits.input_shape, splits.num_classes), DeviceData(splits)
+    return jobs, TrainSpec.of(exp, Architecture.of(exp, splits.input_shape, splits.num_classes)), DeviceData(splits)
 
 
 def assert_same(a, b, atol):

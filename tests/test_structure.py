@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from neuroevo_sparse.models import Architecture
 from neuroevo_sparse import config, data, dst, structure
 from neuroevo_sparse.evolution import Evolution
 from neuroevo_sparse.evaluators import make as make_evaluator
@@ -199,9 +200,10 @@ def test_methods_as_mutations_run_in_the_ga(tiny, tmp_path):
                   output=replace(tiny.output, root=str(tmp_path)))
     splits = data.load(exp.data, exp.experiment.seed)
     run = RunDir.create(exp, tmp_path / "run")
-    evaluator = make_evaluator(exp, TrainSpec.of(exp, splits.input_shape, splits.num_classes), splits)
+    arch = Architecture.of(exp, splits.input_shape, splits.num_classes)
+    evaluator = make_evaluator(exp, TrainSpec.of(exp, arch), splits)
     try:
-        Evolution(exp, splits, evaluator, run).run()
+        Evolution(exp, arch, evaluator, run).run()
     finally:
         evaluator.close()
     h = run.read_history()

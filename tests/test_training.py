@@ -3,6 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from neuroevo_sparse.models import Architecture
 from neuroevo_sparse import data, models
 from neuroevo_sparse.genome import Init, random_genome, target_counts
 from neuroevo_sparse.jobs import TrainJob, TrainSpec
@@ -18,7 +19,7 @@ def make(exp, density=0.3, **training):
     template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     g = random_genome(0, template, info, target_counts(info, names, density, "uniform"),
                       Init(), np.random.default_rng(0))
-    spec = TrainSpec.of(exp, splits.input_shape, splits.num_classes)
+    spec = TrainSpec.of(exp, Architecture.of(exp, splits.input_shape, splits.num_classes))
     return g, spec, DeviceData(splits)
 
 

@@ -130,25 +130,53 @@ def _check_fits(nodes: list[dict], cpus: float, gpus: float) -> None:
                            f"cluster has {most_gpus:g}: no job could ever start; lower it"])
 
 
+def runtime_env(resources: ResourcesConfig, factory) -> dict:
+    """Ray's runtime environment for the training tasks: the user's model code that is not
+    installed (resources.ship_code), and what resources.py_modules / working_dir add."""
+    from ..plugins import shipped_modules
+
+    modules: list = shipped_modules(factory) if resources.ship_code else []
+    modules += [p for p in resources.py_modules]
+    env: dict = {}
+    if modules:
+        env["py_modules"] = modules
+    if resources.working_dir:
+        env["working_dir"] = resources.working_dir
+    for path in [*resources.py_modules, *filter(None, [resources.working_dir])]:
+        if not os.path.exists(path):
+            raise ConfigError([f"resources: {path} does not exist (py_modules and working_dir name local "
+                               f"directories or .py files to ship to the workers)"])
+    return env
+
+
 class RayEvaluator:
     def __init__(self, spec: TrainSpec, splits: Splits, resources: ResourcesConfig):
         self.spec = spec
         self.started_ray = False
         address = resources.address or os.environ.get("RAY_ADDRESS")
         self.ray = ray = _import_ray(local=not address)
+        # Ray uploads local code only for a whole job (ray.init), not per task.
+        env = runtime_env(resources, spec.builder.factory)
+        if env:
+            log.info("Ray: shipping code to the workers: %s", ", ".join(f"{k}={v}" for k, v in env.items()))
         if not ray.is_initialized():
             if address:
                 log.info("joining the Ray cluster at %s", address)
                 _check_reachable(address)
                 _check_token(ray, address)
                 try:
-                    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+                    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
+                             runtime_env=env or None)
                 except Exception as e:
                     raise _join_error(address, e) from e
             else:
                 ray.init(num_cpus=resources.num_cpus, include_dashboard=False,
-                         logging_level=logging.WARNING, log_to_driver=True)
+                         logging_level=logging.WARNING, log_to_driver=True, runtime_env=env or None)
                 self.started_ray = True
+        elif env:
+            log.warning("Ray was initialised before this run, so its code cannot be shipped to the workers "
+                        "(Ray takes a runtime environment only in ray.init): pass runtime_env=%s to your "
+                        "ray.init, or let the run start Ray", env)
         try:
             self._setup(ray, splits, resources)
         except BaseException:
