@@ -19,13 +19,12 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 from . import models, seeds, structure
 from .config import Experiment
 from .data import Splits
 from .genome import Init, random_genome, target_counts
-from .training import DeviceData, batches, evaluate, masked_step, optimiser_for
+from .training import DeviceData, Diverged, batches, evaluate, optimiser_for, train_steps
 
 
 class DivergedError(RuntimeError):
@@ -78,13 +77,11 @@ def train_network(exp: Experiment, splits: Splits, seed: int | None = None,
     masks = {n: torch.from_numpy(m.astype(np.float32)) for n, m in bool_masks.items()}  # what steps use
 
     data = DeviceData(splits)
-    x, y = data.train
-    n = len(y)
+    n = len(data.train[1])
     epochs = max(1, math.ceil(cfg.epochs))
     per_epoch = math.ceil(n / cfg.batch_size)
     total = epochs * per_epoch
     optimiser = optimiser_for(cfg, model)
-    loss_fn = nn.CrossEntropyLoss()
     rng = seeds.rng(seed, "structure")
     schedule = _Schedule(s, epochs, per_epoch)
     prune_after = epochs - s.finetune_epochs if s.method == "magnitude" else None
@@ -93,22 +90,19 @@ def train_network(exp: Experiment, splits: Splits, seed: int | None = None,
     records = [_record(0, float("nan"), model, data, masks, info, params, 0.0, 0.0)]
     changes: list[tuple[int, float]] = []  # (epoch, changed fraction) of every update
     order = batches(n, cfg.batch_size, total, seeds.derive(seed, "batches"), data.device)
-    step = 0
+    due = lambda step: schedule.due(step + 1, epoch_end=(step + 1) % per_epoch == 0)  # noqa: E731
+    stream = train_steps(model, optimiser, params, masks, cfg, data.train, order, total,
+                         keep_grads=lambda step: s.method == "rigl" and due(step))
     for epoch in range(1, epochs + 1):
         loss_sum, born = 0.0, 0
         for _ in range(per_epoch):
-            idx = next(order)
-            loss = loss_fn(model(x[idx]), y[idx])
-            if not torch.isfinite(loss):
-                raise DivergedError(f"{s.method}, seed {seed}: loss became {loss.item()} at step {step + 1} "
-                                    f"(epoch {epoch}); lower training.lr (now {cfg.lr}) or use "
-                                    f"training.lr_schedule = \"cosine\"")
-            update_now = schedule.due(step + 1, epoch_end=(step + 1) % per_epoch == 0)
-            grads = masked_step(loss, optimiser, params, masks, cfg, step, total,
-                                keep_grads=update_now and s.method == "rigl")
-            loss_sum += loss.item()
-            step += 1
-            if update_now:
+            try:
+                step, loss, grads = next(stream)
+            except Diverged as d:
+                raise DivergedError(f"{s.method}, seed {seed}: {d} (epoch {epoch}); lower training.lr "
+                                    f"(now {cfg.lr}) or use training.lr_schedule = \"cosine\"") from None
+            loss_sum += loss
+            if due(step):
                 b, active = _apply_update(s, params, bool_masks, masks, info, optimiser, schedule.index, schedule.t_end,
                                           grads, rng, Init.of(cfg))
                 schedule.index += 1

@@ -1,4 +1,11 @@
-"""Brief masked training of one individual, then evaluation.
+"""The training core, and brief masked training of one individual with it.
+
+The core is what every training path shares: the seeded batch order (`batches`), the
+optimiser (`optimiser_for`), the learning-rate schedule (`set_lr`), the masked optimiser step
+(`masked_step`), the step loop with its divergence check (`train_steps`) and evaluation. The
+GA's per-individual path (`train`, here), the single-network harness (`dst.train_network`,
+which adds structure updates between steps) and the vectorised path (`vectorised.train_many`,
+K stacked individuals; its own loop, since it has K losses, but the same masked step) drive it.
 
 The mask is enforced at every step: gradients of inactive connections are zeroed before the
 optimiser step (so no momentum builds up on them) and the weights are multiplied by the mask
@@ -13,7 +20,7 @@ import os
 import socket
 import time
 import warnings
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -86,28 +93,24 @@ def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
     masks = {k: torch.from_numpy(np.array(v)).to(device=device, dtype=params[k].dtype)
              for k, v in job.masks.items() if k not in sparse_layers}
     optimiser = optimiser_for(cfg, model)
-    loss_fn = nn.CrossEntropyLoss()
-    x_train, y_train = data.train
-    n = len(y_train)
+    n = len(data.train[1])
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * n / cfg.batch_size))
     # Randomness inside a user's network (dropout) comes from the job's seed, not the worker's.
     torch.manual_seed(job.seed % 2 ** 63)
 
-    model.train()
     total, done = 0.0, 0
     deadline = None if spec.time_limit_s is None else time.perf_counter() + spec.time_limit_s
-    for idx in batches(n, cfg.batch_size, steps, job.seed, device):
-        if deadline is not None and time.perf_counter() > deadline:
-            return TrainResult(job.individual_id, job.weights, status="failed", steps=done,
-                               error=f"timeout: {spec.time_limit_s}s (resources.job_timeout_s) "
-                                     f"passed after {done} of {steps} steps")
-        loss = loss_fn(model(x_train[idx]), y_train[idx])
-        if not torch.isfinite(loss):
-            return TrainResult(job.individual_id, job.weights, status="diverged", steps=done,
-                               error=f"loss became {loss.item()} at step {done + 1} of {steps}")
-        masked_step(loss, optimiser, params, masks, cfg, done, steps)
-        total += loss.item()
-        done += 1
+    order = batches(n, cfg.batch_size, steps, job.seed, device)
+    try:
+        for _, loss, _ in train_steps(model, optimiser, params, masks, cfg, data.train, order, steps):
+            total += loss
+            done += 1
+            if done < steps and deadline is not None and time.perf_counter() > deadline:
+                return TrainResult(job.individual_id, job.weights, status="failed", steps=done,
+                                   error=f"timeout: {spec.time_limit_s}s (resources.job_timeout_s) "
+                                         f"passed after {done} of {steps} steps")
+    except Diverged as d:
+        return TrainResult(job.individual_id, job.weights, status="diverged", steps=d.step, error=str(d))
 
     weights = {k: to_numpy(v) for k, v in sparse.dense_state_dict(model).items()}
     if not all(np.isfinite(w).all() for w in weights.values()):
@@ -126,18 +129,51 @@ def optimiser_for(cfg, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+class Diverged(ArithmeticError):
+    """The loss of a step was not finite; `step` steps were done before it."""
+
+    def __init__(self, step: int, steps: int, loss: float):
+        self.step = step
+        super().__init__(f"loss became {loss} at step {step + 1} of {steps}")
+
+
+def train_steps(model: nn.Module, optimiser: torch.optim.Optimizer, params: dict[str, torch.Tensor],
+                masks: dict[str, torch.Tensor], cfg, train: tuple[torch.Tensor, torch.Tensor],
+                order: Iterator[torch.Tensor], steps: int,
+                keep_grads: Callable[[int], bool] = lambda step: False,
+                ) -> Iterator[tuple[int, float, dict[str, torch.Tensor] | None]]:
+    """The step loop of one network: per batch of `order`, cross-entropy, the finite check,
+    one `masked_step`; yields (step, loss, dense gradients if `keep_grads(step)`) after each,
+    so a caller may change `masks` in place between steps (structure updates). Raises Diverged."""
+    x, y = train
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for step, idx in enumerate(order):
+        loss = loss_fn(model(x[idx]), y[idx])
+        if not torch.isfinite(loss):
+            raise Diverged(step, steps, loss.item())
+        grads = masked_step(loss, optimiser, params, masks, cfg, step, steps, keep_grads=keep_grads(step))
+        yield step, loss.item(), grads
+
+
 def masked_step(loss: torch.Tensor, optimiser: torch.optim.Optimizer, params: dict[str, torch.Tensor],
-                masks: dict[str, torch.Tensor], cfg, step: int, steps: int,
-                keep_grads: bool = False) -> dict[str, torch.Tensor] | None:
+                masks: dict[str, torch.Tensor], cfg, step: int, steps: int, keep_grads: bool = False,
+                keep: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor] | None:
     """One optimiser step that keeps inactive connections at exactly zero: gradients masked
     before the step (no momentum builds up), weights masked after it. With `keep_grads`, the
-    dense gradients of the masked tensors, taken before masking, are returned (RigL's regrowth)."""
+    dense gradients of the masked tensors, taken before masking, are returned (RigL's regrowth).
+    `keep` (the vectorised path) says per parameter where its gradient counts at all: entries of
+    individuals that diverged get none (by `where`: their gradient may hold NaN, and NaN * 0 = NaN)."""
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
     dense = {k: params[k].grad.detach().clone() for k in masks} if keep_grads else None
     with torch.no_grad():
+        for name, where in (keep or {}).items():
+            if params[name].grad is not None:
+                params[name].grad = torch.where(where, params[name].grad, 0.0)
         for name, m in masks.items():
-            params[name].grad.mul_(m)
+            if params[name].grad is not None:  # None: the module did not use the tensor
+                params[name].grad.mul_(m)
     set_lr(optimiser, cfg, step, steps)
     optimiser.step()
     with torch.no_grad():

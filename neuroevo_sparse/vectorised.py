@@ -33,7 +33,7 @@ from torch.func import functional_call, vmap
 
 from .jobs import TrainJob, TrainResult, TrainSpec
 from .sparse import Pattern, layers_to_sparsify, sparse_matmul
-from .training import DeviceData, batches, optimiser_for, set_lr, to_numpy
+from .training import DeviceData, batches, evaluate, masked_step, optimiser_for, to_numpy
 
 
 def train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list[TrainResult]:
@@ -106,27 +106,20 @@ def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
         for i in bad.nonzero().flatten().tolist():
             diverged[i] = (step, f"loss became {losses[i].item()} at step {step + 1} of {steps}")
         alive &= ~bad
-        optimiser.zero_grad(set_to_none=True)
-        torch.where(alive, losses, torch.zeros_like(losses)).sum().backward()
-        with torch.no_grad():
-            for name, p in params.items():
-                keep = alive[owner[name]] if name in owner else alive.view(k, *[1] * (p.dim() - 1))
-                # where, not multiply: a diverged individual's gradient may hold NaN (NaN * 0 = NaN)
-                p.grad = torch.where(keep, p.grad, 0.0)
-                if name in dense_masks:
-                    p.grad.mul_(dense_masks[name])
-        set_lr(optimiser, cfg, step, steps)
-        optimiser.step()
-        with torch.no_grad():
-            for name, m in dense_masks.items():
-                params[name].mul_(m)
+        keep = {name: alive[owner[name]] if name in owner else alive.view(k, *[1] * (p.dim() - 1))
+                for name, p in params.items()}
+        masked_step(torch.where(alive, losses, torch.zeros_like(losses)).sum(), optimiser, params, dense_masks,
+                    cfg, step, steps, keep=keep)
         total += torch.where(alive, losses.detach(), torch.zeros_like(losses)).double()
 
     results = []
     with torch.no_grad():
         model.eval()  # norms use their running statistics, which stay as training left them
-        val = _evaluate_many(forward, params, k, *data.val)
-        test = _evaluate_many(forward, params, k, *data.test)
+        if chain:
+            val = _evaluate_many(forward, params, k, *data.val)
+            test = _evaluate_many(forward, params, k, *data.test)
+        else:  # one at a time: large evaluation batches under vmap (grouped convolutions) are slower
+            val, test = (_evaluate_each(model, params, buffers, k, *split) for split in (data.val, data.test))
         for i, job in enumerate(jobs):
             if i in diverged:
                 done, why = diverged[i]
@@ -216,6 +209,24 @@ def _chain_forward(chain: list[tuple[str, nn.Module]], patterns: dict[str, Patte
                 x = module(x)
         return x
     return forward
+
+
+class _Member(nn.Module):
+    """Individual i of the stacked parameters and buffers, as a module `evaluate` can run."""
+
+    def __init__(self, model: nn.Module, state: dict[str, torch.Tensor]):
+        super().__init__()
+        self.model, self.state = model, state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, self.state, (x,))
+
+
+def _evaluate_each(model: nn.Module, params: dict, buffers: dict, k: int, x: torch.Tensor,
+                   y: torch.Tensor) -> tuple[list[float], list[float]]:
+    results = [evaluate(_Member(model, {n: t[i] for n, t in {**params, **buffers}.items()}), x, y)
+               for i in range(k)]
+    return [r[0] for r in results], [r[1] for r in results]
 
 
 @torch.no_grad()
