@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import Experiment, ModelConfig, TrainingConfig
+from .config import Experiment, TrainingConfig
 
 if TYPE_CHECKING:
     from .models import Architecture, Builder
@@ -37,19 +37,6 @@ class TrainSpec:
     def of(cls, exp: Experiment, arch: Architecture) -> "TrainSpec":
         return cls(arch.builder, exp.training, exp.resources.torch_threads, exp.resources.job_timeout_s,
                    _vectorise(exp, arch))
-
-    @property
-    def model(self) -> ModelConfig:
-        return self.builder.model
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self.builder.input_shape
-
-    @property
-    def num_classes(self) -> int:
-        return self.builder.num_classes
-
 
 # Below this many parameters a CPU step is dominated by per-call overhead, which batching
 # removes (5x on the quickstart MLP); above it a dense step is bound by the matmuls and

@@ -115,7 +115,7 @@ def test_sparse_layers_picked_by_density_and_size(tiny):
 
 def test_sparsify_round_trips_the_state_dict(tiny):
     jobs, spec, _ = setup(tiny, n=1)
-    model = models.build(spec.model, spec.input_shape, spec.num_classes)
+    model = spec.builder()
     model.load_state_dict({k: torch.from_numpy(v) for k, v in jobs[0].weights.items()})
     before = {k: v.clone() for k, v in model.state_dict().items()}
     names = [k for k, m in jobs[0].masks.items() if m.ndim == 2]
