@@ -194,8 +194,12 @@ class StructureConfig:
     benchmarks/paper_claims.py), and the parameters of the "threshold"/"strength" mutations."""
     # "dense": no mask; "static": the initial mask never changes; "set", "rigl", "threshold",
     # "strength": see structure.py; "magnitude": train dense, prune each layer to its target
-    # count by |w| once, then fine-tune `finetune_epochs` with the mask.
-    method: Literal["dense", "static", "set", "rigl", "threshold", "strength", "magnitude"] = "static"
+    # count by |w| once, then fine-tune `finetune_epochs` with the mask; "gradual": gradual
+    # magnitude pruning (Zhu & Gupta 2017): from dense, every `update_every` steps (0: every
+    # epoch) between gradual_start and gradual_end of training, each layer is pruned by |w| to
+    # the density of a cubic schedule that reaches its target count at gradual_end; then the
+    # masked network fine-tunes to the end.
+    method: Literal["dense", "static", "set", "rigl", "threshold", "strength", "magnitude", "gradual"] = "static"
     # Optimiser steps between structure updates; 0: at the end of every epoch.
     update_every: int = _range(0, default=0)
     # SET's zeta (fraction removed per update); RigL's alpha (initial drop fraction).
@@ -219,6 +223,9 @@ class StructureConfig:
     new_weights: Literal["zero", "random"] = "random"
     # magnitude: epochs of masked fine-tuning after the one-shot prune (within training.epochs).
     finetune_epochs: int = _range(0, default=1)
+    # gradual: the span of training (fractions of its steps) over which pruning happens.
+    gradual_start: float = _range(0.0, 1.0, hi_open=True, default=0.1)
+    gradual_end: float = _range(0.0, 1.0, lo_open=True, default=0.7)
     # A structure has converged at the first epoch from which fewer than this fraction of the
     # active connections change per epoch.
     converged_below: float = _range(0.0, 1.0, lo_open=True, default=0.01)
@@ -520,6 +527,9 @@ def _cross_checks(exp: Experiment, problems: list[str]) -> None:
         problems.append("evolution.mutations: empty while evolution.crossover = \"none\": nothing would vary")
     if exp.model.kind == "cnn" and exp.data.dataset in ("digits", "synthetic"):
         pass  # flat datasets are reshaped to images by data.py when their size is square
+    if exp.structure.gradual_start >= exp.structure.gradual_end:
+        problems.append(f"structure.gradual_start: must be < structure.gradual_end ({exp.structure.gradual_end}); "
+                        f"got {exp.structure.gradual_start}")
     if exp.resources.gpus_per_job > 1 and exp.resources.gpus_per_job != int(exp.resources.gpus_per_job):
         problems.append("resources.gpus_per_job: above 1 it must be a whole number of GPUs")
     from .plugins import split

@@ -1,5 +1,5 @@
 """One network, one structure rule: dense, static sparse, SET, RigL, the seed paper's two
-methods, and one-shot magnitude pruning, trained by the same loop on the same data.
+methods, one-shot and gradual magnitude pruning, trained by the same loop on the same data.
 
 This is the harness behind `neuroevo train` and benchmarks/paper_claims.py. Every method gets
 the same model, optimiser, learning-rate schedule, batches and initial weights for a given
@@ -67,7 +67,7 @@ def train_network(exp: Experiment, splits: Splits, seed: int | None = None,
     torch.manual_seed(seeds.derive(seed, "torch"))  # nothing should draw from it; belt and braces
     arch = models.Architecture.of(exp, splits.input_shape, splits.num_classes)
     model, info, names, template = arch.build(), arch.info, arch.maskable, arch.template
-    sparse_from_start = s.method not in ("dense", "magnitude")
+    sparse_from_start = s.method not in ("dense", "magnitude", "gradual")
     density = exp.sparsity.density if sparse_from_start else 1.0
     counts = target_counts(info, names, density, exp.sparsity.init)
     genome = random_genome(0, template, info, counts, Init.of(cfg), seeds.rng(seed, "init"))
@@ -102,7 +102,12 @@ def train_network(exp: Experiment, splits: Splits, seed: int | None = None,
                 raise DivergedError(f"{s.method}, seed {seed}: {d} (epoch {epoch}); lower training.lr "
                                     f"(now {cfg.lr}) or use training.lr_schedule = \"cosine\"") from None
             loss_sum += loss
-            if due(step):
+            if due(step) and s.method == "gradual":
+                progress = (step + 1 - schedule.start) / max(1, schedule.stop_pruning - schedule.start)
+                pruned, active = _magnitude_prune(params, bool_masks, masks, _gradual_counts(
+                    info, target_counts(info, names, exp.sparsity.density, exp.sparsity.init), progress), optimiser)
+                changes.append((epoch, pruned / max(active, 1)))
+            elif due(step):
                 b, active = _apply_update(s, params, bool_masks, masks, info, optimiser, schedule.index, schedule.t_end,
                                           grads, rng, Init.of(cfg))
                 schedule.index += 1
@@ -152,12 +157,19 @@ class _Schedule:
             horizon = s.rigl_end * self.total
             self.stop = horizon
             self.t_end = max(1, int(horizon // (s.update_every or per_epoch)))
+        elif s.method == "gradual":  # prunes from gradual_start to gradual_end, then fine-tunes
+            self.start = int(s.gradual_start * self.total)
+            self.stop_pruning = max(self.start + 1, int(s.gradual_end * self.total))
+            self.stop = self.stop_pruning + (s.update_every or per_epoch)  # one update at or after the end
+            self.t_end = 1
         else:
             self.stop = self.total - 1  # no update after the last step: nothing would train it
             self.t_end = 1
 
     def due(self, step: int, epoch_end: bool) -> bool:
         if self.method in ("dense", "static", "magnitude") or step >= self.stop:
+            return False
+        if self.method == "gradual" and step < self.start:
             return False
         return step % self.every == 0 if self.every else epoch_end
 
@@ -182,18 +194,35 @@ def _apply_update(s, params, bool_masks, masks, info, optimiser, t, t_end, grads
     return born, active
 
 
+def _gradual_counts(info, final: dict[str, int], progress: float) -> dict[str, int]:
+    """Zhu & Gupta's (2017) cubic schedule, per layer: density d_f + (1 - d_f) (1 - p)^3 at
+    progress p in [0, 1] of the pruning span, d_f the layer's final density (the counts the
+    sparse methods start from, so every method ends with the same connections per layer)."""
+    p = min(1.0, max(0.0, progress))
+    out = {}
+    for name, target in final.items():
+        size = info[name].size
+        d_f = target / size
+        out[name] = max(target, int(round((d_f + (1.0 - d_f) * (1.0 - p) ** 3) * size)))
+    return out
+
+
 @torch.no_grad()
-def _magnitude_prune(params, bool_masks, masks, counts: dict[str, int], optimiser) -> None:
-    """One-shot: keep each layer's `counts[name]` largest |w| (the same per-layer counts the
-    sparse methods start from, so every method ends with the same number of connections)."""
+def _magnitude_prune(params, bool_masks, masks, counts: dict[str, int], optimiser) -> tuple[int, int]:
+    """Keep each layer's `counts[name]` largest |w| (one-shot: the same per-layer counts the
+    sparse methods start from, so every method ends with the same number of connections);
+    returns (connections removed, connections left)."""
+    removed = 0
     for name, m in bool_masks.items():
         flat_m = m.reshape(-1)
         w = params[name].detach().numpy().reshape(-1)
-        drop = structure.smallest(flat_m, w, int(flat_m.sum()) - counts[name])
+        drop = structure.smallest(flat_m, w, max(0, int(flat_m.sum()) - counts[name]))
         flat_m[drop] = False
         w[drop] = 0.0
         _reset_state(optimiser, params[name], drop)
         masks[name].copy_(torch.from_numpy(m))
+        removed += len(drop)
+    return removed, sum(int(m.sum()) for m in bool_masks.values())
 
 
 def _reset_state(optimiser: torch.optim.Optimizer, param: torch.Tensor, positions: np.ndarray) -> None:

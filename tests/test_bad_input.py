@@ -398,7 +398,7 @@ def test_a_hung_task_is_cancelled_not_waited_for(tiny_toml, tmp_path):
     start = time.monotonic()
     p = subprocess.run(neuroevo_cmd() + ["run", str(tiny_toml), "--run-dir", str(tmp_path / "run"), "--set",
                                          'resources.backend="ray"', "--set", "resources.num_cpus=2",
-                                         "--set", "resources.job_timeout_s=2"],
+                                         "--set", "resources.job_timeout_s=10"],
                        capture_output=True, text=True, timeout=300, env={**os.environ, "NEUROEVO_FAULT": "hang:job@1"})
     assert p.returncode == 4, p.stderr[-2000:]
     assert "the task hung and was cancelled" in p.stderr and time.monotonic() - start < 150

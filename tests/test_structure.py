@@ -185,6 +185,31 @@ def test_dense_and_magnitude_pruning(digits):
     assert (w[~m] == 0).all()
 
 
+def test_gradual_pruning_follows_the_cubic_schedule_to_the_target_counts(digits):
+    exp, splits = digits
+    exp = replace(exp, training=replace(exp.training, epochs=8),
+                  structure=replace(exp.structure, method="gradual", gradual_start=0.25, gradual_end=0.75))
+    run = dst.train_network(exp, splits, seed=0)
+    densities = [r.density for r in run.records]
+    # Dense until a quarter of training (end of epoch 2), then pruned at every epoch end along
+    # d_f + (1 - d_f)(1 - p)^3, p = (epoch - 2) / 4, down to the target at 3/4 (epoch 6), then fine-tuned.
+    assert densities[:3] == [1.0, 1.0, 1.0]
+    for epoch in (3, 4, 5):
+        p = (epoch - 2) / 4
+        assert densities[epoch] == pytest.approx(0.3 + 0.7 * (1 - p) ** 3, abs=0.01)
+    assert all(abs(d - 0.3) < 0.01 for d in densities[6:])
+    assert all(a >= b for a, b in zip(densities, densities[1:]))
+    assert run.converged_epoch == 6 and run.final.test_accuracy > 0.8
+    counts = {n: int(m.sum()) for n, m in run.masks.items()}
+    arch = Architecture.of(exp, splits.input_shape, splits.num_classes)
+    from neuroevo_sparse.genome import target_counts
+    assert counts == target_counts(arch.info, arch.maskable, 0.3, exp.sparsity.init)  # what the sparse methods hold
+    w, m = run.state["fc1.weight"], run.masks["fc1.weight"]
+    assert (w[~m] == 0).all()
+    with pytest.raises(config.ConfigError, match="structure.gradual_start: must be < structure.gradual_end"):
+        config.from_dict({"structure": {"gradual_start": 0.8, "gradual_end": 0.5}})
+
+
 def test_a_diverging_network_is_a_clear_error(digits):
     exp, splits = digits
     exp = replace(exp, training=replace(exp.training, lr=1e12), structure=replace(exp.structure, method="set"))
