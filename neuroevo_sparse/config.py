@@ -206,6 +206,14 @@ class StructureConfig:
     fraction: float = _range(0.0, 1.0, hi_open=True, default=0.3)
     # RigL: no structure update after this fraction of training.
     rigl_end: float = _range(0.0, 1.0, lo_open=True, default=0.75)
+    # SET in `neuroevo train` (the GA's "set" mutation keeps evolution.prune_fraction, |w|):
+    # "magnitude" prunes the smallest |w|; "signed" prunes positive and negative weights apart,
+    # as SET's reference code does (SET as published: with new_weights = "glorot").
+    set_prune: Literal["magnitude", "signed"] = "magnitude"
+    # "constant": zeta at every update (SET as published: it never converges); "cosine": zeta
+    # decays as RigL's alpha does, alpha/2 (1 + cos(pi t / T)), to 0 at rigl_end, so the
+    # counterpart's structure converges too (a fair test of "converges faster than SET").
+    set_schedule: Literal["constant", "cosine"] = "constant"
     # threshold/strength: a connection dies when |w| < threshold * decay**t * mean active |w|.
     threshold: float = _range(0.0, default=0.5)
     threshold_decay: float = _range(0.0, 1.0, default=0.5)
@@ -218,9 +226,10 @@ class StructureConfig:
     # rules inside `neuroevo train`. "zero": it starts silent and the gradient grows it (RigL);
     # "random": a fresh draw from the layer's init (training.init / init_fan), as SET's
     # reference code does; the default since 0.2 (better for the GA at 2% and 10% density,
-    # docs/ABLATION.md). One key for every context, so a GA and a single network compared
-    # side by side grow connections the same way.
-    new_weights: Literal["zero", "random"] = "random"
+    # docs/ABLATION.md); "glorot": Glorot/Xavier-uniform on the layer's dense fans whatever
+    # training.init says, the scale SET's reference code draws newborns at. One key for every
+    # context, so a GA and a single network compared side by side grow connections the same way.
+    new_weights: Literal["zero", "random", "glorot"] = "random"
     # magnitude: epochs of masked fine-tuning after the one-shot prune (within training.epochs).
     finetune_epochs: int = _range(0, default=1)
     # gradual: the span of training (fractions of its steps) over which pruning happens.

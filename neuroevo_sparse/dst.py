@@ -23,7 +23,7 @@ import torch
 from . import models, seeds, structure
 from .config import Experiment
 from .data import Splits
-from .genome import Init, random_genome, target_counts
+from .genome import Init, newborn, random_genome, target_counts
 from .training import DeviceData, Diverged, batches, evaluate, optimiser_for, train_steps
 
 
@@ -153,7 +153,7 @@ class _Schedule:
     def __init__(self, s, epochs: int, per_epoch: int):
         self.method, self.every, self.index = s.method, s.update_every, 0
         self.total = epochs * per_epoch
-        if s.method == "rigl":
+        if s.method == "rigl" or (s.method == "set" and s.set_schedule == "cosine"):
             horizon = s.rigl_end * self.total
             self.stop = horizon
             self.t_end = max(1, int(horizon // (s.update_every or per_epoch)))
@@ -181,12 +181,15 @@ def _apply_update(s, params, bool_masks, masks, info, optimiser, t, t_end, grads
     for name, m in bool_masks.items():
         flat_m = m.reshape(-1)
         w = params[name].detach().numpy().reshape(-1)  # shares memory with the parameter
+        fraction = structure.rigl_fraction(s.fraction, t, t_end) \
+            if s.method == "set" and s.set_schedule == "cosine" else s.fraction
         change = structure.update(
-            s.method, flat_m, w, tuple(m.shape), t, rng, fraction=s.fraction, threshold=s.threshold,
+            s.method, flat_m, w, tuple(m.shape), t, rng, fraction=fraction, threshold=s.threshold,
             threshold_decay=s.threshold_decay, max_fraction=s.max_fraction, regrow_ratio=s.regrow_ratio,
-            grad=None if grads is None else grads[name].numpy().reshape(-1), t_end=t_end)
-        if s.new_weights == "random" and len(change.added):
-            w[change.added] = init.draw(info[name], float(flat_m.mean()), len(change.added), rng)
+            grad=None if grads is None else grads[name].numpy().reshape(-1), t_end=t_end,
+            signed=s.set_prune == "signed")
+        if s.new_weights != "zero" and len(change.added):
+            w[change.added] = newborn(s.new_weights, init, info[name], float(flat_m.mean()), len(change.added), rng)
         _reset_state(optimiser, params[name], np.concatenate([change.removed, change.added]))
         masks[name].copy_(torch.from_numpy(m))
         born += len(change.added)

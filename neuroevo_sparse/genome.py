@@ -158,6 +158,17 @@ class Init:
         return fresh_weights(n, self.bound(info, density), rng)
 
 
+def newborn(rule: str, init: Init, info: LayerInfo, density: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Weights of `n` connections born in a layer at `density` (structure.new_weights): "zero";
+    "random", a draw from the run's init; "glorot", Glorot/Xavier-uniform on the layer's dense
+    fans whatever the run's init, as SET's reference code draws its newborns."""
+    if rule == "zero":
+        return np.zeros(n, dtype=np.float32)
+    if rule == "glorot":
+        return Init("xavier_uniform", "dense").draw(info, 1.0, n, rng)
+    return init.draw(info, density, n, rng)
+
+
 def fresh_weights(n: int, bound: float, rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(-bound, bound, size=n).astype(np.float32)
 

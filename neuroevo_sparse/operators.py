@@ -33,7 +33,7 @@ from deap import base
 
 from . import structure
 from .config import Experiment, StructureConfig
-from .genome import Genome, Init
+from .genome import Genome, Init, newborn
 from .models import LayerInfo
 
 Operator = Callable[..., Genome]
@@ -59,9 +59,7 @@ class Variation:
 
     def born(self, name: str, n: int, active: int, rng: np.random.Generator) -> np.ndarray:
         """Weights of `n` connections born in layer `name`, which then has `active` connections."""
-        if self.new_weights == "zero":
-            return np.zeros(n, dtype=np.float32)
-        return self.init.draw(self.info[name], active / self.info[name].size, n, rng)
+        return newborn(self.new_weights, self.init, self.info[name], active / self.info[name].size, n, rng)
 
     # ------------------------------------------------------------------ density repair
     def repair(self, child: Genome, targets: dict[str, int], rng: np.random.Generator) -> Genome:

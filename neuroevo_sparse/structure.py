@@ -10,7 +10,9 @@ Rules (`structure.method`):
 
 - "set" (Mocanu et al. 2018): remove the `fraction` (zeta) of active connections with the
   smallest |w|; regrow as many uniformly at random among positions that were not just removed.
-  The rate never decays, so SET's structure never stops changing.
+  The rate never decays, so SET's structure never stops changing. With `signed`, as SET's
+  reference code does, the positive and the negative weights are pruned apart: the zeta of the
+  positive ones nearest zero and the zeta of the negative ones nearest zero.
 - "rigl" (Evci et al. 2020): remove the smallest-|w| fraction alpha/2 (1 + cos(pi t / T_end)) and
   regrow as many where the dense gradient |dL/dw| of inactive positions is largest; no update
   after `rigl_end` of training. Needs gradients, so it runs inside training, not as a mutation.
@@ -137,14 +139,18 @@ def threshold_level(threshold: float, decay: float, t: int) -> float:
 def update(method: str, mask: np.ndarray, w: np.ndarray, shape: tuple[int, ...], t: int,
            rng: np.random.Generator, *, fraction: float = 0.3, threshold: float = 0.5,
            threshold_decay: float = 0.5, max_fraction: float = 0.3, regrow_ratio: float = 1.0,
-           grad: np.ndarray | None = None, t_end: int = 1) -> Change:
+           grad: np.ndarray | None = None, t_end: int = 1, signed: bool = False) -> Change:
     """Apply one structure update to a flat mask and weights in place; return what changed.
 
     Removed positions get weight 0; added positions get weight 0 too (RigL's choice: a new
     connection starts silent and is grown by the gradient, so an update never jolts the
     network's function). `t` is the update index (epoch, step block or generation).
     """
-    if method == "set":
+    if method == "set" and signed:
+        parts = [smallest(mask & side, w, int(round(fraction * (mask & side).sum()))) for side in (w > 0, w < 0)]
+        removed = np.sort(np.concatenate(parts))
+        n_add = len(removed)
+    elif method == "set":
         removed = smallest(mask, w, int(round(fraction * mask.sum())))
         n_add = len(removed)
     elif method == "rigl":

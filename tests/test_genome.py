@@ -55,3 +55,18 @@ def test_cnn_flops_count_positions():
     info = models.layer_info(model, shape)
     assert info["conv1.weight"].positions == 64  # 3x3 conv, padding 1, on 8x8
     assert info["conv1.weight"].fan_in == 9
+
+
+def test_newborns_follow_structure_new_weights():
+    from neuroevo_sparse.genome import newborn
+    from neuroevo_sparse.models import LayerInfo
+
+    info = LayerInfo((300, 784), 784, 300, 1)
+    rng = np.random.default_rng(0)
+    assert (newborn("zero", Init(), info, 0.1, 50, rng) == 0).all()
+    sparse = Init("kaiming_uniform", "sparse")
+    wide = newborn("random", sparse, info, 0.1, 5000, rng)
+    assert np.abs(wide).max() <= sparse.bound(info, 0.1) and np.abs(wide).max() > 0.9 * sparse.bound(info, 0.1)
+    glorot = newborn("glorot", sparse, info, 0.1, 5000, rng)  # the run's init does not matter
+    bound = np.sqrt(6 / (784 + 300))
+    assert np.abs(glorot).max() <= bound and np.abs(glorot).max() > 0.9 * bound

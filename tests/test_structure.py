@@ -35,6 +35,29 @@ def test_set_removes_smallest_magnitudes_and_regrows_elsewhere():
     assert w[0] == np.float32(0.9) and w[4] == np.float32(-0.7)  # survivors keep their weights
 
 
+def test_signed_set_prunes_positive_and_negative_weights_apart():
+    # Four positive, four negative: the smallest |w| overall are all positive (0.01, 0.02), but
+    # SET's reference code takes a quarter of each sign: 0.01 and -0.3.
+    m, w = layer([0.01, 0.02, 0.5, 0.9, -0.3, -0.6, -0.8, -1.0, 0, 0], [1] * 8 + [0, 0])
+    change = structure.update("set", m, w, (2, 5), t=0, rng=np.random.default_rng(0), fraction=0.25, signed=True)
+    assert sorted(change.removed) == [0, 4] and sorted(change.added) == [8, 9]
+    m, w = layer([0.01, 0.02, 0.5, 0.9, -0.3, -0.6, -0.8, -1.0, 0, 0], [1] * 8 + [0, 0])
+    assert sorted(structure.update("set", m, w, (2, 5), 0, np.random.default_rng(0), fraction=0.25).removed) == [0, 1]
+
+
+def test_set_with_a_cosine_schedule_converges(digits):
+    exp, splits = digits
+    exp = replace(exp, training=replace(exp.training, epochs=8),
+                  structure=replace(exp.structure, method="set", set_schedule="cosine", fraction=0.3))
+    run = dst.train_network(exp, splits, seed=0)
+    changed = [r.changed for r in run.records[1:]]
+    # alpha/2 (1 + cos(pi t / T)), T = rigl_end x 8 epochs = 6 updates: 0.3, 0.28, 0.225, 0.15, 0.075, 0, ...
+    assert changed[:5] == pytest.approx([0.3, 0.2799, 0.225, 0.15, 0.075], abs=0.003)
+    assert all(c == 0 for c in changed[5:]) and run.converged_epoch == 5
+    with pytest.raises(config.ConfigError, match="structure.set_schedule: must be one of 'constant', 'cosine'"):
+        config.from_dict({"structure": {"set_schedule": "linear"}})
+
+
 def test_set_never_converges_at_a_fixed_rate():
     rng = np.random.default_rng(1)
     m = rng.random(400) < 0.2
