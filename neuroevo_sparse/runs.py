@@ -26,6 +26,9 @@ def start(exp: Experiment, run_dir: str | Path | None = None,
     # Data and network before the run dir: a missing dataset or a broken factory leaves nothing.
     splits = data.load(exp.data, exp.experiment.seed)
     arch = Architecture.of(exp, splits.input_shape, splits.num_classes)
+    if exp.resources.backend == "ray":  # code to ship that is not there: said before anything is written
+        from .evaluators.ray import runtime_env
+        runtime_env(exp.resources, arch.builder.factory)
     run = RunDir.create(exp, run_dir)
     on_created(run.path)
     log.info("run directory: %s", run.path)

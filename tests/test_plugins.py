@@ -358,3 +358,12 @@ def test_user_module_not_installed_is_shipped_to_a_two_node_cluster(tmp_path):
     pd.testing.assert_frame_equal(metrics(df), metrics(history(tmp_path / "local")))
     assert df[df.evaluated].worker.nunique() >= 2
     assert unshipped.returncode == 4 and "No module named 'userpkg_e2e'" in unshipped.stderr, unshipped.stderr[-2000:]
+
+
+def test_code_to_ship_that_does_not_exist_is_named_before_a_run_exists(tmp_path):
+    path = tmp_path / "x.toml"
+    path.write_text(TINY.replace('backend = "local"', 'backend = "ray"\npy_modules = ["no_such_dir"]'))
+    p = subprocess.run(neuroevo_cmd() + ["run", str(path), "--set", f"output.root={str(tmp_path / 'pop')!r}"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and f"resources: {tmp_path / 'no_such_dir'} does not exist" in p.stderr, p.stderr
+    assert not (tmp_path / "pop").exists()
