@@ -226,12 +226,12 @@ class Architecture:
         self.maskable = maskable(model, sparsity, builder.model.mask_biases)
         self.template = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
         self.parameters = sum(p.numel() for p in model.parameters())
-        self.buffers = [k for k in self.template if k not in self.info]
 
     @classmethod
-    def of(cls, exp: Any, input_shape: tuple[int, ...], num_classes: int,
-           factory: Callable[..., Any] | None = None) -> "Architecture":
-        if factory is None and exp.model.factory is not None:
+    def of(cls, exp: Any, input_shape: tuple[int, ...], num_classes: int) -> "Architecture":
+        """The network of `exp`, its `model.factory` (if any) imported here, once."""
+        factory = None
+        if exp.model.factory is not None:
             from . import plugins
             factory = plugins.resolve(exp.model.factory, "model.factory")
         return cls(Builder(exp.model, tuple(input_shape), num_classes, factory), exp.sparsity, exp.experiment.seed)
