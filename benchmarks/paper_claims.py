@@ -72,7 +72,8 @@ LABEL = {"dense": "dense", "static": "static sparse", "set": "SET", "rigl": "Rig
          "set-cosine": "SET, zeta decaying (cosine)", "threshold-shrink": "method 1, shrinking from dense",
          "strength-shrink": "method 2, shrinking from dense", "dense-matched": "dense, as small as method 1 shrunk", "set-published-cosine": "SET as published, zeta decaying (cosine)", "gradual": "gradual magnitude prune (Zhu & Gupta)",
          "ga-methods": "GA, mutations: methods 1+2",
-         "ga-set": "GA, mutation: SET"}
+         "ga-set": "GA, mutation: SET", "ga-random": "random search over masks (best of the GA's budget, 1 epoch each)",
+         "single-threshold": "one network, method 1, trained for the GA's whole budget"}
 
 
 def suite_experiment(name: str, method: str, fraction: float) -> config.Experiment:
@@ -141,41 +142,65 @@ def run_suite(name: str, seeds: list[int]) -> list[dict]:
     return results
 
 
+GA_TOML = PAPER / "fashion_mlp_small_ga.toml"
+
+
+def ga_budget() -> int:
+    """Evaluations of one GA run (initial population + offspring of every generation); each
+    trains one epoch, so it is also the GA's budget in epochs."""
+    ev = config.load(GA_TOML).evolution
+    return ev.population + ev.generations * (ev.offspring or ev.population)
+
+
 def run_ga(seeds: list[int]) -> list[dict]:
-    """The GA twice per seed: the paper's methods as mutations, and SET as mutation."""
+    """The GA twice per seed (the paper's methods as mutations, SET as mutation), and what the
+    same budget buys otherwise: random search (as many random masks, one epoch each, the best by
+    validation) and one network trained for all of it (method 1, `ga-budget`)."""
+    budget = ga_budget()
+    variants = [("ga-methods", ['evolution.mutations=["threshold", "strength"]']),
+                ("ga-set", ['evolution.mutations=["set"]']),
+                ("ga-random", [f"evolution.population={budget}", "evolution.generations=0"])]
+    results = []
+    for variant, sets in variants:
+        for seed in seeds:
+            exp = config.load(GA_TOML, sets + [f"experiment.seed={seed}", 'resources.backend="local"',
+                                               'output.progress="none"'])
+            results.append(_ga_run(variant, exp, seed))
+    for seed in seeds:
+        exp = config.load(PAPER / "fashion_mlp_small.toml", ["structure.method=threshold", f"training.epochs={budget}"])
+        r = run_one(exp, seed, OUT / "ga-budget" / f"threshold-s{seed}.json", "single-threshold")
+        print(f"  ga-budget threshold seed {seed}: test {r['records'][-1]['test_accuracy']:.4f} "
+              f"({budget} epochs, {r['wall_s']:.0f} s)", flush=True)
+    return results
+
+
+def _ga_run(variant: str, exp: config.Experiment, seed: int) -> dict:
+    """One GA run (or its stored result): the best survivor by validation, per generation."""
     from neuroevo_sparse import runs
 
-    results = []
-    for variant, mutations in (("ga-methods", '["threshold", "strength"]'), ("ga-set", '["set"]')):
-        for seed in seeds:
-            exp = config.load(PAPER / "fashion_mlp_small_ga.toml", [
-                f"evolution.mutations={mutations}", f"experiment.seed={seed}", 'resources.backend="local"',
-                'output.progress="none"'])
-            path = OUT / "ga" / f"{variant}-s{seed}.json"
-            key = {"hash": exp.hash(), "seed": seed}
-            if path.is_file() and json.loads(path.read_text()).get("key") == key:
-                results.append(json.loads(path.read_text()))
-                continue
-            start = time.perf_counter()
-            with tempfile.TemporaryDirectory() as tmp:
-                run, _ = runs.start(replace(exp, output=replace(exp.output, root=tmp)))
-                h = run.read_history()
-            evaluated = h[h.evaluated]
-            per_gen = []
-            for g, rows in h[h.selected].groupby("generation"):
-                best = rows.sort_values(["val_accuracy", "individual_id"], ascending=[False, True]).iloc[0]
-                per_gen.append({"generation": int(g), "val_accuracy": float(best.val_accuracy),
-                                "test_accuracy": float(best.test_accuracy), "density": float(best.density),
-                                "active_params": int(best.active_params), "flops": int(best.flops)})
-            out = {"key": key, "method": variant, "seed": seed, "wall_s": time.perf_counter() - start,
-                   "evaluations": int(len(evaluated)), "generations": per_gen}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(out, indent=1))
-            last = per_gen[-1]
-            print(f"  ga {variant:>10} seed {seed}: best-by-val test {last['test_accuracy']:.4f} "
-                  f"density {last['density']:.3f} ({out['wall_s']:.0f} s)", flush=True)
-            results.append(out)
-    return results
+    path = OUT / "ga" / f"{variant}-s{seed}.json"
+    key = {"hash": exp.hash(), "seed": seed}
+    if path.is_file() and json.loads(path.read_text()).get("key") == key:
+        return json.loads(path.read_text())
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        run, _ = runs.start(replace(exp, output=replace(exp.output, root=tmp)))
+        h = run.read_history()
+    evaluated = h[h.evaluated]
+    per_gen = []
+    for g, rows in h[h.selected].groupby("generation"):
+        best = rows.sort_values(["val_accuracy", "individual_id"], ascending=[False, True]).iloc[0]
+        per_gen.append({"generation": int(g), "val_accuracy": float(best.val_accuracy),
+                        "test_accuracy": float(best.test_accuracy), "density": float(best.density),
+                        "active_params": int(best.active_params), "flops": int(best.flops)})
+    out = {"key": key, "method": variant, "seed": seed, "wall_s": time.perf_counter() - start,
+           "evaluations": int(len(evaluated)), "generations": per_gen}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    last = per_gen[-1]
+    print(f"  ga {variant:>10} seed {seed}: best-by-val test {last['test_accuracy']:.4f} "
+          f"density {last['density']:.3f} ({out['wall_s']:.0f} s)", flush=True)
+    return out
 
 
 # ----------------------------------------------------------------------------- report
@@ -403,6 +428,20 @@ def verdicts(small: dict, big: dict, fractions: dict, cnn: dict, ga: list[dict])
             parts.append(f"Welch p = {p:.3g}")
         out.append("- **the methods as GA mutations** (not a claim of the paper; our extension): best-by-"
                    "validation individual's test accuracy after the last generation: " + "; ".join(parts) + ".")
+        single = [r["records"][-1]["test_accuracy"] for r in load_stored("ga-budget")]
+        others = [(LABEL["ga-random"], by.get("ga-random", [])), (LABEL["single-threshold"], single)]
+        notes = []
+        for label, accs in others:
+            if len(accs) > 1 and len(by.get("ga-methods", [])) > 1:
+                p = float(stats.ttest_ind(by["ga-methods"], accs, equal_var=False).pvalue)
+                d = mean_sd(by["ga-methods"])[0] - mean_sd(accs)[0]
+                word = ("better" if d > 0 else "worse") if p < ALPHA else "no significant difference"
+                notes.append(f"against {label}: {mean_sd(accs)[0]:.4f} ± {mean_sd(accs)[1]:.4f} ({d:+.4f} for the GA; "
+                             f"Welch p = {p:.3g}, {len(by['ga-methods'])} vs {len(accs)} seeds), {word}")
+        if notes:
+            out.append(f"- **the GA at equal compute** ({ga_budget()} one-epoch evaluations per run): "
+                       + verdict([n.rsplit(", ", 1)[1] for n in notes]) + ".\n"
+                       + "\n".join(f"  - {n}" for n in notes))
     out.append("- **ResNet47 on ImageNet: 40% fewer parameters, +12% / +5% top-1 vs dense / sparse**: not "
                "testable here (no ImageNet, no GPU; 2 CPU cores).")
     out.append("- **CIFAR-10: final structure 7x faster than the sparse counterpart, +6% accuracy**: "
@@ -535,7 +574,7 @@ def report(seeds: list[int], docs: Path) -> None:
         for r in ga:
             by.setdefault(r["method"], []).append(r)
         for variant, rs in sorted(by.items()):
-            for gi in (0, len(rs[0]["generations"]) - 1):
+            for gi in sorted({0, len(rs[0]["generations"]) - 1}):
                 acc = [r["generations"][gi]["test_accuracy"] for r in rs]
                 m, sd = mean_sd(acc)
                 lines.append(f"| {LABEL[variant]} | {gi} | {m:.4f} ± {sd:.4f} | "
