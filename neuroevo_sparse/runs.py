@@ -29,6 +29,7 @@ def start(exp: Experiment, run_dir: str | Path | None = None,
     if exp.resources.backend == "ray":  # code to ship that is not there: said before anything is written
         from .evaluators.ray import runtime_env
         runtime_env(exp.resources, arch.builder.factory)
+    tracking.check(exp)
     run = RunDir.create(exp, run_dir)
     on_created(run.path)
     log.info("run directory: %s", run.path)

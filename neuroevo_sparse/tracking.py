@@ -15,16 +15,37 @@ from .config import ConfigError, Experiment, flatten
 from .evolution import GenerationInfo
 
 
+def _summary_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ConfigError([f"output.tensorboard: needs the tensorboard package ({e}): "
+                           f"pip install 'neuroevo_sparse[tracking]' or pip install tensorboard"]) from None
+    return SummaryWriter
+
+
+def _mlflow():
+    try:
+        import mlflow
+    except ImportError as e:
+        raise ConfigError([f"output.mlflow: needs MLflow ({e}): pip install 'neuroevo_sparse[tracking]' "
+                           f"or pip install mlflow"]) from None
+    return mlflow
+
+
+def check(exp: Experiment) -> None:
+    """The trackers `[output]` asks for can be imported: said before a run directory exists."""
+    if exp.output.tensorboard:
+        _summary_writer()
+    if exp.output.mlflow:
+        _mlflow()
+
+
 class TensorBoard:
     """Event files in <run dir>/tensorboard: `tensorboard --logdir populations/`."""
 
     def __init__(self, run_dir: Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:
-            raise ConfigError([f"output.tensorboard: needs the tensorboard package ({e}): "
-                               f"pip install 'neuroevo_sparse[tracking]' or pip install tensorboard"]) from None
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        self.writer = _summary_writer()(log_dir=str(Path(run_dir) / "tensorboard"))
 
     def on_generation(self, info: GenerationInfo) -> None:
         for key, value in info.scalars.items():
@@ -40,12 +61,7 @@ class MLflow:
     the MLflow experiment named like the experiment; the resolved config as its parameters."""
 
     def __init__(self, exp: Experiment, run_dir: Path):
-        try:
-            import mlflow
-        except ImportError as e:
-            raise ConfigError([f"output.mlflow: needs MLflow ({e}): pip install 'neuroevo_sparse[tracking]' "
-                               f"or pip install mlflow"]) from None
-        self.mlflow = mlflow
+        self.mlflow = mlflow = _mlflow()
         run_id = Path(run_dir).name
         mlflow.set_experiment(exp.experiment.name)
         found = mlflow.search_runs(filter_string=f"tags.neuroevo_run_dir = '{Path(run_dir).resolve()}'",

@@ -367,3 +367,12 @@ def test_code_to_ship_that_does_not_exist_is_named_before_a_run_exists(tmp_path)
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and f"resources: {tmp_path / 'no_such_dir'} does not exist" in p.stderr, p.stderr
     assert not (tmp_path / "pop").exists()
+
+
+def test_a_tracker_that_is_not_installed_is_named_before_a_run_exists(tmp_path, tiny, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if the extra were not installed
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
+    exp = replace(tiny, output=replace(tiny.output, tensorboard=True, root=str(tmp_path / "pop")))
+    with pytest.raises(ConfigError, match=r"output.tensorboard: needs the tensorboard package .*\[tracking\]"):
+        evolve(exp)
+    assert not (tmp_path / "pop").exists()
