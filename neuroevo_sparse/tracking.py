@@ -8,6 +8,7 @@ generation, so a resumed run continues its curves where they stopped.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -15,22 +16,21 @@ from .config import ConfigError, Experiment, flatten
 from .evolution import GenerationInfo
 
 
-def _summary_writer():
+def _require(module: str, key: str, package: str):
+    """`module` imported, or a ConfigError naming the `[output]` key and what to install."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        return importlib.import_module(module)
     except ImportError as e:
-        raise ConfigError([f"output.tensorboard: needs the tensorboard package ({e}): "
-                           f"pip install 'neuroevo_sparse[tracking]' or pip install tensorboard"]) from None
-    return SummaryWriter
+        raise ConfigError([f"{key}: needs the {package} package ({e}): "
+                           f"pip install 'neuroevo_sparse[tracking]' or pip install {package}"]) from None
+
+
+def _summary_writer():
+    return _require("torch.utils.tensorboard", "output.tensorboard", "tensorboard").SummaryWriter
 
 
 def _mlflow():
-    try:
-        import mlflow
-    except ImportError as e:
-        raise ConfigError([f"output.mlflow: needs MLflow ({e}): pip install 'neuroevo_sparse[tracking]' "
-                           f"or pip install mlflow"]) from None
-    return mlflow
+    return _require("mlflow", "output.mlflow", "mlflow")
 
 
 def check(exp: Experiment) -> None:
