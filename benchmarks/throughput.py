@@ -32,7 +32,7 @@ Measured per (workload, path, density), each in a fresh process so peak memory i
 
     python benchmarks/throughput.py                  # full table, writes JSON (~12 minutes on 2 cores)
     python benchmarks/throughput.py --workloads wide --densities 0.02 0.1
-    python benchmarks/throughput.py --workloads resnet --densities 0.3 --json benchmarks/results/throughput_resnet.json
+    python benchmarks/throughput.py --workloads resnet --densities 0.3 --repeats 3 --json benchmarks/results/throughput_resnet.json
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ import math
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -232,6 +233,8 @@ def main() -> None:
     p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     p.add_argument("--paths", nargs="+", choices=PATHS, default=PATHS)
     p.add_argument("--densities", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1, 0.5])
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds of every path (interleaved); the table shows the medians")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "throughput.json")
     p.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell, print JSON
     args = p.parse_args()
@@ -243,19 +246,23 @@ def main() -> None:
     rows = []
     for workload in args.workloads:
         for density in args.densities:
-            for path in [p for p in args.paths if p in APPLIES.get(workload, PATHS)]:
-                cell = json.dumps({"workload": workload, "path": path, "density": density})
-                out = subprocess.run([sys.executable, __file__, "--cell", cell], capture_output=True, text=True)
-                if out.returncode != 0:
-                    sys.exit(f"{workload} {path} {density}: failed\n{out.stderr[-3000:]}")
-                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                r = rows[-1]
-                print(f"  {workload:5} {density:>5.0%} {path:15} {r['sample_epochs_per_s']:8.3f} sample-epochs/s "
-                      f"{r['step_ms']:9.2f} ms/step {r['peak_mb']:7.0f} MB", file=sys.stderr, flush=True)
+            paths = [p for p in args.paths if p in APPLIES.get(workload, PATHS)]
+            runs: dict[str, list[dict]] = {p: [] for p in paths}
+            for _ in range(args.repeats):  # interleaved: every path once per round
+                for path in paths:
+                    cell = json.dumps({"workload": workload, "path": path, "density": density})
+                    out = subprocess.run([sys.executable, __file__, "--cell", cell], capture_output=True, text=True)
+                    if out.returncode != 0:
+                        sys.exit(f"{workload} {path} {density}: failed\n{out.stderr[-3000:]}")
+                    r = json.loads(out.stdout.strip().splitlines()[-1])
+                    runs[path].append(r)
+                    print(f"  {workload:5} {density:>5.0%} {path:15} {r['sample_epochs_per_s']:8.3f} sample-epochs/s "
+                          f"{r['step_ms']:9.2f} ms/step {r['peak_mb']:7.0f} MB", file=sys.stderr, flush=True)
+            rows += [_median_row(runs[p]) for p in paths]
 
     machine = (f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
                f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"\nTraining throughput, {machine}; batch {BATCH}, Adam; ratios against the reference (resnet: against per-individual)")
+    print(f"\nTraining throughput, {machine}; batch {BATCH}, Adam; medians of {args.repeats} interleaved repeat(s); ratios against the reference (resnet: against per-individual)")
     print(f"{'workload':8} {'density':>7} {'path':15} {'sample-ep/s':>11} {'x ref':>6} {'step ms':>8} "
           f"{'x ref':>6} {'peak MB':>8} {'val acc':>7}")
     for r in rows:
@@ -276,6 +283,16 @@ def main() -> None:
         "machine": machine, "python": platform.python_version(), "workloads": WORKLOADS, "batch": BATCH,
         "rows": rows}, indent=1))
     print(f"wrote {args.json}")
+
+
+def _median_row(runs: list[dict]) -> dict:
+    """One cell's repeats as one row: the median of each measure, and every repeat's values."""
+    row = dict(runs[0])
+    for key in ("wall_s", "sample_epochs_per_s", "step_ms", "peak_mb"):
+        row[key] = statistics.median(r[key] for r in runs)
+        row[f"{key}_repeats"] = [r[key] for r in runs]
+    row["repeats"] = len(runs)
+    return row
 
 
 def _step(rows: list[dict], workload: str, path: str, density: float) -> float:
