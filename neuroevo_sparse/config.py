@@ -126,7 +126,9 @@ class EvolutionConfig:
     mutations: list[Literal["set", "rewire", "threshold", "strength", "grow", "prune", "move"]] = field(
         default_factory=lambda: ["set"])
     mutation_prob: float = _range(0.0, 1.0, default=1.0)
-    # SET's zeta: fraction of each layer's active connections pruned (smallest |w|) and regrown.
+    # SET's zeta as a GA mutation: the fraction of each layer's active connections pruned and
+    # regrown once per mutation (structure.fraction is zeta per update inside `neuroevo train`;
+    # the rule, structure.update("set"), and its structure.set_prune option are shared).
     prune_fraction: float = _range(0.0, 1.0, hi_open=True, default=0.2)
     # Fraction of each layer's active connections moved to random positions by "rewire".
     rewire_fraction: float = _range(0.0, 1.0, hi_open=True, default=0.05)
@@ -206,8 +208,9 @@ class StructureConfig:
     fraction: float = _range(0.0, 1.0, hi_open=True, default=0.3)
     # RigL: no structure update after this fraction of training.
     rigl_end: float = _range(0.0, 1.0, lo_open=True, default=0.75)
-    # SET in `neuroevo train` (the GA's "set" mutation keeps evolution.prune_fraction, |w|):
-    # "magnitude" prunes the smallest |w|; "signed" prunes positive and negative weights apart,
+    # SET, in `neuroevo train` and as the GA's "set" mutation (whose zeta is
+    # evolution.prune_fraction): "magnitude" prunes the smallest |w|; "signed" prunes positive
+    # and negative weights apart,
     # as SET's reference code does (SET as published: with new_weights = "glorot").
     set_prune: Literal["magnitude", "signed"] = "magnitude"
     # "constant": zeta at every update (SET as published: it never converges); "cosine": zeta
@@ -292,6 +295,12 @@ class OutputConfig:
     # `mlflow-skinny`); the tracking server is MLflow's own setting (MLFLOW_TRACKING_URI,
     # default ./mlruns), the experiment is experiment.name, the run is named after the run id.
     mlflow: bool = False
+    # Which individuals the test split scores. "chosen": only those a user reads it for, the
+    # best survivor, the survivor with the best validation accuracy and the archive (hall of
+    # fame / Pareto front), once each, after their generation is selected; the others' rows
+    # hold null. "all": every evaluated individual, in its training job (as before 0.3).
+    # Test accuracy never steers the search, so this changes no other column.
+    test_accuracy: Literal["chosen", "all"] = "chosen"
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,7 @@ class Evolution:
         self._started = time.monotonic()
         self._evaluate(population, 0, progress)
         self.archive.update(population)
+        self._score_test(population, 0)
         self._record(0, parents=[], offspring=population, survivors=population, progress=progress)
         return State(0, population, list(self.archive), ev.population)
 
@@ -170,6 +171,7 @@ class Evolution:
         # A Pareto archive holds every non-dominated individual evaluated so far, survivor or
         # not (its hypervolume can then never fall); a hall of fame the best survivors.
         self.archive.update(trained + survivors if self.exp.fitness.mode == "pareto" else survivors)
+        self._score_test(survivors, g)
         self._record(g, state.population, offspring, survivors, progress)
         return State(g, survivors, list(self.archive), state.next_id + len(offspring))
 
@@ -224,6 +226,32 @@ class Evolution:
                 g.trained = r.weights if r.status == "ok" else None
             g.metrics = {**r.metrics(), "seed": job.seed, "evaluated_in": generation}
             self.objectives.assign(g)
+
+    def _score_test(self, survivors: list[Genome], generation: int) -> None:
+        """Test accuracy for the individuals it is reported for (output.test_accuracy =
+        "chosen"): the best survivor, the survivor best by validation, and the archive; each
+        scored once, by test-only jobs on the evaluator (the training jobs skipped the split)."""
+        if self.exp.output.test_accuracy == "all":
+            return
+        ok = [g for g in survivors if g.metrics.get("status") == "ok"]
+        chosen = [self.objectives.best(survivors)]
+        if ok:
+            chosen.append(max(ok, key=lambda g: (g.metrics.get("val_accuracy") or 0.0, -g.id)))
+        chosen += list(self.archive)  # copies (DEAP's archives deepcopy): each copy is updated too
+        todo: dict[int, list[Genome]] = {}
+        for g in chosen:
+            if g.metrics.get("status") == "ok" and g.metrics.get("test_accuracy") is None:
+                todo.setdefault(g.id, []).append(g)
+        if not todo:
+            return
+        jobs = [TrainJob(gid, generation, 0, gs[0].masks, gs[0].network_weights(), test_only=True)
+                for gid, gs in todo.items()]
+        for job, r in zip(jobs, self.evaluator.evaluate(jobs)):
+            if r.status != "ok":
+                log.warning("scoring individual %d on the test split failed: %s", job.individual_id, r.error)
+                continue
+            for g in todo[job.individual_id]:
+                g.metrics = {**g.metrics, "test_accuracy": r.test_accuracy}
 
     # ------------------------------------------------------------------------ records
     def _record(self, g: int, parents: list[Genome], offspring: list[Genome],

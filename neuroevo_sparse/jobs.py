@@ -32,11 +32,14 @@ class TrainSpec:
     # Train groups of `training.vectorise_group` jobs in one vmapped pass. Resolved once on
     # the driver (never per worker) so that every worker does the same arithmetic.
     vectorise: bool = False
+    # Training jobs also score the test split (output.test_accuracy = "all"); otherwise the
+    # driver asks for it with test-only jobs, for the individuals it reports.
+    score_test: bool = True
 
     @classmethod
     def of(cls, exp: Experiment, arch: Architecture) -> "TrainSpec":
         return cls(arch.builder, exp.training, exp.resources.torch_threads, exp.resources.job_timeout_s,
-                   _vectorise(exp, arch))
+                   _vectorise(exp, arch), exp.output.test_accuracy == "all")
 
 # Below this many parameters a CPU step is dominated by per-call overhead, which batching
 # removes (5x on the quickstart MLP); above it a dense step is bound by the matmuls and
@@ -81,6 +84,8 @@ class TrainJob:
     seed: int                          # derived from (run seed, generation, individual id)
     masks: dict[str, np.ndarray]
     weights: dict[str, np.ndarray]
+    # Only score these weights on the test split: no training, and the result carries no weights.
+    test_only: bool = False
 
 
 @dataclass

@@ -224,21 +224,17 @@ def clone(g: Genome, gid: int, generation: int) -> Genome:
 
 
 def mut_set(var: Variation, g: Genome, gid: int, generation: int, rng: np.random.Generator,
-            fraction: float) -> Genome:
-    """SET (Mocanu et al. 2018): per layer, prune the `fraction` of active connections with the
-    smallest |w| and regrow as many at random positions that were not just pruned."""
+            fraction: float, signed: bool = False) -> Genome:
+    """SET (Mocanu et al. 2018) as a mutation: `structure.update("set")` on every layer, with
+    the GA's zeta (`evolution.prune_fraction`) and the rule's options (`structure.set_prune`),
+    so a GA and `neuroevo train` prune and regrow by one implementation."""
     masks, weights = _copy(g)
     for name in masks:
         mask, w = masks[name].reshape(-1), weights[name].reshape(-1)
-        n = int(round(fraction * int(mask.sum())))
-        if n == 0:
-            continue
-        drop = structure.smallest(mask, w, n)
-        pruned = np.zeros_like(mask)
-        pruned[drop] = True
-        mask[drop] = False
-        w[drop] = 0.0
-        var.grow(name, mask, w, n, rng, exclude=pruned)
+        change = structure.update("set", mask, w, masks[name].shape, generation, rng,
+                                  fraction=fraction, signed=signed)
+        if len(change.added):
+            w[change.added] = var.born(name, len(change.added), int(mask.sum()), rng)
     return _child(gid, (g,), generation, "mut_set", masks, weights)
 
 
@@ -329,11 +325,14 @@ def make_toolbox(exp: Experiment, var: Variation) -> base.Toolbox:
     toolbox = base.Toolbox()
     if ev.crossover != "none":
         toolbox.register("mate", CROSSOVERS[ev.crossover], var)
-    fractions = {"set": ev.prune_fraction, "rewire": ev.rewire_fraction, "grow": ev.resize_fraction,
+    fractions = {"rewire": ev.rewire_fraction, "grow": ev.resize_fraction,
                  "prune": ev.resize_fraction, "move": ev.move_fraction}
-    functions = {"set": mut_set, "rewire": mut_rewire, "grow": mut_grow, "prune": mut_prune, "move": mut_move}
+    functions = {"rewire": mut_rewire, "grow": mut_grow, "prune": mut_prune, "move": mut_move}
     for name in ev.mutations:
-        if name in functions:
+        if name == "set":
+            toolbox.register("mutate_set", mut_set, var, fraction=ev.prune_fraction,
+                             signed=exp.structure.set_prune == "signed")
+        elif name in functions:
             toolbox.register(f"mutate_{name}", functions[name], var, fraction=fractions[name])
         else:
             toolbox.register(f"mutate_{name}", mut_structure, var, method=name, params=exp.structure)

@@ -117,9 +117,27 @@ def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
         return TrainResult(job.individual_id, job.weights, status="diverged", steps=done,
                            error="weights became non-finite during training")
     val_loss, val_acc = evaluate(model, *data.val)
-    _, test_acc = evaluate(model, *data.test)
+    test_acc = evaluate(model, *data.test)[1] if spec.score_test else None
     return TrainResult(job.individual_id, weights, train_loss=total / done, val_loss=val_loss,
                        val_accuracy=val_acc, test_accuracy=test_acc, steps=done)
+
+
+def score_test(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
+    """The test accuracy of a job's weights as they are (a test-only job), on the kernels
+    training would use; a failure becomes a result with a status."""
+    start = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(spec.torch_threads)
+    try:
+        model = build_model(spec, job.weights, data.device)
+        sparse.sparsify(model, job.masks, sparse.layers_to_sparsify(job.masks, spec.training))
+        result = TrainResult(job.individual_id, {}, test_accuracy=evaluate(model, *data.test)[1])
+    except Exception as e:
+        result = TrainResult(job.individual_id, {}, status="failed", error=f"{type(e).__name__}: {e}")
+    finally:
+        torch.set_num_threads(previous_threads)
+    result.train_seconds = time.perf_counter() - start
+    return result
 
 
 def optimiser_for(cfg, model: nn.Module) -> torch.optim.Optimizer:

@@ -117,9 +117,10 @@ def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
         model.eval()  # norms use their running statistics, which stay as training left them
         if chain:
             val = _evaluate_many(forward, params, k, *data.val)
-            test = _evaluate_many(forward, params, k, *data.test)
+            test = _evaluate_many(forward, params, k, *data.test) if spec.score_test else None
         else:  # one at a time: large evaluation batches under vmap (grouped convolutions) are slower
-            val, test = (_evaluate_each(model, params, buffers, k, *split) for split in (data.val, data.test))
+            val = _evaluate_each(model, params, buffers, k, *data.val)
+            test = _evaluate_each(model, params, buffers, k, *data.test) if spec.score_test else None
         for i, job in enumerate(jobs):
             if i in diverged:
                 done, why = diverged[i]
@@ -135,7 +136,7 @@ def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
                 continue
             results.append(TrainResult(job.individual_id, weights, train_loss=float(total[i]) / steps,
                                        val_loss=val[0][i], val_accuracy=val[1][i],
-                                       test_accuracy=test[1][i], steps=steps,
+                                       test_accuracy=None if test is None else test[1][i], steps=steps,
                                        extra={"sparse_layers": float(len(patterns))}))
     return results
 

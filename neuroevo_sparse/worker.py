@@ -8,13 +8,14 @@ laptop and on a cluster) and hand each group to `train_group`.
 from __future__ import annotations
 
 from .jobs import TrainJob, TrainResult, TrainSpec
-from .training import DeviceData, train
+from .training import DeviceData, score_test, train
 from .vectorised import train_many
 
 
 def groups(jobs: list[TrainJob], spec: TrainSpec) -> list[list[TrainJob]]:
-    """Consecutive groups of `training.vectorise_group` jobs (single jobs if not vectorised)."""
-    size = spec.training.vectorise_group if spec.vectorise else 1
+    """Consecutive groups of `training.vectorise_group` jobs (single jobs if not vectorised;
+    test-only jobs, which are short, in groups of that size whatever the path)."""
+    size = spec.training.vectorise_group if spec.vectorise or (jobs and jobs[0].test_only) else 1
     return [jobs[i: i + size] for i in range(0, len(jobs), size)]
 
 
@@ -22,6 +23,8 @@ def train_group(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
     """One result per job, in order: the group in one vectorised pass if the spec says so
     (MLPs there also run their sparse layers as one block-diagonal sparse matmul), else one
     job after another."""
+    if jobs and jobs[0].test_only:
+        return [score_test(j, spec, data) for j in jobs]
     if spec.vectorise and len(jobs) > 1:
         return train_many(jobs, spec, data)
     return [train(j, spec, data) for j in jobs]

@@ -62,6 +62,8 @@ class PoisonOne(LocalEvaluator):
     """A real local evaluator, handed one individual with NaN weights each generation."""
 
     def evaluate(self, jobs, on_result=None):
+        if jobs[0].test_only:  # scoring the test split trains nothing: nothing to poison
+            return super().evaluate(jobs, on_result)
         name = next(iter(jobs[0].masks))
         jobs[0].weights[name][jobs[0].masks[name]] = np.nan
         return super().evaluate(jobs, on_result)
@@ -78,3 +80,33 @@ def test_nan_individual_does_not_stop_the_run(tiny, tmp_path, monkeypatch):
     assert state.generation == tiny.evolution.generations
     offspring = bad[bad.evaluated & (bad.generation > 0)]
     assert len(offspring) and not offspring.selected.any()  # worst fitness: never survives
+
+
+@pytest.mark.parametrize("mode", ["weighted", "pareto"])
+def test_test_split_scores_only_the_chosen_and_changes_nothing_else(tiny, tmp_path, mode):
+    """output.test_accuracy = "chosen" (the default) leaves every column but test_accuracy as
+    "all" gives it; each generation's best survivor, its best survivor by validation and the
+    archive carry the very test accuracy "all" computes; the others carry none."""
+    fitness = dataclasses.replace(tiny.fitness, mode=mode, objectives=["val_accuracy", "active_params"],
+                                  weights=[1.0, -1e-5]) if mode == "pareto" else tiny.fitness
+    sparsity = dataclasses.replace(tiny.sparsity, fixed=False, min_density=0.2, max_density=0.9) \
+        if mode == "pareto" else tiny.sparsity
+    runs_by = {}
+    for which in ("all", "chosen"):
+        exp = dataclasses.replace(tiny, fitness=fitness, sparsity=sparsity,
+                                  output=dataclasses.replace(tiny.output, test_accuracy=which))
+        run, _ = runs.start(exp, tmp_path / which)
+        runs_by[which] = pd.read_parquet(run.path / "history")
+    full, chosen = runs_by["all"], runs_by["chosen"]
+    assert full.test_accuracy.notna().all()
+    pd.testing.assert_frame_equal(METRICS_ONLY(full).drop(columns="test_accuracy"),
+                                  METRICS_ONLY(chosen).drop(columns="test_accuracy"))
+    scored = chosen[chosen.test_accuracy.notna()]
+    assert 0 < scored.individual_id.nunique() < chosen.individual_id.nunique()
+    assert np.allclose(scored.test_accuracy, full.loc[scored.index, "test_accuracy"])
+    for g, rows in chosen[chosen.selected].groupby("generation"):
+        best_val = rows.sort_values(["val_accuracy", "individual_id"], ascending=[False, True]).iloc[0]
+        assert pd.notna(best_val.test_accuracy), f"generation {g}: the best by validation has no test accuracy"
+        if mode == "weighted":
+            best = rows.loc[rows.fitness.map(lambda f: f[0]).idxmax()]
+            assert pd.notna(best.test_accuracy), f"generation {g}: the best survivor has no test accuracy"
