@@ -7,8 +7,16 @@ and seeds; writes docs/RESULTS.md (tables, plots, verdicts) from what it measure
     python benchmarks/paper_claims.py --report-only        # rebuild docs/RESULTS.md from stored runs
 
 Every run is stored as JSON under benchmarks/results/paper/<suite>/ as soon as it finishes
-and skipped when the script runs again with the same config (so an interrupted benchmark
-continues where it stopped). Suites:
+and skipped when the script runs again with the same key (so an interrupted benchmark
+continues where it stopped). The key (benchmarks/cache_key.py) is every resolved config
+value, defaults included, the package and torch versions, and a hash of the source of every
+package module the run imports: a changed default or an edit of the code that trains makes
+the run stale, and a stale run is trained again, never reused.
+
+    python benchmarks/paper_claims.py --rekey              # re-key stale runs that provably reproduce
+
+`--rekey` trains the lowest seed of each group of stale runs (those that differ by seed only)
+again and re-keys the group only if every stored number comes back exactly. Suites:
 
   small      Fashion-MNIST MLP 784-300-100-10 at 10%  (experiments/paper/fashion_mlp_small.toml)
   fractions  the same MLP trained on 10%, 25%, 50% of the training samples
@@ -30,11 +38,13 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from cache_key import run_key  # noqa: E402
 
 from neuroevo_sparse import config, data, dst  # noqa: E402
 from neuroevo_sparse.data import DatasetNotFound  # noqa: E402
@@ -104,42 +114,132 @@ def matched_widths(suite: str) -> tuple[int, int]:
     return h, max(1, round(h / 3))
 
 
-def run_one(exp: config.Experiment, seed: int, path: Path, method: str | None = None) -> dict:
-    """Train (or reuse) one network; the stored JSON is keyed by the config's hash and seed."""
-    key = {"hash": exp.hash(), "seed": seed}
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored.get("key") == key:
-            return stored
-    splits = data.load(exp.data, seed)
+DST, GA = "neuroevo_sparse.dst", "neuroevo_sparse.runs"  # the entry points that train each kind of run
+
+
+@dataclass(frozen=True)
+class Job:
+    """One stored run: what to train, with which seed, where its JSON lives, and by what entry
+    point (which decides the code hashed into its key, cache_key.run_key)."""
+
+    exp: config.Experiment
+    seed: int
+    path: Path
+    method: str
+    entry: str
+
+    @property
+    def key(self) -> dict:
+        return run_key(self.exp, self.seed, self.entry)
+
+    def group(self) -> str:
+        """The run without its seed: runs of one group differ by seed only."""
+        return f"{self.path.parent.name}/{self.path.stem.rsplit('-s', 1)[0]}"
+
+
+def stored_run(job: Job) -> dict | None:
+    """The stored result of `job` if its key is the job's own; a stale or damaged file is None."""
+    try:
+        r = json.loads(job.path.read_text())
+    except (OSError, ValueError):
+        return None
+    return r if isinstance(r, dict) and r.get("key") == job.key else None
+
+
+def execute(job: Job) -> dict:
+    """Train `job` now, whatever is stored."""
     start = time.perf_counter()
-    run = dst.train_network(exp, splits, seed)
-    out = {"key": key, "method": method or exp.structure.method, "seed": seed,
-           "train_fraction": exp.data.train_fraction, "dataset": exp.data.dataset,
-           "converged_epoch": run.converged_epoch, "wall_s": time.perf_counter() - start,
-           "records": [dataclasses.asdict(r) for r in run.records]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    os.replace(tmp, path)
-    return out
+    if job.entry == DST:
+        run = dst.train_network(job.exp, data.load(job.exp.data, job.seed), job.seed)
+        return {"key": job.key, "method": job.method, "seed": job.seed,
+                "train_fraction": job.exp.data.train_fraction, "dataset": job.exp.data.dataset,
+                "converged_epoch": run.converged_epoch, "wall_s": time.perf_counter() - start,
+                "records": [dataclasses.asdict(r) for r in run.records]}
+    from neuroevo_sparse import runs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run, _ = runs.start(replace(job.exp, output=replace(job.exp.output, root=tmp)))
+        h = run.read_history()
+    per_gen = []
+    for g, rows in h[h.selected].groupby("generation"):  # the best survivor by validation
+        best = rows.sort_values(["val_accuracy", "individual_id"], ascending=[False, True]).iloc[0]
+        per_gen.append({"generation": int(g), "val_accuracy": float(best.val_accuracy),
+                        "test_accuracy": float(best.test_accuracy), "density": float(best.density),
+                        "active_params": int(best.active_params), "flops": int(best.flops)})
+    return {"key": job.key, "method": job.method, "seed": job.seed, "wall_s": time.perf_counter() - start,
+            "evaluations": int(h.evaluated.sum()), "generations": per_gen}
 
 
-def run_suite(name: str, seeds: list[int]) -> list[dict]:
+def store(job: Job, result: dict) -> None:
+    job.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = job.path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, job.path)
+
+
+def run_job(job: Job) -> dict:
+    """The stored result of `job`, or a fresh one (stored as soon as it is done)."""
+    r = stored_run(job)
+    if r is None:
+        r = execute(job)
+        store(job, r)
+    if job.entry == DST:
+        last = r["records"][-1]
+        print(f"  {job.group():>32} seed {job.seed}: test {last['test_accuracy']:.4f} density {last['density']:.3f} "
+              f"converged {r['converged_epoch']} ({r['wall_s']:.0f} s)", flush=True)
+    else:
+        last = r["generations"][-1]
+        print(f"  {job.group():>32} seed {job.seed}: best-by-val test {last['test_accuracy']:.4f} "
+              f"density {last['density']:.3f} ({r['wall_s']:.0f} s)", flush=True)
+    return r
+
+
+def _measured(r: dict) -> dict:
+    """A result without what may differ between two runs of the same code: key and time."""
+    drop = lambda d: {k: v for k, v in d.items() if k not in ("key", "wall_s", "seconds")}  # noqa: E731
+    out = drop(r)
+    for name in ("records", "generations"):
+        if name in out:
+            out[name] = [drop(x) for x in out[name]]
+    return json.loads(json.dumps(out))  # NaN == NaN as JSON text compares it
+
+
+def rekey(jobs: list[Job]) -> None:
+    """Give stored runs whose key is stale (another code hash, version or config) the current
+    key, but only after proof: per group (the runs that differ by seed only), the lowest seed is
+    trained again and must reproduce every stored number exactly (training is deterministic, so
+    one seed reproducing shows the code still computes what it computed); the group is then
+    re-keyed. A group that does not reproduce keeps its stale keys and is trained again by the
+    next normal run."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        if job.path.is_file() and stored_run(job) is None:
+            groups.setdefault(job.group(), []).append(job)
+    for name, members in groups.items():
+        probe = min(members, key=lambda j: j.seed)
+        try:
+            old = json.loads(probe.path.read_text())
+        except (OSError, ValueError):
+            print(f"  {name}: stored file unreadable, left to be trained again", flush=True)
+            continue
+        fresh = execute(probe)
+        if _measured(fresh) != _measured(old):
+            print(f"  {name}: seed {probe.seed} does NOT reproduce its stored result: not re-keyed "
+                  f"(the next run trains the group again)", flush=True)
+            continue
+        for job in members:
+            r = json.loads(job.path.read_text())
+            r["key"] = job.key
+            store(job, r)
+        print(f"  {name}: seed {probe.seed} reproduced exactly ({fresh['wall_s']:.0f} s): "
+              f"{len(members)} runs re-keyed", flush=True)
+
+
+def suite_jobs(name: str, seeds: list[int]) -> list[Job]:
     spec = SUITES[name]
-    results = []
-    for fraction in spec["fractions"]:
-        for method in spec["methods"]:
-            exp = suite_experiment(name, method, fraction)
-            for seed in seeds:
-                path = OUT / name / f"{method}-f{fraction:g}-s{seed}.json"
-                r = run_one(exp, seed, path, method)
-                last = r["records"][-1]
-                print(f"  {name:>9} {method:>10} f={fraction:<4g} seed {seed}: test {last['test_accuracy']:.4f} "
-                      f"density {last['density']:.3f} converged {r['converged_epoch']} ({r['wall_s']:.0f} s)",
-                      flush=True)
-                results.append(r)
-    return results
+    return [Job(suite_experiment(name, method, fraction), seed, OUT / name / f"{method}-f{fraction:g}-s{seed}.json",
+                method, DST)
+            for fraction in spec["fractions"] for method in spec["methods"] for seed in seeds]
 
 
 GA_TOML = PAPER / "fashion_mlp_small_ga.toml"
@@ -152,7 +252,7 @@ def ga_budget() -> int:
     return ev.population + ev.generations * (ev.offspring or ev.population)
 
 
-def run_ga(seeds: list[int]) -> list[dict]:
+def ga_jobs(seeds: list[int]) -> list[Job]:
     """The GA twice per seed (the paper's methods as mutations, SET as mutation), and what the
     same budget buys otherwise: random search (as many random masks, one epoch each, the best by
     validation) and one network trained for all of it (method 1, `ga-budget`)."""
@@ -160,47 +260,17 @@ def run_ga(seeds: list[int]) -> list[dict]:
     variants = [("ga-methods", ['evolution.mutations=["threshold", "strength"]']),
                 ("ga-set", ['evolution.mutations=["set"]']),
                 ("ga-random", [f"evolution.population={budget}", "evolution.generations=0"])]
-    results = []
-    for variant, sets in variants:
-        for seed in seeds:
-            exp = config.load(GA_TOML, sets + [f"experiment.seed={seed}", 'resources.backend="local"',
-                                               'output.progress="none"'])
-            results.append(_ga_run(variant, exp, seed))
-    for seed in seeds:
-        exp = config.load(PAPER / "fashion_mlp_small.toml", ["structure.method=threshold", f"training.epochs={budget}"])
-        r = run_one(exp, seed, OUT / "ga-budget" / f"threshold-s{seed}.json", "single-threshold")
-        print(f"  ga-budget threshold seed {seed}: test {r['records'][-1]['test_accuracy']:.4f} "
-              f"({budget} epochs, {r['wall_s']:.0f} s)", flush=True)
-    return results
+    jobs = [Job(config.load(GA_TOML, sets + [f"experiment.seed={seed}", 'resources.backend="local"',
+                                             'output.progress="none"']),
+                seed, OUT / "ga" / f"{variant}-s{seed}.json", variant, GA)
+            for variant, sets in variants for seed in seeds]
+    single = config.load(PAPER / "fashion_mlp_small.toml", ["structure.method=threshold", f"training.epochs={budget}"])
+    return jobs + [Job(single, seed, OUT / "ga-budget" / f"threshold-s{seed}.json", "single-threshold", DST)
+                   for seed in seeds]
 
 
-def _ga_run(variant: str, exp: config.Experiment, seed: int) -> dict:
-    """One GA run (or its stored result): the best survivor by validation, per generation."""
-    from neuroevo_sparse import runs
-
-    path = OUT / "ga" / f"{variant}-s{seed}.json"
-    key = {"hash": exp.hash(), "seed": seed}
-    if path.is_file() and json.loads(path.read_text()).get("key") == key:
-        return json.loads(path.read_text())
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        run, _ = runs.start(replace(exp, output=replace(exp.output, root=tmp)))
-        h = run.read_history()
-    evaluated = h[h.evaluated]
-    per_gen = []
-    for g, rows in h[h.selected].groupby("generation"):
-        best = rows.sort_values(["val_accuracy", "individual_id"], ascending=[False, True]).iloc[0]
-        per_gen.append({"generation": int(g), "val_accuracy": float(best.val_accuracy),
-                        "test_accuracy": float(best.test_accuracy), "density": float(best.density),
-                        "active_params": int(best.active_params), "flops": int(best.flops)})
-    out = {"key": key, "method": variant, "seed": seed, "wall_s": time.perf_counter() - start,
-           "evaluations": int(len(evaluated)), "generations": per_gen}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
-    last = per_gen[-1]
-    print(f"  ga {variant:>10} seed {seed}: best-by-val test {last['test_accuracy']:.4f} "
-          f"density {last['density']:.3f} ({out['wall_s']:.0f} s)", flush=True)
-    return out
+def jobs_of(name: str, seeds: list[int]) -> list[Job]:
+    return ga_jobs(seeds) if name == "ga" else suite_jobs(name, seeds)
 
 
 # ----------------------------------------------------------------------------- report
@@ -613,15 +683,23 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=SEEDS, help="seeds (default 0-4: verdicts need 5)")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "RESULTS.md")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from stored runs")
+    p.add_argument("--rekey", action="store_true",
+                   help="re-key stale stored runs whose lowest seed reproduces exactly (see `rekey`), then stop")
     args = p.parse_args()
+    if args.rekey:
+        for name in args.suites:
+            print(f"suite {name}", flush=True)
+            try:
+                rekey(jobs_of(name, args.seeds))
+            except DatasetNotFound as e:
+                print(f"  skipped: {e}", flush=True)
+        return
     if not args.report_only:
         for name in args.suites:
             print(f"suite {name}", flush=True)
             try:
-                if name == "ga":
-                    run_ga(args.seeds)
-                else:
-                    run_suite(name, args.seeds)
+                for job in jobs_of(name, args.seeds):
+                    run_job(job)
             except DatasetNotFound as e:
                 print(f"  skipped: {e}", flush=True)
             report(args.seeds, args.docs)  # after every suite: partial results are kept

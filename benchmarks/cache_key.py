@@ -1,0 +1,84 @@
+"""What a stored benchmark run is keyed by, so that a stale result is never reused silently.
+
+A key holds every resolved config value (defaults included: a default changed in the code
+changes the key of every run that left it alone), the package and torch versions, and a hash
+of the source of every neuroevo_sparse module the run's entry point imports, followed
+transitively (`code_hash`): an edit to the code that trains changes the key even where the
+version was not bumped, and an edit elsewhere (the CLI, plots) does not.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "neuroevo_sparse"
+
+
+def _file_of(module: str) -> Path | None:
+    """neuroevo_sparse.a.b -> its source file, or None if it is not a module of the package."""
+    parts = module.split(".")[1:]
+    base = PACKAGE.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(path: Path, module: str, top_level: bool = False) -> set[str]:
+    """Modules of the package that `path` (the module `module`) imports: anywhere in it (an
+    import inside a function may run while training), or only at module level."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), str(path))
+    found = set()
+    for node in (tree.body if top_level else ast.walk(tree)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "neuroevo_sparse"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{base}.{node.module}" if node.module else base
+            elif (node.module or "").split(".")[0] == "neuroevo_sparse":
+                base = node.module
+            else:
+                continue
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}  # `from . import x`: x may be a module
+    return {m for m in found if _file_of(m) is not None}
+
+
+@lru_cache(maxsize=None)
+def modules_of(entry: str) -> tuple[str, ...]:
+    """The package modules `entry` (e.g. "neuroevo_sparse.dst") needs, itself included, sorted.
+    Parent packages' __init__ files count too, since Python runs them on import, with what they
+    import at module level (neuroevo_sparse/__init__.py imports its API lazily, on first use)."""
+    seen, todo = set(), [(entry, False)]
+    while todo:
+        m, as_parent = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        parts = m.split(".")
+        todo += [(".".join(parts[:i]), True) for i in range(1, len(parts))]
+        todo += [(i, False) for i in sorted(_imports(_file_of(m), m, top_level=as_parent))]
+    return tuple(sorted(seen))
+
+
+def code_hash(entry: str) -> str:
+    h = hashlib.sha256()
+    for m in modules_of(entry):
+        h.update(m.encode() + b"\0" + _file_of(m).read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def run_key(exp, seed: int, entry: str) -> dict:
+    """The key of one stored run of `exp` (a config.Experiment) with `seed`, trained by `entry`."""
+    import torch
+
+    import neuroevo_sparse
+    blob = json.dumps(exp.to_dict(), sort_keys=True, default=str)
+    return {"config": hashlib.sha256(blob.encode()).hexdigest()[:16], "code": code_hash(entry),
+            "version": neuroevo_sparse.__version__, "torch": torch.__version__, "seed": seed}

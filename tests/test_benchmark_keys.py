@@ -1,0 +1,116 @@
+"""The claims benchmark never reuses a stale stored run: its key holds every resolved config
+value (a default changed in the code counts), the versions and the hash of the code that
+trains; a stale run is re-keyed only when it provably reproduces."""
+
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import cache_key  # noqa: E402
+import paper_claims  # noqa: E402
+from conftest import TINY  # noqa: E402
+
+from neuroevo_sparse import config  # noqa: E402
+from neuroevo_sparse.config import StructureConfig  # noqa: E402
+
+DST_TOML = TINY.replace("[training]", "[structure]\nmethod = \"threshold\"\n\n[training]\nepochs = 2") \
+    .replace("steps = 20\n", "")
+
+
+def job(tmp_path: Path, seed: int = 0, toml: str = DST_TOML) -> paper_claims.Job:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "t.toml"
+    path.write_text(toml)
+    return paper_claims.Job(config.load(path), seed, tmp_path / "suite" / f"threshold-f1-s{seed}.json",
+                            "threshold", paper_claims.DST)
+
+
+def with_default(monkeypatch, cls, name: str, value) -> None:
+    """What editing `name: ... = value` in config.py does to configs loaded afterwards."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    defaults = list(cls.__init__.__defaults__)
+    defaults[names.index(name)] = value
+    monkeypatch.setattr(cls.__init__, "__defaults__", tuple(defaults))
+
+
+def test_a_changed_default_invalidates_the_runs_that_left_it_alone(tmp_path, monkeypatch):
+    j = job(tmp_path)
+    first = paper_claims.run_job(j)
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731 (NaN-safe)
+    assert same(paper_claims.run_job(job(tmp_path)), first)  # same key: reused (its wall_s too), not trained again
+    explicit = job(tmp_path / "explicit", toml=DST_TOML.replace('method = "threshold"',
+                                                                'method = "threshold"\nthreshold_decay = 0.5'))
+    explicit_key = explicit.key
+    assert job(tmp_path).exp.structure.threshold_decay == 0.5 and explicit.exp == j.exp
+
+    with_default(monkeypatch, StructureConfig, "threshold_decay", 0.9)
+    changed = job(tmp_path)
+    assert changed.exp.structure.threshold_decay == 0.9
+    assert changed.key["config"] != first["key"]["config"]
+    assert paper_claims.stored_run(changed) is None
+    again = paper_claims.run_job(changed)  # trained again, with the new default, and stored
+    assert again["key"] == changed.key and not same(again["records"], first["records"])
+    assert json.loads(changed.path.read_text())["key"] == changed.key
+    # A run that set the key itself is not affected by the default.
+    assert job(tmp_path / "explicit", toml=DST_TOML.replace(
+        'method = "threshold"', 'method = "threshold"\nthreshold_decay = 0.5')).key == explicit_key
+
+
+def test_the_code_hash_follows_what_the_entry_point_imports(tmp_path, monkeypatch):
+    dst_modules = cache_key.modules_of("neuroevo_sparse.dst")
+    assert {"neuroevo_sparse.structure", "neuroevo_sparse.training", "neuroevo_sparse.sparse",
+            "neuroevo_sparse.models", "neuroevo_sparse.config", "neuroevo_sparse"} <= set(dst_modules)
+    assert not {"neuroevo_sparse.cli", "neuroevo_sparse.plots", "neuroevo_sparse.operators",
+                "neuroevo_sparse.evolution"} & set(dst_modules)
+    assert {"neuroevo_sparse.operators", "neuroevo_sparse.evolution", "neuroevo_sparse.evaluators.ray",
+            "neuroevo_sparse.store.history"} <= set(cache_key.modules_of("neuroevo_sparse.runs"))
+
+    copy = tmp_path / "neuroevo_sparse"
+    shutil.copytree(cache_key.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cache_key, "PACKAGE", copy)
+    before = {e: cache_key.code_hash(e) for e in ("neuroevo_sparse.dst", "neuroevo_sparse.runs")}
+    (copy / "cli.py").write_text((copy / "cli.py").read_text() + "\n# an edit outside training\n")
+    assert {e: cache_key.code_hash(e) for e in before} == before
+    (copy / "operators.py").write_text((copy / "operators.py").read_text() + "\n# a GA edit\n")
+    assert cache_key.code_hash("neuroevo_sparse.dst") == before["neuroevo_sparse.dst"]
+    assert cache_key.code_hash("neuroevo_sparse.runs") != before["neuroevo_sparse.runs"]
+    (copy / "structure.py").write_text((copy / "structure.py").read_text() + "\n# a training edit\n")
+    assert cache_key.code_hash("neuroevo_sparse.dst") != before["neuroevo_sparse.dst"]
+
+
+def test_stale_runs_are_rekeyed_only_when_they_reproduce(tmp_path, capsys):
+    jobs = [job(tmp_path, seed) for seed in (0, 1)]
+    for j in jobs:
+        paper_claims.run_job(j)
+    for j in jobs:  # as if written by other code: a stale key
+        r = json.loads(j.path.read_text())
+        r["key"] = {**r["key"], "code": "0" * 16}
+        j.path.write_text(json.dumps(r))
+    assert all(paper_claims.stored_run(j) is None for j in jobs)
+    paper_claims.rekey(jobs)
+    assert all(paper_claims.stored_run(j) is not None for j in jobs)
+    assert "reproduced exactly" in capsys.readouterr().out
+
+    for j in jobs:  # stale, and the stored numbers are not what the code computes
+        r = json.loads(j.path.read_text())
+        r["key"] = {**r["key"], "code": "0" * 16}
+        r["records"][-1]["test_accuracy"] += 0.01
+        j.path.write_text(json.dumps(r))
+    paper_claims.rekey(jobs)
+    assert all(paper_claims.stored_run(j) is None for j in jobs)
+    assert "does NOT reproduce" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["small", "ga"])
+def test_every_stored_claims_run_has_its_current_key(name):
+    """The stored runs behind docs/RESULTS.md are the current code's (or reproduced by it)."""
+    jobs = paper_claims.jobs_of(name, paper_claims.SEEDS)
+    stale = [str(j.path.relative_to(ROOT)) for j in jobs if j.path.is_file() and paper_claims.stored_run(j) is None]
+    assert not stale, f"stale stored runs (python benchmarks/paper_claims.py --rekey or rerun): {stale[:5]}"
