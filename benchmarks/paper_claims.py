@@ -583,8 +583,12 @@ def report(seeds: list[int], docs: Path) -> None:
              "settings of neuroevo_sparse 0.1 these runs were made with (the GA with methods 1+2 was rerun in 0.2, "
              "when the two kinds of newborn in one GA became one key). The defaults since 0.2 are dense fans and "
              "random newborns: [ABLATION.md](ABLATION.md).", "",
-             f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), no GPU, Python "
-             f"{platform.python_version()}, torch {_version('torch')}; {time.strftime('%Y-%m-%d')}.", "",
+             machine_line(), "",
+             "Reuse: every run is stored under a key of every resolved config value (defaults included), "
+             "the package and torch versions and a hash of the source of every package module it imports "
+             "(`benchmarks/cache_key.py`); a run whose key is not the current one is trained again, or re-keyed "
+             "by `--rekey` only if the lowest seed of its group, trained again now, reproduces every stored "
+             "number exactly.", "",
              "Commands:", "", "```"] + commands + ["```", "",
              "Setup shared by every method of a table: the same TOML (experiments/paper/), the same seeds (the "
              "seed fixes the validation split, the initial weights and mask, and the batch order, so every "
@@ -668,12 +672,26 @@ def report(seeds: list[int], docs: Path) -> None:
     print(f"wrote {docs}")
 
 
-def _version(pkg: str) -> str:
+MACHINE = OUT / "machine.json"
+
+
+def record_machine() -> None:
+    """Where the runs were measured: written when runs are made, read by --report-only, so the
+    page rebuilt elsewhere or on another day is the same page."""
+    import torch
+    MACHINE.parent.mkdir(parents=True, exist_ok=True)
+    MACHINE.write_text(json.dumps({"cpus": os.cpu_count(), "machine": platform.machine(),
+                                   "gpu": torch.cuda.is_available(), "python": platform.python_version(),
+                                   "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}, indent=1))
+
+
+def machine_line() -> str:
     try:
-        from importlib.metadata import version
-        return version(pkg)
-    except Exception:
-        return "?"
+        m = json.loads(MACHINE.read_text())
+    except (OSError, ValueError):
+        return "Machine: not recorded (runs made before benchmarks/results/paper/machine.json existed)."
+    return (f"Machine: {m['cpus']} CPU cores ({m['machine']}), {'a GPU' if m['gpu'] else 'no GPU'}, Python "
+            f"{m['python']}, torch {m['torch']}; runs last made {m['date']}.")
 
 
 def main() -> None:
@@ -695,6 +713,7 @@ def main() -> None:
                 print(f"  skipped: {e}", flush=True)
         return
     if not args.report_only:
+        record_machine()
         for name in args.suites:
             print(f"suite {name}", flush=True)
             try:
