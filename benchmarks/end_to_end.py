@@ -21,6 +21,7 @@ peak. And one dense network of the same shape trained for as many samples as the
     python benchmarks/end_to_end.py                          # 4 densities x 3 seeds (~40 min on 2 cores)
     python benchmarks/end_to_end.py --densities 0.1 --seeds 0
     python benchmarks/end_to_end.py --report-only            # the table from the stored JSON
+    python benchmarks/end_to_end.py --paths                  # also each fixed training path: is auto the fastest?
 """
 
 from __future__ import annotations
@@ -79,6 +80,13 @@ def run_framework(density: float, seed: int, extra: list[str]) -> dict:
             "evaluations": int(len(e)), "train_s": float(e.train_seconds.sum()), "curve": curve}
 
 
+# The fixed training paths `auto` chooses among (training.vectorise x training.sparse_kernels).
+PATHS = {"one-by-one, sparse": ['training.vectorise="off"', 'training.sparse_kernels="on"'],
+         "one-by-one, dense-masked": ['training.vectorise="off"', 'training.sparse_kernels="off"'],
+         "vectorised, sparse": ['training.vectorise="on"', 'training.sparse_kernels="on"'],
+         "vectorised, dense-masked": ['training.vectorise="on"', 'training.sparse_kernels="off"']}
+
+
 def run_dense(seed: int) -> dict:
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reference_ga.py"), "--dense",
                           "--seed", str(seed)], capture_output=True, text=True, check=True)
@@ -130,6 +138,18 @@ def summarise(runs: list[dict], dense: list[dict], peak: float) -> str:
                      f"{gf / fw_wall:>7.2f} {tta:>15} {statistics.mean(ref_t):.4f}±{sd(ref_t):.4f} "
                      f"{statistics.mean(fw_t):.4f}±{sd(fw_t):.4f} {statistics.mean(fw_t) - statistics.mean(ref_t):>+8.4f} "
                      f"{welch_p(fw_t, ref_t):>5.2f}")
+    with_paths = [r for r in runs if r.get("paths")]
+    if with_paths:
+        names = list(PATHS)
+        lines += ["", "Training paths, framework whole-process wall s (medians over seeds); auto against the best "
+                  "fixed path", f"{'density':>7} {'auto':>6} " + " ".join(f"{n:>24}" for n in names)
+                  + f" {'auto / best':>11}"]
+        for d in sorted({r["density"] for r in with_paths}):
+            rs = [r for r in with_paths if r["density"] == d]
+            auto = statistics.median(r["framework"]["wall_s"] for r in rs)
+            fixed = {n: statistics.median(r["paths"][n]["wall_s"] for r in rs) for n in names}
+            lines.append(f"{d:>7.0%} {auto:>6.1f} " + " ".join(f"{fixed[n]:>24.1f}" for n in names)
+                         + f" {auto / min(fixed.values()):>10.2f}x")
     if dense:
         t = [r["test"] for r in dense]
         lines.append(f"dense 784-300-100-10, same samples as one GA run ({dense[0]['samples']:,}): test "
@@ -148,6 +168,8 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="an override for the framework's runs (e.g. training.vectorise=\"off\")")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense network")
+    ap.add_argument("--paths", action="store_true",
+                    help="also run the framework on each fixed training path (is auto's choice the fastest?)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
@@ -171,6 +193,8 @@ def main() -> None:
             i += 1
             target = pair["reference"]["val"]
             ref_t, fw_t = time_to(pair["reference"]["curve"], target), time_to(pair["framework"]["curve"], target)
+            if args.paths:
+                pair["paths"] = {name: run_framework(d, seed, args.sets + sets) for name, sets in PATHS.items()}
             runs.append({"density": d, "seed": seed, **pair, "tta_ratio": None if fw_t is None else fw_t / ref_t})
             print(f"d={d:g} seed {seed}: reference {pair['reference']['wall_s']:.1f} s test "
                   f"{pair['reference']['test']:.4f} | framework {pair['framework']['wall_s']:.1f} s test "
