@@ -7,7 +7,7 @@ from neuroevo_sparse.models import Architecture
 from neuroevo_sparse import data, models
 from neuroevo_sparse.genome import Init, random_genome, target_counts
 from neuroevo_sparse.jobs import TrainJob, TrainSpec
-from neuroevo_sparse.training import DeviceData, train
+from neuroevo_sparse.training import DeviceData, score_test, train
 
 
 def make(exp, density=0.3, **training):
@@ -40,7 +40,12 @@ def test_mask_enforced_during_training(tiny):
 def test_training_learns(tiny):
     g, spec, d = make(tiny, steps=60, lr=0.01)
     r = train(job(g), spec, d)
-    assert r.val_accuracy > 0.8 and r.test_accuracy is not None and r.steps == 60
+    assert r.val_accuracy > 0.8 and r.steps == 60
+    assert r.test_accuracy is None  # output.test_accuracy = "chosen": the driver asks for it apart
+    scored = train(job(g), dataclasses.replace(spec, score_test=True), d)
+    tested = score_test(TrainJob(g.id, 0, 0, g.masks, r.weights, test_only=True), spec, d)
+    assert scored.test_accuracy is not None and tested.status == "ok" and tested.weights == {}
+    assert tested.test_accuracy == pytest.approx(scored.test_accuracy, abs=1e-12)
 
 
 def test_same_job_same_result(tiny):

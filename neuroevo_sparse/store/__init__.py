@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -112,7 +113,11 @@ class RunDir:
 
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp = out_dir / f".model.pt.tmp-{os.getpid()}"
-        torch.save({k: torch.from_numpy(np.array(v)) for k, v in weights.items()}, tmp)
+        # Serialised in memory, written by Python: a full disk is then an OSError (ENOSPC) that
+        # names itself, not torch's C++ "basic_ios::clear: iostream error".
+        buffer = io.BytesIO()
+        torch.save({k: torch.from_numpy(np.array(v)) for k, v in weights.items()}, buffer)
+        tmp.write_bytes(buffer.getbuffer())
         os.replace(tmp, out_dir / "model.pt")
         tmp = out_dir / f".masks.npz.tmp-{os.getpid()}.npz"
         np.savez(tmp, **masks)
