@@ -325,15 +325,16 @@ def make_toolbox(exp: Experiment, var: Variation) -> base.Toolbox:
     toolbox = base.Toolbox()
     if ev.crossover != "none":
         toolbox.register("mate", CROSSOVERS[ev.crossover], var)
-    fractions = {"rewire": ev.rewire_fraction, "grow": ev.resize_fraction,
-                 "prune": ev.resize_fraction, "move": ev.move_fraction}
-    functions = {"rewire": mut_rewire, "grow": mut_grow, "prune": mut_prune, "move": mut_move}
+    # Each mutation with its settings; any other name is a structure rule (mut_structure).
+    functions = {"set": (mut_set, dict(fraction=ev.prune_fraction, signed=exp.structure.set_prune == "signed")),
+                 "rewire": (mut_rewire, dict(fraction=ev.rewire_fraction)),
+                 "grow": (mut_grow, dict(fraction=ev.resize_fraction)),
+                 "prune": (mut_prune, dict(fraction=ev.resize_fraction)),
+                 "move": (mut_move, dict(fraction=ev.move_fraction))}
     for name in ev.mutations:
-        if name == "set":
-            toolbox.register("mutate_set", mut_set, var, fraction=ev.prune_fraction,
-                             signed=exp.structure.set_prune == "signed")
-        elif name in functions:
-            toolbox.register(f"mutate_{name}", functions[name], var, fraction=fractions[name])
+        if name in functions:
+            function, settings = functions[name]
+            toolbox.register(f"mutate_{name}", function, var, **settings)
         else:
             toolbox.register(f"mutate_{name}", mut_structure, var, method=name, params=exp.structure)
     toolbox.mutations = list(ev.mutations)
