@@ -19,10 +19,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "neuroevo_sparse"
 
 
 def _file_of(module: str) -> Path | None:
-    """neuroevo_sparse.a.b -> its source file, or None if it is not a module of the package."""
+    """neuroevo_sparse.a.b -> its source file, or None if it is not a module of the package
+    (a C extension's source, neuroevo_sparse/_kernels.c, counts: it decides the arithmetic)."""
     parts = module.split(".")[1:]
     base = PACKAGE.joinpath(*parts)
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+    for candidate in (base.with_suffix(".py"), base / "__init__.py", base.with_suffix(".c")):
         if candidate.is_file():
             return candidate
     return None
@@ -45,8 +46,12 @@ def _imports(path: Path, module: str, top_level: bool = False) -> set[str]:
                 base = node.module
             else:
                 continue
-            found.add(base)
-            found |= {f"{base}.{a.name}" for a in node.names}  # `from . import x`: x may be a module
+            submodules = {f"{base}.{a.name}" for a in node.names if _file_of(f"{base}.{a.name}")}
+            # `from . import x` with x a module runs the package's __init__ as a parent only
+            # (modules_of adds parents); any other name is taken from the package itself.
+            if len(submodules) < len(node.names):
+                found.add(base)
+            found |= submodules
     return {m for m in found if _file_of(m) is not None}
 
 
@@ -63,7 +68,8 @@ def modules_of(entry: str) -> tuple[str, ...]:
         seen.add(m)
         parts = m.split(".")
         todo += [(".".join(parts[:i]), True) for i in range(1, len(parts))]
-        todo += [(i, False) for i in sorted(_imports(_file_of(m), m, top_level=as_parent))]
+        if _file_of(m).suffix == ".py":
+            todo += [(i, False) for i in sorted(_imports(_file_of(m), m, top_level=as_parent))]
     return tuple(sorted(seen))
 
 

@@ -350,4 +350,12 @@ def _finished(run, state, generations: int, stop: StopFlag) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if os.environ.get(_CHILD):
+        # A supervised run has written and closed everything (Ray is stopped): skip the
+        # interpreter's teardown of torch and Ray, about a second.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

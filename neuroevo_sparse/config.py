@@ -181,11 +181,19 @@ class TrainingConfig:
     vectorise_group: int = _range(1, default=4)
     # Truly sparse Linear layers (CSR forward/backward, cost ~ active connections).
     # "auto": for masked Linear layers below `sparse_below` density with at least
-    # `sparse_min_size` weights (thresholds measured by benchmarks/throughput.py);
-    # "on": every masked Linear layer; "off": always dense weight * mask.
+    # `sparse_min_size` weights (thresholds measured by benchmarks/throughput.py; the size
+    # floor is for torch's CSR ops, whose per-call cost small layers do not repay: vectorised
+    # groups on the native kernels below have none); "on": every masked Linear layer; "off":
+    # always dense weight * mask.
     sparse_kernels: Literal["auto", "on", "off"] = "auto"
     sparse_below: float = _range(0.0, 1.0, default=0.3)
     sparse_min_size: int = _range(0, default=100_000)
+    # Kernels of those truly sparse layers on a CPU in vectorised groups (where activations are
+    # feature-major): "native", the C kernels built at install time (neuroevo_sparse/_kernels.c,
+    # about 2.5x torch's CSR forward on one core, benchmarks/kernels.py); "torch", torch's CSR
+    # ops; "auto": native where they were built. Resolved once on the driver, so that every
+    # worker does the same arithmetic; GPUs always use torch's.
+    cpu_kernels: Literal["auto", "native", "torch"] = "auto"
     # Learning rate over one training run: "constant", or "cosine" decay to 0 over its steps.
     lr_schedule: Literal["constant", "cosine"] = "constant"
 

@@ -87,10 +87,11 @@ def load(cfg: DataConfig, seed: int) -> Splits:
     val_idx, train_idx = _validation_split(len(train_y), cfg, seed)
     if cfg.train_fraction < 1.0:
         train_idx = train_idx[: max(1, int(round(cfg.train_fraction * len(train_idx))))]
-    mean, std = train_x[train_idx].mean(), train_x[train_idx].std() + 1e-8
-    norm = lambda x: ((x - mean) / std).astype(np.float32)  # noqa: E731
+    kept = train_x[train_idx]
+    mean, std = kept.mean(), kept.std() + 1e-8
+    norm = lambda x: ((x - mean) / std).astype(np.float32, copy=False)  # noqa: E731
     num_classes = int(max(train_y.max(), test_y.max()) + 1)
-    return Splits(norm(train_x[train_idx]), train_y[train_idx].astype(np.int64),
+    return Splits(norm(kept), train_y[train_idx].astype(np.int64),
                   norm(train_x[val_idx]), train_y[val_idx].astype(np.int64),
                   norm(test_x), test_y.astype(np.int64), num_classes)
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import Experiment, TrainingConfig
+from .config import ConfigError, Experiment, TrainingConfig
 
 if TYPE_CHECKING:
     from .models import Architecture, Builder
@@ -35,11 +35,25 @@ class TrainSpec:
     # Training jobs also score the test split (output.test_accuracy = "all"); otherwise the
     # driver asks for it with test-only jobs, for the individuals it reports.
     score_test: bool = True
+    # Sparse layers of vectorised groups on a CPU run on the C kernels (training.cpu_kernels),
+    # resolved on the driver like `vectorise`.
+    native_kernels: bool = False
 
     @classmethod
     def of(cls, exp: Experiment, arch: Architecture) -> "TrainSpec":
         return cls(arch.builder, exp.training, exp.resources.torch_threads, exp.resources.job_timeout_s,
-                   _vectorise(exp, arch), exp.output.test_accuracy == "all")
+                   _vectorise(exp, arch), exp.output.test_accuracy == "all", _native_kernels(exp))
+
+
+def _native_kernels(exp: Experiment) -> bool:
+    from . import kernels
+
+    mode = exp.training.cpu_kernels
+    if mode == "torch" or exp.resources.gpus_per_job > 0:
+        return False
+    if mode == "native" and not kernels.available():
+        raise ConfigError([f"training.cpu_kernels: 'native', but {kernels.status()}; or set it to 'auto' or 'torch'"])
+    return kernels.available()
 
 # Below this many parameters a CPU step is dominated by per-call overhead, which batching
 # removes (5x on the quickstart MLP); above it a dense step is bound by the matmuls and

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import __version__, data, tracking
+from . import __version__, data, plugins, tracking
 from .config import RESUME_SAFE_KEYS, ConfigError, Experiment, diff, to_toml
-from .evaluators import ClusterLost, make as make_evaluator
+from .evaluators import ClusterLost, Cluster, connect, make as make_evaluator
 from .evolution import Callback, Evolution, State
 from .jobs import TrainSpec
 from .models import Architecture
@@ -24,19 +25,46 @@ def start(exp: Experiment, run_dir: str | Path | None = None,
           callbacks: Sequence[Callback] = ()) -> tuple[RunDir, State]:
     """Run an experiment from generation 0 in a new run directory."""
     # Data and network before the run dir: a missing dataset or a broken factory leaves nothing.
-    splits = data.load(exp.data, exp.experiment.seed)
-    arch = Architecture.of(exp, splits.input_shape, splits.num_classes)
-    if exp.resources.backend == "ray":  # code to ship that is not there: said before anything is written
-        from .evaluators.ray import runtime_env
-        runtime_env(exp.resources, arch.builder.factory)
     tracking.check(exp)
-    run = RunDir.create(exp, run_dir)
+    splits, arch, cluster = _prepare(exp)
+    try:
+        run = RunDir.create(exp, run_dir)
+    except BaseException:
+        _close(cluster)
+        raise
     on_created(run.path)
     log.info("run directory: %s", run.path)
     log.info("data: %s %s", exp.data.factory or exp.data.dataset, splits.summary())
     log.info("network: %s, %d parameters, %d masked tensor(s)", exp.model.factory or exp.model.kind,
              arch.parameters, len(arch.maskable))
-    return run, _execute(exp, run, splits, None, should_stop, callbacks, arch)
+    return run, _execute(exp, run, splits, None, should_stop, callbacks, arch, cluster)
+
+
+def _prepare(exp: Experiment) -> tuple[data.Splits, Architecture, Cluster | None]:
+    """The data and the network, loaded in a thread while the evaluator's cluster starts (a
+    local Ray takes ~5 s, the data about as long: their start-ups overlap). Errors of either
+    come as they would alone; a cluster started here is stopped on any of them."""
+    factory = plugins.resolve(exp.model.factory, "model.factory") if exp.model.factory else None
+    with ThreadPoolExecutor(1, thread_name_prefix="neuroevo-data") as pool:
+        loading = pool.submit(_data_and_network, exp)
+        cluster = None
+        try:
+            cluster = connect(exp, factory)
+            splits, arch = loading.result()
+        except BaseException:
+            _close(cluster)
+            raise
+    return splits, arch, cluster
+
+
+def _data_and_network(exp: Experiment) -> tuple[data.Splits, Architecture]:
+    splits = data.load(exp.data, exp.experiment.seed)
+    return splits, Architecture.of(exp, splits.input_shape, splits.num_classes)
+
+
+def _close(cluster: Cluster | None) -> None:
+    if cluster is not None:
+        cluster.close()
 
 
 def resume(run_path: str | Path, overrides: list[str] | None = None, generations: int | None = None,
@@ -67,10 +95,13 @@ def resume(run_path: str | Path, overrides: list[str] | None = None, generations
     done = _check_checkpoint(run, loaded, original, exp) if loaded else -1
     if exp != original:
         run.config_path.write_text(to_toml(exp))
-    splits = data.load(exp.data, exp.experiment.seed)
-    arch = Architecture.of(exp, splits.input_shape, splits.num_classes)
-    dropped = run.drop_history_after(done)
-    missing = run.missing_history(done)
+    splits, arch, cluster = _prepare(exp)
+    try:
+        dropped = run.drop_history_after(done)
+        missing = run.missing_history(done)
+    except BaseException:
+        _close(cluster)
+        raise
     if missing:
         log.warning("history parts of generation(s) %s are missing: they cannot be recomputed from the "
                     "checkpoint, so this run's history will lack them (inspect and plot will say so)",
@@ -80,7 +111,7 @@ def resume(run_path: str | Path, overrides: list[str] | None = None, generations
                  f" (history of {len(dropped)} later generation(s) replaced)" if dropped else "")
     else:
         log.info("%s has no checkpoint yet: starting it from generation 0", run.path)
-    return run, _execute(exp, run, splits, loaded, should_stop, callbacks, arch)
+    return run, _execute(exp, run, splits, loaded, should_stop, callbacks, arch, cluster)
 
 
 def _check_checkpoint(run: RunDir, loaded, original: Experiment, exp: Experiment) -> int:
@@ -106,12 +137,14 @@ def _check_checkpoint(run: RunDir, loaded, original: Experiment, exp: Experiment
     return done
 
 
-def _execute(exp, run, splits, loaded, should_stop, callbacks, arch: Architecture) -> State:
-    spec = TrainSpec.of(exp, arch)
-    trackers = tracking.trackers(exp, run.path)
+def _execute(exp, run, splits, loaded, should_stop, callbacks, arch: Architecture,
+             cluster: Cluster | None) -> State:
     evaluator = None
+    trackers = []
     try:
-        evaluator = make_evaluator(exp, spec, splits)
+        spec = TrainSpec.of(exp, arch)
+        trackers = tracking.trackers(exp, run.path)
+        evaluator = make_evaluator(exp, spec, splits, cluster)
         evo = Evolution(exp, arch, evaluator, run, should_stop, [*callbacks, *trackers])
         state = evo.restore(loaded.state, loaded.arrays) if loaded else None
         return evo.run(state)
@@ -122,5 +155,7 @@ def _execute(exp, run, splits, loaded, should_stop, callbacks, arch: Architectur
         for t in trackers:
             t.close()
         if evaluator is not None:
-            evaluator.close()
+            evaluator.close()  # and with it the cluster
+        else:
+            _close(cluster)
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import kernels
 from .config import TrainingConfig
 
 # CSR matmuls used here (CSR x dense, sampled_addmm) are stable on CPU and CUDA; the beta notice
@@ -33,7 +34,7 @@ class Pattern:
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int]):
         out_f, in_f = shape
         self.shape = (out_f, in_f)
-        self.rows, self.cols = rows, cols
+        self.rows, self.cols = rows.contiguous(), cols.contiguous()
         self.crow = torch.zeros(out_f + 1, dtype=torch.int64, device=rows.device)
         self.crow[1:] = torch.cumsum(torch.bincount(rows, minlength=out_f), 0)
         order = torch.argsort(cols * out_f + rows)                # CSR order of W^T
@@ -54,6 +55,14 @@ class Pattern:
         k, out_f, in_f = masks.shape
         which, rows, cols = masks.nonzero(as_tuple=True)          # k-major, then row-major
         return cls(which * out_f + rows, which * in_f + cols, (k * out_f, k * in_f))
+
+    @classmethod
+    def stacked(cls, masks: torch.Tensor) -> "Pattern":
+        """The K masks (K, out, in) stacked as one (K*out, in) matrix: the same values, in the
+        same order as `block_diagonal`'s, applied to one input that all K share."""
+        k, out_f, in_f = masks.shape
+        which, rows, cols = masks.nonzero(as_tuple=True)
+        return cls(which * out_f + rows, cols, (k * out_f, in_f))
 
     def csr(self, values: torch.Tensor) -> torch.Tensor:
         return torch.sparse_csr_tensor(self.crow, self.cols, values, self.shape, check_invariants=False)
@@ -84,10 +93,52 @@ class _SparseMatmul(torch.autograd.Function):
         return dx, dvalues, None
 
 
+def sparse_matmul_t(h: torch.Tensor, values: torch.Tensor, pattern: Pattern, native: bool = False) -> torch.Tensor:
+    """The sparse (out, in) matrix `values` at `pattern` times h (in, B): activations held
+    feature-major (one row per feature, one column per sample), as the vectorised MLP path
+    holds them, so that neither pass nor the weight gradient needs a transposed copy. `native`:
+    the C kernels of neuroevo_sparse.kernels (CPU, float32) instead of torch's CSR ops."""
+    return _SparseMatmulT.apply(h, values, pattern, native)
+
+
+class _SparseMatmulT(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, values: torch.Tensor, pattern: Pattern, native: bool) -> torch.Tensor:
+        ctx.save_for_backward(h, values)
+        ctx.pattern, ctx.native = pattern, native
+        if native:
+            return kernels.spmm(pattern.crow, pattern.cols, values, h, pattern.shape[0])
+        return pattern.csr(values) @ h
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        h, values = ctx.saved_tensors
+        p: Pattern = ctx.pattern
+        dy = dy.contiguous()
+        dh = dvalues = None
+        if ctx.native:
+            if ctx.needs_input_grad[0]:
+                dh = kernels.spmm(p.t_crow, p.t_col, values[p.t_perm], dy, p.shape[1])
+            if ctx.needs_input_grad[1]:
+                dvalues = kernels.sampled(p.crow, p.cols, dy, h)
+            return dh, dvalues, None, None
+        if ctx.needs_input_grad[0]:
+            dh = p.csr_t(values) @ dy
+        if ctx.needs_input_grad[1]:
+            # h.t() as a view: the sampled product reads it column-wise, faster than a copy.
+            dvalues = _sampled(dy, h.t(), p)
+        return dh, dvalues, None, None
+
+
 def _sampled_product(dy: torch.Tensor, x: torch.Tensor, p: Pattern) -> torch.Tensor:
     """(dy^T x) at the active positions only, in CSR order, without forming dy^T x."""
-    zeros = p.csr(torch.zeros(len(p.rows), dtype=dy.dtype, device=dy.device))
-    return torch.sparse.sampled_addmm(zeros, dy.t().contiguous(), x.contiguous(), beta=0.0).values()
+    return _sampled(dy.t().contiguous(), x.contiguous(), p)
+
+
+def _sampled(a: torch.Tensor, b: torch.Tensor, p: Pattern) -> torch.Tensor:
+    """(a b) at the active positions of `p` only, in CSR order: a (out, B), b (B, in)."""
+    zeros = p.csr(torch.zeros(len(p.rows), dtype=a.dtype, device=a.device))
+    return torch.sparse.sampled_addmm(zeros, a, b, beta=0.0).values()
 
 
 class SparseLinear(nn.Module):
@@ -109,12 +160,14 @@ class SparseLinear(nn.Module):
         return w
 
 
-def layers_to_sparsify(masks: dict[str, np.ndarray], cfg: TrainingConfig) -> list[str]:
-    """Weight names of the masked Linear layers (2-D masks) that `cfg` runs truly sparse."""
+def layers_to_sparsify(masks: dict[str, np.ndarray], cfg: TrainingConfig, min_size: int | None = None) -> list[str]:
+    """Weight names of the masked Linear layers (2-D masks) that `cfg` runs truly sparse;
+    `min_size` replaces `cfg.sparse_min_size` (the native kernels need none)."""
     if cfg.sparse_kernels == "off":
         return []
+    min_size = cfg.sparse_min_size if min_size is None else min_size
     return [k for k, m in masks.items() if m.ndim == 2 and (
-        cfg.sparse_kernels == "on" or (m.size >= cfg.sparse_min_size and m.mean() < cfg.sparse_below))]
+        cfg.sparse_kernels == "on" or (m.size >= min_size and m.mean() < cfg.sparse_below))]
 
 
 def sparsify(model: nn.Module, masks: dict[str, np.ndarray], names: list[str]) -> list[str]:

@@ -31,8 +31,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from . import kernels
 from .jobs import TrainJob, TrainResult, TrainSpec
-from .sparse import Pattern, layers_to_sparsify, sparse_matmul
+from .sparse import Pattern, layers_to_sparsify, sparse_matmul_t
 from .training import DeviceData, batches, evaluate, masked_step, optimiser_for, to_numpy
 
 
@@ -57,29 +58,84 @@ def train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list[
     return results
 
 
+class _Group:
+    """K jobs of one architecture as stacked tensors, and their batched forward: what training
+    and test scoring share. A masked Linear layer is truly sparse for the group if it is for
+    every individual in it (the group is fixed by the config, so this too is the same on every
+    worker); its parameter then holds the K individuals' active weights, in block-diagonal order."""
+
+    def __init__(self, jobs: list[TrainJob], spec: TrainSpec, data: DeviceData):
+        cfg, device = spec.training, data.device
+        self.model = model = spec.builder().to(device)
+        self.names = [n for n, _ in model.named_parameters()]
+        self.buffers = {n: torch.stack([torch.from_numpy(np.array(j.weights[n])) for j in jobs]).to(device)
+                        for n, _ in model.named_buffers()}
+        self.masks = masks = {n: torch.stack([torch.from_numpy(np.array(j.masks[n])) for j in jobs]).to(device)
+                              for n in jobs[0].masks}
+        self.chain = chain = _chain(model)
+        # The C kernels have no per-call cost that a minimum layer size would have to repay.
+        native = spec.native_kernels and device == "cpu"
+        if native and not kernels.available():
+            raise RuntimeError(f"the run uses the native sparse kernels (training.cpu_kernels), but on this "
+                               f"worker: {kernels.status()}")
+        min_size = 0 if native else None
+        sparse = [n for n in layers_to_sparsify(jobs[0].masks, cfg, min_size)
+                  if all(n in layers_to_sparsify(j.masks, cfg, min_size) for j in jobs[1:])] if chain else []
+        self.patterns = {n: Pattern.block_diagonal(masks[n]) for n in sparse}
+        self.owner = {n: masks[n].nonzero(as_tuple=True)[0] for n in sparse}   # individual of each value
+        self.holder = nn.Module()  # the optimiser wants parameters; the stacked tensors are them
+        for i, n in enumerate(self.names):
+            stacked = torch.stack([torch.from_numpy(np.array(j.weights[n])) for j in jobs]).to(device)
+            self.holder.register_parameter(f"p{i}", nn.Parameter(stacked[masks[n]] if n in self.patterns
+                                                                  else stacked))
+        self.params = {n: self.holder.get_parameter(f"p{i}") for i, n in enumerate(self.names)}
+        self.dense_masks = {n: m.to(torch.float32) for n, m in masks.items() if n not in self.patterns}
+        self.forward = (_ChainForward(chain, self.patterns, masks, native) if chain
+                        else _vmapped(model, self.buffers))
+
+    def logits(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Logits (K, classes, B) of the K individuals, each on its own samples idx[k] of x."""
+        if self.chain:
+            return self.forward(self.params, self.forward.inputs(x, idx))
+        return self.forward(self.params, x[idx])
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[float]]:
+        """Per individual (mean cross-entropy, accuracy) over a split, in evaluation mode (norms
+        use their running statistics, which stay as training left them)."""
+        self.model.eval()
+        k = len(next(iter(self.masks.values())))
+        if self.chain:
+            return _evaluate_many(self.forward, self.params, k, x, y)
+        # one at a time: large evaluation batches under vmap (grouped convolutions) are slower
+        return _evaluate_each(self.model, self.params, self.buffers, k, x, y)
+
+
+def score_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list[TrainResult]:
+    """The test accuracy of test-only jobs (their weights as they are), K at a time in one
+    batched pass on the kernels their training used; a failure fails the group's results."""
+    start = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(spec.torch_threads)
+    try:
+        accuracy = _Group(jobs, spec, data).evaluate(*data.test)[1]
+        results = [TrainResult(j.individual_id, {}, test_accuracy=a) for j, a in zip(jobs, accuracy)]
+    except Exception as e:
+        results = [TrainResult(j.individual_id, {}, status="failed", error=f"{type(e).__name__}: {e}")
+                   for j in jobs]
+    finally:
+        torch.set_num_threads(previous_threads)
+    for r in results:
+        r.train_seconds = (time.perf_counter() - start) / len(jobs)
+    return results
+
+
 def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list[TrainResult]:
     cfg, device, k = spec.training, data.device, len(jobs)
-    model = spec.builder().to(device)
-    names = [n for n, _ in model.named_parameters()]
-    buffers = {n: torch.stack([torch.from_numpy(np.array(j.weights[n])) for j in jobs]).to(device)
-               for n, _ in model.named_buffers()}
-    masks = {n: torch.stack([torch.from_numpy(np.array(j.masks[n])) for j in jobs]).to(device)
-             for n in jobs[0].masks}
-    chain = _chain(model)
-    # A layer is truly sparse for the group if it is for every individual in it (the group is
-    # fixed by the config, so this too is the same on every worker).
-    sparse = [n for n in layers_to_sparsify(jobs[0].masks, cfg)
-              if all(n in layers_to_sparsify(j.masks, cfg) for j in jobs[1:])] if chain else []
-    patterns = {n: Pattern.block_diagonal(masks[n]) for n in sparse}
-    owner = {n: masks[n].nonzero(as_tuple=True)[0] for n in sparse}   # individual of each value
-    holder = nn.Module()  # the optimiser wants parameters; the stacked tensors are them
-    for i, n in enumerate(names):
-        stacked = torch.stack([torch.from_numpy(np.array(j.weights[n])) for j in jobs]).to(device)
-        holder.register_parameter(f"p{i}", nn.Parameter(stacked[masks[n]] if n in patterns else stacked))
-    params = {n: holder.get_parameter(f"p{i}") for i, n in enumerate(names)}
-    dense_masks = {n: m.to(torch.float32) for n, m in masks.items() if n not in patterns}
-    optimiser = optimiser_for(cfg, holder)
-    forward = _chain_forward(chain, patterns) if chain else _vmapped(model, buffers)
+    group = _Group(jobs, spec, data)
+    model, names, buffers, masks = group.model, group.names, group.buffers, group.masks
+    patterns, owner, params = group.patterns, group.owner, group.params
+    optimiser = optimiser_for(cfg, group.holder)
 
     x_train, y_train = data.train
     n = len(y_train)
@@ -99,28 +155,22 @@ def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
                                 error=f"timeout: {limit:g}s ({k} x resources.job_timeout_s, vectorised "
                                       f"group) passed after {step} of {steps} steps") for j in jobs]
         idx = torch.stack([next(s) for s in streams])            # (K, B)
-        out = forward(params, x_train[idx])                       # (K, B, classes)
-        losses = nn.functional.cross_entropy(out.flatten(0, 1), y_train[idx].flatten(),
-                                             reduction="none").view(k, -1).mean(1)
+        out = group.logits(x_train, idx)                          # (K, classes, B)
+        losses = nn.functional.cross_entropy(out, y_train[idx], reduction="none").mean(1)
         bad = alive & ~torch.isfinite(losses)
         for i in bad.nonzero().flatten().tolist():
             diverged[i] = (step, f"loss became {losses[i].item()} at step {step + 1} of {steps}")
         alive &= ~bad
         keep = {name: alive[owner[name]] if name in owner else alive.view(k, *[1] * (p.dim() - 1))
                 for name, p in params.items()}
-        masked_step(torch.where(alive, losses, torch.zeros_like(losses)).sum(), optimiser, params, dense_masks,
-                    cfg, step, steps, keep=keep)
+        masked_step(torch.where(alive, losses, torch.zeros_like(losses)).sum(), optimiser, params,
+                    group.dense_masks, cfg, step, steps, keep=keep)
         total += torch.where(alive, losses.detach(), torch.zeros_like(losses)).double()
 
     results = []
+    val = group.evaluate(*data.val)
+    test = group.evaluate(*data.test) if spec.score_test else None
     with torch.no_grad():
-        model.eval()  # norms use their running statistics, which stay as training left them
-        if chain:
-            val = _evaluate_many(forward, params, k, *data.val)
-            test = _evaluate_many(forward, params, k, *data.test) if spec.score_test else None
-        else:  # one at a time: large evaluation batches under vmap (grouped convolutions) are slower
-            val = _evaluate_each(model, params, buffers, k, *data.val)
-            test = _evaluate_each(model, params, buffers, k, *data.test) if spec.score_test else None
         for i, job in enumerate(jobs):
             if i in diverged:
                 done, why = diverged[i]
@@ -154,9 +204,10 @@ def _individual(param: torch.Tensor, i: int, masks: torch.Tensor | None) -> np.n
 
 def _vmapped(model: nn.Module, buffers: dict[str, torch.Tensor]):
     """Forward of K copies of `model`, each with its own parameters and buffers (updated in
-    place, per individual, where the module updates them: BatchNorm in training mode)."""
+    place, per individual, where the module updates them: BatchNorm in training mode); logits
+    (K, classes, batch)."""
     run = vmap(lambda p, b, x: functional_call(model, (p, b), (x,)))
-    return lambda params, x: run(params, buffers, x)
+    return lambda params, x: run(params, buffers, x).transpose(1, 2)  # (K, classes, B), as the chain's
 
 
 def unvectorisable(builder) -> str | None:
@@ -185,31 +236,55 @@ def _chain(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
         return None
     layers = list(model.named_children())
     ok = all(isinstance(m, (nn.Flatten, nn.Linear) + _ELEMENTWISE) for _, m in layers)
-    return layers if ok else None
+    return layers if ok and any(isinstance(m, nn.Linear) for _, m in layers) else None
 
 
-def _chain_forward(chain: list[tuple[str, nn.Module]], patterns: dict[str, Pattern]):
-    """Forward of K MLPs at once: batched matmuls for dense layers; for truly sparse ones, one
-    sparse matmul with the K masks on the diagonal of a block matrix, the K inputs side by side."""
-    def forward(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:  # x: (K, B, ...)
-        for name, module in chain:
-            if isinstance(module, nn.Flatten):
-                x = x.flatten(2)
-            elif isinstance(module, nn.Linear):
-                w, b = params[f"{name}.weight"], params.get(f"{name}.bias")
-                pattern = patterns.get(f"{name}.weight")
-                if pattern is None:
-                    x = torch.bmm(x, w.transpose(1, 2))
+class _ChainForward:
+    """Forward of K MLPs at once, activations held feature-major, (K, features, batch), from
+    the input on (samples flattened): a dense layer is one batched matmul W h; a truly sparse
+    one is one sparse matmul whose matrix has the K masks on the diagonal of a block matrix,
+    applied to the K inputs stacked as (K * features, batch), which that layout already is, so
+    no layer needs a transposed copy. `native`: those sparse matmuls, and the gathering of the
+    inputs, on the C kernels (neuroevo_sparse.kernels). Logits come out as (K, classes, batch).
+
+    An input that all K share (an evaluation split) enters once, (features, batch): the first
+    layer's K masks are then stacked (K * out, in) instead of placed on a diagonal, in the same
+    order of values, so the input is never copied K times."""
+
+    def __init__(self, chain: list[tuple[str, nn.Module]], patterns: dict[str, Pattern],
+                 masks: dict[str, torch.Tensor], native: bool):
+        self.chain, self.patterns, self.native = chain, patterns, native
+        first = next(f"{n}.weight" for n, m in chain if isinstance(m, nn.Linear))
+        self.first = first
+        self.k = len(masks[first]) if first in masks else None
+        self.stacked = Pattern.stacked(masks[first]) if first in patterns else None
+
+    def inputs(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Samples `idx` (K, B) of x (N, ...) as the first layer takes them, (K, features, B)."""
+        if self.native:
+            return kernels.gather_t(x, idx)
+        return x[idx].flatten(2).transpose(1, 2).contiguous()
+
+    def __call__(self, params: dict[str, torch.Tensor], h: torch.Tensor, shared: bool = False) -> torch.Tensor:
+        for name, module in self.chain:
+            if isinstance(module, nn.Linear):
+                key = f"{name}.weight"
+                w, b = params[key], params.get(f"{name}.bias")
+                pattern = self.patterns.get(key)
+                if shared and key == self.first:  # h: (features, batch), the same for every individual
+                    k, batch = len(w) if pattern is None else self.k, h.shape[1]
+                    h = torch.matmul(w, h) if pattern is None else \
+                        sparse_matmul_t(h, w, self.stacked, self.native).view(k, -1, batch)
+                elif pattern is None:
+                    h = torch.bmm(w, h)
                 else:
-                    k, batch, width = x.shape
-                    y = sparse_matmul(x.transpose(0, 1).reshape(batch, k * width), w, pattern)
-                    x = y.view(batch, k, -1).transpose(0, 1)
+                    k, width, batch = h.shape
+                    h = sparse_matmul_t(h.view(k * width, batch), w, pattern, self.native).view(k, -1, batch)
                 if b is not None:
-                    x = x + b.unsqueeze(1)
-            else:
-                x = module(x)
-        return x
-    return forward
+                    h = h + b.unsqueeze(2)
+            elif not isinstance(module, nn.Flatten):  # samples are flat from the input on
+                h = module(h)
+        return h
 
 
 class _Member(nn.Module):
@@ -231,15 +306,14 @@ def _evaluate_each(model: nn.Module, params: dict, buffers: dict, k: int, x: tor
 
 
 @torch.no_grad()
-def _evaluate_many(forward, params: dict, k: int, x: torch.Tensor, y: torch.Tensor,
+def _evaluate_many(forward: _ChainForward, params: dict, k: int, x: torch.Tensor, y: torch.Tensor,
                    batch: int = 1024) -> tuple[list[float], list[float]]:
     """Per individual (mean cross-entropy, accuracy) over a split shared by all of them."""
     loss = torch.zeros(k, dtype=torch.float64, device=x.device)
     correct = torch.zeros(k, dtype=torch.int64, device=x.device)
     for i in range(0, len(y), batch):
         xb, yb = x[i: i + batch], y[i: i + batch]
-        out = forward(params, xb.expand(k, *xb.shape))           # (K, b, classes)
-        loss += nn.functional.cross_entropy(out.flatten(0, 1), yb.repeat(k), reduction="none") \
-            .view(k, -1).sum(1).double()
-        correct += (out.argmax(2) == yb).sum(1)
+        out = forward(params, xb.flatten(1).t().contiguous(), shared=True)  # (K, classes, b)
+        loss += nn.functional.cross_entropy(out, yb.expand(k, -1), reduction="none").sum(1).double()
+        correct += (out.argmax(1) == yb).sum(1)
     return (loss / len(y)).tolist(), (correct.double() / len(y)).tolist()

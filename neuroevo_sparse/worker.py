@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .jobs import TrainJob, TrainResult, TrainSpec
 from .training import DeviceData, score_test, train
-from .vectorised import train_many
+from .vectorised import score_many, train_many
 
 
 def groups(jobs: list[TrainJob], spec: TrainSpec) -> list[list[TrainJob]]:
@@ -24,6 +24,8 @@ def train_group(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
     (MLPs there also run their sparse layers as one block-diagonal sparse matmul), else one
     job after another."""
     if jobs and jobs[0].test_only:
+        if spec.vectorise and len(jobs) > 1:
+            return score_many(jobs, spec, data)
         return [score_test(j, spec, data) for j in jobs]
     if spec.vectorise and len(jobs) > 1:
         return train_many(jobs, spec, data)

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from neuroevo_sparse.models import Architecture
-from neuroevo_sparse import data, models
+from neuroevo_sparse import data, kernels, models
 from neuroevo_sparse.genome import Init, random_genome, target_counts
 from neuroevo_sparse.jobs import TrainJob, TrainSpec
 from neuroevo_sparse.sparse import SparseLinear, dense_state_dict, layers_to_sparsify, sparsify
-from neuroevo_sparse.training import DeviceData, train
-from neuroevo_sparse.vectorised import train_many
+from neuroevo_sparse.training import DeviceData, score_test, train
+from neuroevo_sparse.vectorised import score_many, train_many
 from neuroevo_sparse.worker import groups, train_group
 
 
@@ -126,11 +126,17 @@ def test_sparsify_round_trips_the_state_dict(tiny):
         torch.testing.assert_close(after[k], before[k])
 
 
+NATIVE = [pytest.param(True, marks=pytest.mark.skipif(not kernels.available(), reason=kernels.status())), False]
+
+
+@pytest.mark.parametrize("native", NATIVE, ids=["native", "torch"])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_vectorised_sparse_equals_per_individual_dense(tiny, optimizer):
-    # Every Linear layer truly sparse, the group as one block-diagonal sparse matmul per layer.
+def test_vectorised_sparse_equals_per_individual_dense(tiny, optimizer, native):
+    # Every Linear layer truly sparse, the group as one block-diagonal sparse matmul per layer,
+    # on the C kernels or on torch's CSR ops.
     jobs, spec, d = setup(tiny, n=3, optimizer=optimizer, lr=0.01, weight_decay=1e-3,
-                          sparse_kernels="on")
+                          sparse_kernels="on", cpu_kernels="auto" if native else "torch")
+    assert spec.native_kernels == native
     dense_spec = dataclasses.replace(spec, training=dataclasses.replace(spec.training, sparse_kernels="off"))
     many = train_many(jobs, spec, d)
     assert all(r.extra["sparse_layers"] == 3 for r in many)
@@ -170,3 +176,28 @@ def test_vectorised_cnn_runs_under_vmap(tiny):
     assert "sparse_layers" in many[0].extra and many[0].extra["sparse_layers"] == 0
     for job, b in zip(jobs, many):
         assert_same(train(job, spec, d), b, atol=1e-5)
+
+
+@pytest.mark.parametrize("sparse_kernels", ["on", "off"])
+def test_test_only_groups_score_what_one_by_one_scores(tiny, sparse_kernels):
+    jobs, spec, d = setup(tiny, n=3, optimizer="sgd", lr=0.01, sparse_kernels=sparse_kernels)
+    trained = train_many(jobs, spec, d)
+    tests = [TrainJob(j.individual_id, 0, 0, j.masks, r.weights, test_only=True) for j, r in zip(jobs, trained)]
+    many = score_many(tests, spec, d)
+    assert [r.individual_id for r in many] == [j.individual_id for j in jobs]
+    for a, b in zip(many, (score_test(t, spec, d) for t in tests)):
+        assert a.status == b.status == "ok" and not a.weights
+        assert abs(a.test_accuracy - b.test_accuracy) <= 1 / len(d.test[1])  # one argmax tie at most
+    assert [r.test_accuracy for r in train_group(tests, spec, d)] == [r.test_accuracy for r in many]
+
+
+def test_native_spec_on_a_worker_without_the_kernels_fails_its_jobs_clearly(tiny, monkeypatch):
+    if not kernels.available():
+        pytest.skip(kernels.status())
+    jobs, spec, d = setup(tiny, n=2, optimizer="sgd", sparse_kernels="on")
+    assert spec.native_kernels
+    monkeypatch.setattr(kernels, "_library", lambda: None)
+    results = train_many(jobs, spec, d)
+    assert {r.status for r in results} == {"failed"}
+    assert "native sparse kernels (training.cpu_kernels)" in results[0].error
+    assert "were not built" in results[0].error

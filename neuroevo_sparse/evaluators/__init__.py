@@ -28,9 +28,25 @@ class Evaluator(Protocol):
         ...
 
 
-def make(exp: Experiment, spec: TrainSpec, splits: Splits) -> Evaluator:
+class Cluster(Protocol):
+    def close(self) -> None:
+        ...
+
+
+def connect(exp: Experiment, factory: Callable | None) -> Cluster | None:
+    """Start or join what the evaluator runs on (Ray) now, before the data and the network are
+    ready, so that the start-ups overlap; None for the local backend. `factory`: the resolved
+    `model.factory`, whose code Ray may have to ship."""
+    if exp.resources.backend == "local":
+        return None
+    from .ray import RayCluster
+    return RayCluster(exp.resources, factory)
+
+
+def make(exp: Experiment, spec: TrainSpec, splits: Splits, cluster: Cluster | None = None) -> Evaluator:
+    """The evaluator of `exp`, on `cluster` if `connect` gave one (it then owns and closes it)."""
     if exp.resources.backend == "local":
         from .local import LocalEvaluator
         return LocalEvaluator(spec, splits, exp.resources.gpus_per_job)
     from .ray import RayEvaluator
-    return RayEvaluator(spec, splits, exp.resources)
+    return RayEvaluator(spec, splits, exp.resources, cluster)

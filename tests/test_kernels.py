@@ -1,0 +1,97 @@
+"""The C kernels (neuroevo_sparse/_kernels.c) against dense torch products, over the shapes
+their vector loops split differently (batches below, at and past 8 and 64 samples, empty rows)."""
+
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from neuroevo_sparse import config, kernels
+from neuroevo_sparse.config import ConfigError
+from neuroevo_sparse.jobs import TrainSpec
+from neuroevo_sparse.sparse import Pattern, sparse_matmul_t
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason=kernels.status())
+
+
+def _case(seed: int, out_f: int, in_f: int, batch: int, density: float):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(out_f, in_f, generator=g) < density
+    w = torch.randn(out_f, in_f, generator=g) * mask
+    h = torch.randn(in_f, batch, generator=g)
+    return mask, w, h
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), out_f=st.integers(1, 40), in_f=st.integers(1, 40),
+       batch=st.sampled_from([1, 3, 8, 9, 31, 64, 65, 130]), density=st.floats(0.0, 1.0))
+def test_kernels_equal_dense_products(seed, out_f, in_f, batch, density):
+    mask, w, h = _case(seed, out_f, in_f, batch, density)
+    p = Pattern.of_mask(mask)
+    values = w[p.rows, p.cols].contiguous()
+    torch.testing.assert_close(kernels.spmm(p.crow, p.cols, values, h, out_f), w @ h, atol=1e-5, rtol=1e-5)
+    dy = torch.randn(out_f, batch)
+    torch.testing.assert_close(kernels.spmm(p.t_crow, p.t_col, values[p.t_perm].contiguous(), dy, in_f),
+                               w.t() @ dy, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kernels.sampled(p.crow, p.cols, dy, h), (dy @ h.t())[p.rows, p.cols],
+                               atol=1e-4, rtol=1e-5)
+
+
+def test_gather_t_is_the_transposed_gather():
+    x = torch.randn(50, 1, 3, 5)
+    idx = torch.randint(0, 50, (3, 13))
+    assert torch.equal(kernels.gather_t(x, idx), x[idx].flatten(2).transpose(1, 2))
+
+
+def test_stacked_first_layer_gives_the_block_diagonal_result_on_a_shared_input():
+    masks = torch.rand(3, 20, 30) < 0.2
+    p, s = Pattern.block_diagonal(masks), Pattern.stacked(masks)
+    values = torch.randn(len(p.rows))
+    h = torch.randn(30, 17)
+    for native in (True, False):
+        diag = sparse_matmul_t(h.repeat(3, 1), values, p, native)
+        torch.testing.assert_close(sparse_matmul_t(h, values, s, native), diag, atol=1e-6, rtol=1e-6)
+
+
+def test_native_and_torch_sparse_matmuls_agree_in_both_passes():
+    mask, w, h = _case(0, 60, 90, 128, 0.1)
+    p = Pattern.of_mask(mask)
+    grads = []
+    for native in (True, False):
+        values = w[p.rows, p.cols].clone().requires_grad_()
+        x = h.clone().requires_grad_()
+        y = sparse_matmul_t(x, values, p, native)
+        (y.sin()).sum().backward()
+        grads.append((y.detach(), x.grad, values.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_kernels_refuse_what_they_cannot_read():
+    mask, w, h = _case(1, 8, 8, 16, 0.5)
+    p = Pattern.of_mask(mask)
+    with pytest.raises(ValueError, match="contiguous"):
+        kernels.spmm(p.crow, p.cols, w[p.rows, p.cols], h.t(), 8)
+    with pytest.raises(ValueError, match="float32 tensors, not torch.float64"):
+        kernels.spmm(p.crow, p.cols, w[p.rows, p.cols].double(), h.double(), 8)
+
+
+def test_cpu_kernels_resolves_on_the_driver(monkeypatch):
+    from neuroevo_sparse import data
+    from neuroevo_sparse.models import Architecture
+
+    exp = config.from_dict({"data": {"dataset": "digits"}})
+    splits = data.load(exp.data, 0)
+    arch = Architecture.of(exp, splits.input_shape, splits.num_classes)
+    with_ = lambda mode, **res: dataclasses.replace(  # noqa: E731
+        exp, training=dataclasses.replace(exp.training, cpu_kernels=mode),
+        resources=dataclasses.replace(exp.resources, **res))
+    assert TrainSpec.of(with_("auto"), arch).native_kernels
+    assert not TrainSpec.of(with_("torch"), arch).native_kernels
+    assert not TrainSpec.of(with_("native", gpus_per_job=1.0), arch).native_kernels  # GPUs: torch's
+    monkeypatch.setattr(kernels, "_library", lambda: None)
+    assert not TrainSpec.of(with_("auto"), arch).native_kernels
+    with pytest.raises(ConfigError, match="training.cpu_kernels: 'native', but torch CSR ops: the C kernels "
+                                          "were not built"):
+        TrainSpec.of(with_("native"), arch)
