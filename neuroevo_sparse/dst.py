@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import models, seeds, structure
+from . import models, optim, seeds, structure
 from .config import Experiment
 from .data import Splits
 from .genome import Init, newborn, random_genome, target_counts
@@ -228,7 +228,7 @@ def _magnitude_prune(params, bool_masks, masks, counts: dict[str, int], optimise
     return removed, sum(int(m.sum()) for m in bool_masks.values())
 
 
-def _reset_state(optimiser: torch.optim.Optimizer, param: torch.Tensor, positions: np.ndarray) -> None:
+def _reset_state(optimiser: optim.Optimizer, param: torch.Tensor, positions: np.ndarray) -> None:
     state = optimiser.state.get(param)
     if not state or len(positions) == 0:
         return

@@ -228,10 +228,11 @@ class Architecture:
         self.parameters = sum(p.numel() for p in model.parameters())
 
     @classmethod
-    def of(cls, exp: Any, input_shape: tuple[int, ...], num_classes: int) -> "Architecture":
-        """The network of `exp`, its `model.factory` (if any) imported here, once."""
-        factory = None
-        if exp.model.factory is not None:
+    def of(cls, exp: Any, input_shape: tuple[int, ...], num_classes: int,
+           factory: Callable[..., Any] | None = None) -> "Architecture":
+        """The network of `exp`; its `model.factory` (if any) imported here, once, unless the
+        caller passes it already imported."""
+        if factory is None and exp.model.factory is not None:
             from . import plugins
             factory = plugins.resolve(exp.model.factory, "model.factory")
         return cls(Builder(exp.model, tuple(input_shape), num_classes, factory), exp.sparsity, exp.experiment.seed)

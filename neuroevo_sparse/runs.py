@@ -26,7 +26,7 @@ def start(exp: Experiment, run_dir: str | Path | None = None,
     """Run an experiment from generation 0 in a new run directory."""
     # Data and network before the run dir: a missing dataset or a broken factory leaves nothing.
     tracking.check(exp)
-    splits, arch, cluster = _prepare(exp)
+    splits, arch, spec, cluster = _prepare(exp)
     try:
         run = RunDir.create(exp, run_dir)
     except BaseException:
@@ -37,29 +37,31 @@ def start(exp: Experiment, run_dir: str | Path | None = None,
     log.info("data: %s %s", exp.data.factory or exp.data.dataset, splits.summary())
     log.info("network: %s, %d parameters, %d masked tensor(s)", exp.model.factory or exp.model.kind,
              arch.parameters, len(arch.maskable))
-    return run, _execute(exp, run, splits, None, should_stop, callbacks, arch, cluster)
+    return run, _execute(exp, run, splits, None, should_stop, callbacks, arch, spec, cluster)
 
 
-def _prepare(exp: Experiment) -> tuple[data.Splits, Architecture, Cluster | None]:
-    """The data and the network, loaded in a thread while the evaluator's cluster starts (a
-    local Ray takes ~5 s, the data about as long: their start-ups overlap). Errors of either
-    come as they would alone; a cluster started here is stopped on any of them."""
+def _prepare(exp: Experiment) -> tuple[data.Splits, Architecture, TrainSpec, Cluster | None]:
+    """The data, the network and what workers are told to do with it, loaded in a thread while
+    the evaluator's cluster starts (a local Ray takes ~5 s, the data about as long: their
+    start-ups overlap). Everything a config can get wrong is found here, before anything is
+    written. Errors come as they would alone; a cluster started here is stopped on any of them."""
     factory = plugins.resolve(exp.model.factory, "model.factory") if exp.model.factory else None
     with ThreadPoolExecutor(1, thread_name_prefix="neuroevo-data") as pool:
-        loading = pool.submit(_data_and_network, exp)
+        loading = pool.submit(_data_and_network, exp, factory)
         cluster = None
         try:
             cluster = connect(exp, factory)
-            splits, arch = loading.result()
+            splits, arch, spec = loading.result()
         except BaseException:
             _close(cluster)
             raise
-    return splits, arch, cluster
+    return splits, arch, spec, cluster
 
 
-def _data_and_network(exp: Experiment) -> tuple[data.Splits, Architecture]:
+def _data_and_network(exp: Experiment, factory) -> tuple[data.Splits, Architecture, TrainSpec]:
     splits = data.load(exp.data, exp.experiment.seed)
-    return splits, Architecture.of(exp, splits.input_shape, splits.num_classes)
+    arch = Architecture.of(exp, splits.input_shape, splits.num_classes, factory)
+    return splits, arch, TrainSpec.of(exp, arch)
 
 
 def _close(cluster: Cluster | None) -> None:
@@ -93,10 +95,10 @@ def resume(run_path: str | Path, overrides: list[str] | None = None, generations
     # resuming it is starting it, in the same directory.
     loaded = run.load_checkpoint() if run.has_checkpoint() else None
     done = _check_checkpoint(run, loaded, original, exp) if loaded else -1
-    if exp != original:
-        run.config_path.write_text(to_toml(exp))
-    splits, arch, cluster = _prepare(exp)
+    splits, arch, spec, cluster = _prepare(exp)
     try:
+        if exp != original:
+            run.config_path.write_text(to_toml(exp))
         dropped = run.drop_history_after(done)
         missing = run.missing_history(done)
     except BaseException:
@@ -111,7 +113,7 @@ def resume(run_path: str | Path, overrides: list[str] | None = None, generations
                  f" (history of {len(dropped)} later generation(s) replaced)" if dropped else "")
     else:
         log.info("%s has no checkpoint yet: starting it from generation 0", run.path)
-    return run, _execute(exp, run, splits, loaded, should_stop, callbacks, arch, cluster)
+    return run, _execute(exp, run, splits, loaded, should_stop, callbacks, arch, spec, cluster)
 
 
 def _check_checkpoint(run: RunDir, loaded, original: Experiment, exp: Experiment) -> int:
@@ -137,12 +139,11 @@ def _check_checkpoint(run: RunDir, loaded, original: Experiment, exp: Experiment
     return done
 
 
-def _execute(exp, run, splits, loaded, should_stop, callbacks, arch: Architecture,
+def _execute(exp, run, splits, loaded, should_stop, callbacks, arch: Architecture, spec: TrainSpec,
              cluster: Cluster | None) -> State:
     evaluator = None
     trackers = []
     try:
-        spec = TrainSpec.of(exp, arch)
         trackers = tracking.trackers(exp, run.path)
         evaluator = make_evaluator(exp, spec, splits, cluster)
         evo = Evolution(exp, arch, evaluator, run, should_stop, [*callbacks, *trackers])

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import sparse
+from . import optim, sparse
 from .data import Splits
 from .jobs import TrainJob, TrainResult, TrainSpec
 
@@ -67,20 +67,31 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 def train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
     """Train one individual; failures become a result with a status, never an exception."""
+    return run_jobs([job], spec, data, lambda: [_train(job, spec, data)])[0]
+
+
+def run_jobs(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData,
+             work: Callable[[], list[TrainResult]]) -> list[TrainResult]:
+    """`work`'s results for `jobs` (one per job), computed on `spec.torch_threads` intra-op
+    threads whatever the worker's own setting; an exception fails every job of the call (a
+    failing individual must not stop the generation). Each result gets its share of the
+    time, the worker and the device: what every training and scoring path reports."""
     start = time.perf_counter()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(spec.torch_threads)
     try:
-        result = _train(job, spec, data)
-    except Exception as e:  # a failing individual must not stop the generation
-        result = TrainResult(job.individual_id, job.weights, status="failed",
-                             error=f"{type(e).__name__}: {e}")
+        results = work()
+    except Exception as e:
+        results = [TrainResult(j.individual_id, {} if j.test_only else j.weights, status="failed",
+                               error=f"{type(e).__name__}: {e}") for j in jobs]
     finally:
         torch.set_num_threads(previous_threads)
-    result.train_seconds = time.perf_counter() - start
-    result.worker = f"{socket.gethostname()}:{os.getpid()}"
-    result.device = data.device
-    return result
+    elapsed = (time.perf_counter() - start) / len(jobs)
+    for r in results:
+        r.train_seconds = elapsed
+        r.worker = f"{socket.gethostname()}:{os.getpid()}"
+        r.device = data.device
+    return results
 
 
 def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
@@ -125,26 +136,18 @@ def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
 def score_test(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
     """The test accuracy of a job's weights as they are (a test-only job), on the kernels
     training would use; a failure becomes a result with a status."""
-    start = time.perf_counter()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(spec.torch_threads)
-    try:
+    def score() -> list[TrainResult]:
         model = build_model(spec, job.weights, data.device)
         sparse.sparsify(model, job.masks, sparse.layers_to_sparsify(job.masks, spec.training))
-        result = TrainResult(job.individual_id, {}, test_accuracy=evaluate(model, *data.test)[1])
-    except Exception as e:
-        result = TrainResult(job.individual_id, {}, status="failed", error=f"{type(e).__name__}: {e}")
-    finally:
-        torch.set_num_threads(previous_threads)
-    result.train_seconds = time.perf_counter() - start
-    return result
+        return [TrainResult(job.individual_id, {}, test_accuracy=evaluate(model, *data.test)[1])]
+    return run_jobs([job], spec, data, score)[0]
 
 
-def optimiser_for(cfg, model: nn.Module) -> torch.optim.Optimizer:
+def optimiser_for(cfg, model: nn.Module) -> optim.Optimizer:
+    """torch.optim's SGD or Adam, bit for bit (optim.py says why they are not torch's own)."""
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 class Diverged(ArithmeticError):
@@ -155,7 +158,7 @@ class Diverged(ArithmeticError):
         super().__init__(f"loss became {loss} at step {step + 1} of {steps}")
 
 
-def train_steps(model: nn.Module, optimiser: torch.optim.Optimizer, params: dict[str, torch.Tensor],
+def train_steps(model: nn.Module, optimiser: optim.Optimizer, params: dict[str, torch.Tensor],
                 masks: dict[str, torch.Tensor], cfg, train: tuple[torch.Tensor, torch.Tensor],
                 order: Iterator[torch.Tensor], steps: int,
                 keep_grads: Callable[[int], bool] = lambda step: False,
@@ -174,7 +177,7 @@ def train_steps(model: nn.Module, optimiser: torch.optim.Optimizer, params: dict
         yield step, loss.item(), grads
 
 
-def masked_step(loss: torch.Tensor, optimiser: torch.optim.Optimizer, params: dict[str, torch.Tensor],
+def masked_step(loss: torch.Tensor, optimiser: optim.Optimizer, params: dict[str, torch.Tensor],
                 masks: dict[str, torch.Tensor], cfg, step: int, steps: int, keep_grads: bool = False,
                 keep: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor] | None:
     """One optimiser step that keeps inactive connections at exactly zero: gradients masked
@@ -200,7 +203,7 @@ def masked_step(loss: torch.Tensor, optimiser: torch.optim.Optimizer, params: di
     return dense
 
 
-def set_lr(optimiser: torch.optim.Optimizer, cfg, step: int, steps: int) -> None:
+def set_lr(optimiser: optim.Optimizer, cfg, step: int, steps: int) -> None:
     """The learning rate of step `step` of `steps` under `training.lr_schedule`."""
     if cfg.lr_schedule == "cosine":
         for group in optimiser.param_groups:

@@ -22,8 +22,6 @@ returned) and reported as in the per-individual path; the others go on."""
 from __future__ import annotations
 
 import math
-import os
-import socket
 import time
 
 import numpy as np
@@ -34,26 +32,14 @@ from torch.func import functional_call, vmap
 from . import kernels
 from .jobs import TrainJob, TrainResult, TrainSpec
 from .sparse import Pattern, layers_to_sparsify, sparse_matmul_t
-from .training import DeviceData, batches, evaluate, masked_step, optimiser_for, to_numpy
+from .training import DeviceData, batches, evaluate, masked_step, optimiser_for, run_jobs, to_numpy
 
 
 def train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list[TrainResult]:
-    """Train `jobs` (same architecture) together; one TrainResult per job, in order."""
-    start = time.perf_counter()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(spec.torch_threads)
-    try:
-        results = _train_many(jobs, spec, data)
-    except Exception as e:  # a failure of the batch fails its individuals, not the run
-        results = [TrainResult(j.individual_id, j.weights, status="failed", error=f"{type(e).__name__}: {e}")
-                   for j in jobs]
-    finally:
-        torch.set_num_threads(previous_threads)
-    elapsed = (time.perf_counter() - start) / len(jobs)
+    """Train `jobs` (same architecture) together; one TrainResult per job, in order (a
+    failure of the group fails its individuals, not the run)."""
+    results = run_jobs(jobs, spec, data, lambda: _train_many(jobs, spec, data))
     for r in results:
-        r.train_seconds = elapsed  # the batch's time, shared equally
-        r.worker = f"{socket.gethostname()}:{os.getpid()}"
-        r.device = data.device
         r.extra["vectorised"] = float(len(jobs))
     return results
 
@@ -114,20 +100,10 @@ class _Group:
 def score_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list[TrainResult]:
     """The test accuracy of test-only jobs (their weights as they are), K at a time in one
     batched pass on the kernels their training used; a failure fails the group's results."""
-    start = time.perf_counter()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(spec.torch_threads)
-    try:
+    def score() -> list[TrainResult]:
         accuracy = _Group(jobs, spec, data).evaluate(*data.test)[1]
-        results = [TrainResult(j.individual_id, {}, test_accuracy=a) for j, a in zip(jobs, accuracy)]
-    except Exception as e:
-        results = [TrainResult(j.individual_id, {}, status="failed", error=f"{type(e).__name__}: {e}")
-                   for j in jobs]
-    finally:
-        torch.set_num_threads(previous_threads)
-    for r in results:
-        r.train_seconds = (time.perf_counter() - start) / len(jobs)
-    return results
+        return [TrainResult(j.individual_id, {}, test_accuracy=a) for j, a in zip(jobs, accuracy)]
+    return run_jobs(jobs, spec, data, score)
 
 
 def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list[TrainResult]:
@@ -161,11 +137,13 @@ def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
         for i in bad.nonzero().flatten().tolist():
             diverged[i] = (step, f"loss became {losses[i].item()} at step {step + 1} of {steps}")
         alive &= ~bad
-        keep = {name: alive[owner[name]] if name in owner else alive.view(k, *[1] * (p.dim() - 1))
-                for name, p in params.items()}
-        masked_step(torch.where(alive, losses, torch.zeros_like(losses)).sum(), optimiser, params,
-                    group.dense_masks, cfg, step, steps, keep=keep)
-        total += torch.where(alive, losses.detach(), torch.zeros_like(losses)).double()
+        keep = None
+        if diverged:  # until one diverges, every entry counts: the same numbers, without the masking
+            keep = {name: alive[owner[name]] if name in owner else alive.view(k, *[1] * (p.dim() - 1))
+                    for name, p in params.items()}
+            losses = torch.where(alive, losses, torch.zeros_like(losses))
+        masked_step(losses.sum(), optimiser, params, group.dense_masks, cfg, step, steps, keep=keep)
+        total += losses.detach().double()
 
     results = []
     val = group.evaluate(*data.val)

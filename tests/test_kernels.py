@@ -95,3 +95,37 @@ def test_cpu_kernels_resolves_on_the_driver(monkeypatch):
     with pytest.raises(ConfigError, match="training.cpu_kernels: 'native', but torch CSR ops: the C kernels "
                                           "were not built"):
         TrainSpec.of(with_("native"), arch)
+
+
+def test_a_damaged_library_is_named_as_such(tmp_path):
+    """A build that is there but does not load (overwritten, another platform's) falls back
+    to torch's ops, and the status says what happened instead of blaming the compiler."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not kernels.available():
+        pytest.skip("the C kernels are not built here")
+    package = Path(kernels.__file__).parent
+    copy = tmp_path / "neuroevo_sparse"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (library,) = copy.glob("_kernels*.so")
+    library.write_bytes(b"\x7fELF not really a shared library" * 64)
+    code = "from neuroevo_sparse import kernels; print(kernels.available()); print(kernels.status())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    available, status = out.stdout.strip().splitlines()
+    assert available == "False"
+    assert "built but could not be loaded" in status and "pip install -e ." in status
+
+
+def test_native_kernels_missing_is_refused_before_the_run_dir_exists(tmp_path, monkeypatch):
+    from neuroevo_sparse import runs
+
+    exp = config.from_dict({"data": {"dataset": "digits"}, "training": {"cpu_kernels": "native"},
+                            "resources": {"backend": "local"}, "evolution": {"generations": 1}})
+    monkeypatch.setattr(kernels, "_library", lambda: None)
+    with pytest.raises(ConfigError, match="training.cpu_kernels: 'native'"):
+        runs.start(exp, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
