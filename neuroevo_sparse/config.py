@@ -306,9 +306,13 @@ class OutputConfig:
     # Which individuals the test split scores. "chosen": only those a user reads it for, the
     # best survivor, the survivor with the best validation accuracy and the archive (hall of
     # fame / Pareto front), once each, after their generation is selected; the others' rows
-    # hold null. "all": every evaluated individual, in its training job (as before 0.3).
-    # Test accuracy never steers the search, so this changes no other column.
-    test_accuracy: Literal["chosen", "all"] = "chosen"
+    # hold null. "final": the same individuals, but only in the last generation the run
+    # reaches (evolution.generations, or the one a stop request ends it after): one test pass
+    # at the end, as a hand-written GA does, instead of one per generation's newcomers to the
+    # archive; earlier generations' rows hold null. "all": every evaluated individual, in its
+    # training job (as before 0.3). Test accuracy never steers the search, so this changes no
+    # other column.
+    test_accuracy: Literal["chosen", "final", "all"] = "chosen"
 
 
 @dataclass(frozen=True)

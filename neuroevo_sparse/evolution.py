@@ -97,7 +97,7 @@ class Evolution:
     # ------------------------------------------------------------------------ the loop
     def run(self, state: State | None = None, generations: int | None = None) -> State:
         ev = self.exp.evolution
-        last = ev.generations if generations is None else generations
+        last = self._last = ev.generations if generations is None else generations
         first = 0 if state is None else state.generation + 1
         jobs = (self.exp.evolution.population if first == 0 else 0) + \
             (last - max(first, 1) + 1) * self._jobs_per_generation()
@@ -229,9 +229,11 @@ class Evolution:
 
     def _score_test(self, survivors: list[Genome], generation: int) -> None:
         """Test accuracy for the individuals it is reported for (output.test_accuracy =
-        "chosen"): the best survivor, the survivor best by validation, and the archive; each
-        scored once, by test-only jobs on the evaluator (the training jobs skipped the split)."""
-        if self.exp.output.test_accuracy == "all":
+        "chosen", or "final" in the run's last generation): the best survivor, the survivor
+        best by validation, and the archive; each scored once, by test-only jobs on the
+        evaluator (the training jobs skipped the split)."""
+        mode = self.exp.output.test_accuracy
+        if mode == "all" or (mode == "final" and generation < self._last and not self.should_stop()):
             return
         ok = [g for g in survivors if g.metrics.get("status") == "ok"]
         chosen = [self.objectives.best(survivors)]

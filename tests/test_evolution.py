@@ -110,3 +110,22 @@ def test_test_split_scores_only_the_chosen_and_changes_nothing_else(tiny, tmp_pa
         if mode == "weighted":
             best = rows.loc[rows.fitness.map(lambda f: f[0]).idxmax()]
             assert pd.notna(best.test_accuracy), f"generation {g}: the best survivor has no test accuracy"
+
+
+def test_final_scores_the_test_split_once_in_the_last_generation(tiny, tmp_path):
+    """output.test_accuracy = "final": the last generation's chosen carry the very test
+    accuracy "chosen" gives them; no earlier row carries one; nothing else changes."""
+    by = {}
+    for which in ("chosen", "final"):
+        exp = dataclasses.replace(tiny, output=dataclasses.replace(tiny.output, test_accuracy=which))
+        run, _ = runs.start(exp, tmp_path / which)
+        by[which] = pd.read_parquet(run.path / "history")
+    chosen, final = by["chosen"], by["final"]
+    last = tiny.evolution.generations
+    pd.testing.assert_frame_equal(METRICS_ONLY(chosen).drop(columns="test_accuracy"),
+                                  METRICS_ONLY(final).drop(columns="test_accuracy"))
+    assert final[final.generation < last].test_accuracy.isna().all()
+    end = final.generation == last
+    assert final[end].test_accuracy.notna().any()
+    scored = final[end & final.test_accuracy.notna()]
+    assert np.array_equal(scored.test_accuracy, chosen.loc[scored.index, "test_accuracy"])
