@@ -171,7 +171,7 @@ class Evolution:
         # A Pareto archive holds every non-dominated individual evaluated so far, survivor or
         # not (its hypervolume can then never fall); a hall of fame the best survivors.
         self.archive.update(trained + survivors if self.exp.fitness.mode == "pareto" else survivors)
-        self._score_test(survivors, g)
+        self._score_test(survivors, g, trained)
         self._record(g, state.population, offspring, survivors, progress)
         return State(g, survivors, list(self.archive), state.next_id + len(offspring))
 
@@ -227,11 +227,13 @@ class Evolution:
             g.metrics = {**r.metrics(), "seed": job.seed, "evaluated_in": generation}
             self.objectives.assign(g)
 
-    def _score_test(self, survivors: list[Genome], generation: int) -> None:
+    def _score_test(self, survivors: list[Genome], generation: int, trained: list[Genome] = ()) -> None:
         """Test accuracy for the individuals it is reported for (output.test_accuracy =
         "chosen", or "final" in the run's last generation): the best survivor, the survivor
         best by validation, and the archive; each scored once, by test-only jobs on the
-        evaluator (the training jobs skipped the split)."""
+        evaluator (the training jobs skipped the split). The value goes to every object of
+        that individual: the archive's copies, and the survivor or this generation's trained
+        individual whose row the history gets."""
         mode = self.exp.output.test_accuracy
         if mode == "all" or (mode == "final" and generation < self._last and not self.should_stop()):
             return
@@ -246,6 +248,9 @@ class Evolution:
                 todo.setdefault(g.id, []).append(g)
         if not todo:
             return
+        for g in [*survivors, *trained]:
+            if g.id in todo and not any(g is h for h in todo[g.id]):
+                todo[g.id].append(g)
         jobs = [TrainJob(gid, generation, 0, gs[0].masks, gs[0].network_weights(), test_only=True)
                 for gid, gs in todo.items()]
         for job, r in zip(jobs, self.evaluator.evaluate(jobs)):

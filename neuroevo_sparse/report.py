@@ -46,8 +46,16 @@ def population(history: pd.DataFrame) -> pd.DataFrame:
 
 
 def evaluations(history: pd.DataFrame) -> pd.DataFrame:
-    """One row per training of an individual (its metrics when it was evaluated)."""
-    return history[history.evaluated]
+    """One row per training of an individual (its metrics when it was evaluated). A test
+    accuracy scored in a later generation for the same trained weights (same individual, same
+    training seed: output.test_accuracy = "final" scores the last generation only) is filled in."""
+    ev = history[history.evaluated]
+    if not {"test_accuracy", "seed"} <= set(history.columns) or not ev.test_accuracy.isna().any():
+        return ev
+    known = history[history.test_accuracy.notna()].drop_duplicates(["individual_id", "seed"], keep="last")
+    later = ev[["individual_id", "seed"]].merge(known[["individual_id", "seed", "test_accuracy"]],
+                                                how="left", on=["individual_id", "seed"]).test_accuracy
+    return ev.assign(test_accuracy=ev.test_accuracy.fillna(pd.Series(later.to_numpy(), index=ev.index)))
 
 
 def generations(history: pd.DataFrame) -> pd.DataFrame:

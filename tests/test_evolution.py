@@ -129,3 +129,8 @@ def test_final_scores_the_test_split_once_in_the_last_generation(tiny, tmp_path)
     assert final[end].test_accuracy.notna().any()
     scored = final[end & final.test_accuracy.notna()]
     assert np.array_equal(scored.test_accuracy, chosen.loc[scored.index, "test_accuracy"])
+    # Reports read an individual's metrics from the row of its training; "final" put the test
+    # accuracy on its last-generation rows, and the report finds it there.
+    from neuroevo_sparse import report
+    assert report.top(final, 1).test_accuracy.iloc[0] == report.top(chosen, 1).test_accuracy.iloc[0]
+    assert pd.notna(report.top(final, 1).test_accuracy.iloc[0])

@@ -5,7 +5,6 @@ experiment files only ever gives a ConfigError or a valid experiment."""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest

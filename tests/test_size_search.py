@@ -274,3 +274,14 @@ def test_size_keys_are_checked(tmp_path):
     exp = config.load(tmp_path / "t.toml", PARETO + ["sparsity.min_density=0.0001", 'sparsity.init="uniform"'])
     with pytest.raises(ConfigError, match="sparsity.min_density: 0.0001 leaves"):
         runs.start(exp, tmp_path / "run")
+
+
+def test_every_member_of_the_front_carries_its_test_accuracy(pareto_run):
+    """The archive's members are scored on the test split (output.test_accuracy = "chosen"),
+    and the history rows say so: the front read from the history shows each one's."""
+    _, run = pareto_run
+    h = report.load(run)
+    fronts = [report.pareto_front(h, up_to=g) for g in sorted(h.generation.unique())]
+    assert max(len(f) for f in fronts) > 1
+    for g, front in enumerate(fronts):
+        assert front.test_accuracy.notna().all(), f"generation {g}:\n{front}"
