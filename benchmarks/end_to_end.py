@@ -22,6 +22,7 @@ peak. And one dense network of the same shape trained for as many samples as the
     python benchmarks/end_to_end.py --densities 0.1 --seeds 0
     python benchmarks/end_to_end.py --report-only            # the table from the stored JSON
     python benchmarks/end_to_end.py --paths                  # also each fixed training path: is auto the fastest?
+    python benchmarks/end_to_end.py --set 'resources.backend="local"'   # no Ray: the driver's threads
 """
 
 from __future__ import annotations
@@ -126,8 +127,9 @@ def welch_p(a: list[float], b: list[float]) -> float:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue) if len(a) > 1 and len(b) > 1 else float("nan")
 
 
-def summarise(runs: list[dict], dense: list[dict], peak: float) -> str:
-    lines = [f"End to end: the framework (defaults, Ray) against the hand-written GA, same work; "
+def summarise(runs: list[dict], dense: list[dict], peak: float, sets: list[str]) -> str:
+    how = "defaults" + "".join(f", {s}" for s in sets) if sets else "defaults, Ray"
+    lines = [f"End to end: the framework ({how}) against the hand-written GA, same work; "
              f"medians over seeds ({platform.machine()}, dense matmul peak {peak:.1f} GFLOP/s)",
              f"{'density':>7} {'ref wall s':>10} {'fw wall s':>9} {'fw/ref':>6} {'ref GF/s':>8} {'fw GF/s':>7} "
              f"{'time to ref acc':>15} {'ref test':>15} {'fw test':>15} {'fw - ref':>8} {'p':>5}"]
@@ -186,7 +188,7 @@ def main() -> None:
             stored = json.loads(args.out.read_text())
         except (OSError, ValueError) as e:
             sys.exit(f"error: cannot read {args.out} ({e}): run the benchmark without --report-only first")
-        stored["table"] = summarise(stored["runs"], stored["dense"], stored["peak_gflops"])
+        stored["table"] = summarise(stored["runs"], stored["dense"], stored["peak_gflops"], stored.get("sets", []))
         args.out.write_text(json.dumps(stored, indent=1))
         print(stored["table"])
         return
@@ -208,7 +210,7 @@ def main() -> None:
                   f"{pair['framework']['test']:.4f}", flush=True)
         if not args.no_dense:
             dense.append(run_dense(seed))
-    text = summarise(runs, dense, peak)
+    text = summarise(runs, dense, peak, args.sets)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": "python benchmarks/end_to_end.py " + " ".join(sys.argv[1:]),

@@ -266,7 +266,8 @@ class ResourcesConfig:
     backend: Literal["ray", "local"] = "ray"
     # Ray cluster to join ("auto", "127.0.0.1:6379", ...); None starts a local Ray.
     address: str | None = None
-    # CPUs of a locally started Ray; None lets Ray use every core.
+    # CPUs of a locally started Ray, or of the local backend (one training thread per
+    # cpus_per_job of them); None: every core.
     num_cpus: int | None = _range(1, default=None)
     cpus_per_job: float = _range(0.0, lo_open=True, default=1.0)
     gpus_per_job: float = _range(0.0, default=0.0)

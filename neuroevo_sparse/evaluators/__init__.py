@@ -1,8 +1,9 @@
 """Evaluators train a list of TrainJobs and return their TrainResults in the same order.
 
-`local` trains in the driver process (debugging, tests, tiny runs); `ray` spreads jobs over
-Ray workers on one machine or a cluster. Both run the same `training.train`, with the same
-thread count, so they give bit-identical results for the same jobs.
+`local` trains in the driver process, on a thread per `cpus_per_job` cores (one machine, no
+Ray to start); `ray` spreads jobs over Ray workers on one machine or a cluster. Both run the
+same `worker.train_group` on the same groups, with the same thread count, so they give
+bit-identical results for the same jobs.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def connect(exp: Experiment, factory: Callable | None) -> Cluster | None:
 def make(exp: Experiment, spec: TrainSpec, splits: Splits, cluster: Cluster | None = None) -> Evaluator:
     """The evaluator of `exp`, on `cluster` if `connect` gave one (it then owns and closes it)."""
     if exp.resources.backend == "local":
-        from .local import LocalEvaluator
-        return LocalEvaluator(spec, splits, exp.resources.gpus_per_job)
+        from .local import LocalEvaluator, local_slots
+        r = exp.resources
+        return LocalEvaluator(spec, splits, r.gpus_per_job, local_slots(r.num_cpus, r.cpus_per_job))
     from .ray import RayEvaluator
     return RayEvaluator(spec, splits, exp.resources, cluster)
