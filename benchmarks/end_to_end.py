@@ -23,6 +23,13 @@ peak. And one dense network of the same shape trained for as many samples as the
     python benchmarks/end_to_end.py --report-only            # the table from the stored JSON
     python benchmarks/end_to_end.py --paths                  # also each fixed training path: is auto the fastest?
     python benchmarks/end_to_end.py --set 'resources.backend="local"'   # no Ray: the driver's threads
+    python benchmarks/end_to_end.py --tta-generations 12     # also time to accuracy with no stop at 8
+
+Time to accuracy within the same work stops the framework where the reference stops, so a
+framework run that is level with the reference at generation 8 reaches its best about half
+the time, however fast it is. `--tta-generations N` also runs the framework, per pair, for up
+to N generations (the first 8 are the same run's, the same seed) and times it to the
+reference's final best as it goes: what "time to accuracy" means when nothing stops the run.
 """
 
 from __future__ import annotations
@@ -105,6 +112,16 @@ def time_to(curve: list, target: float) -> float | None:
     return next((t for t, v in curve if v >= target - 1e-12), None)
 
 
+def time_to_accuracy(density: float, seed: int, sets: list[str], generations: int, target: float,
+                     reference_seconds: float) -> dict:
+    """The framework run on past the work, up to `generations`: when it first reached `target`."""
+    run = run_framework(density, seed, sets + [f"evolution.generations={generations}"])
+    reached = next((i for i, (t, v) in enumerate(run["curve"]) if v >= target - 1e-12), None)
+    return {"generations": generations, "reference_seconds": reference_seconds,
+            "seconds": None if reached is None else run["curve"][reached][0],
+            "generation": reached, "wall_s": run["wall_s"], "curve": run["curve"]}
+
+
 def useful_gflop(density: float, evaluations: int, steps: int = 94, batch: int = 128, val: int = 10_000) -> float:
     active = sum(round(density * a * b) for a, b in zip(SIZES, SIZES[1:]))
     return evaluations * 2 * active * (3 * steps * batch + val) / 1e9
@@ -164,6 +181,23 @@ def summarise(runs: list[dict], dense: list[dict], peak: float, sets: list[str])
         lines.append(f"dense 784-300-100-10, same samples as one GA run ({dense[0]['samples']:,}): test "
                      f"{statistics.mean(t):.4f} ± {statistics.stdev(t) if len(t) > 1 else 0:.4f} "
                      f"(seeds {', '.join(str(r['seed']) for r in dense)})")
+    long = [r for r in runs if "tta_long" in r]
+    if long:
+        gens = long[0]["tta_long"]["generations"]
+        lines += ["", f"Time to the reference's final best validation accuracy, the framework running up to {gens} "
+                  "generations (medians over the runs that reached it)",
+                  f"{'density':>7} {'ref s':>6} {'fw s':>6} {'fw/ref':>11} {'fw generation':>13}"]
+        for d in sorted({r["density"] for r in long}):
+            rs = [r for r in long if r["density"] == d]
+            hit = [r for r in rs if r["tta_long"]["seconds"] is not None]
+            if not hit:
+                lines.append(f"{d:>7.0%} {'':>6} {'never':>6} {f'(0/{len(rs)})':>11}")
+                continue
+            ratio = statistics.median(r["tta_long"]["seconds"] / r["tta_long"]["reference_seconds"] for r in hit)
+            lines.append(f"{d:>7.0%} {statistics.median(r['tta_long']['reference_seconds'] for r in hit):>6.1f} "
+                         f"{statistics.median(r['tta_long']['seconds'] for r in hit):>6.1f} "
+                         f"{f'{ratio:.2f}x ({len(hit)}/{len(rs)})':>11} "
+                         f"{statistics.median(r['tta_long']['generation'] for r in hit):>13g}")
     lines.append("time to ref acc: framework's time to the reference's final best validation accuracy over the "
                  "reference's time to it (runs that reached it / runs); test: best-by-validation, mean ± sd; "
                  "p: Welch's t-test of the two means (two-sided)")
@@ -179,6 +213,8 @@ def main() -> None:
     ap.add_argument("--no-dense", action="store_true", help="skip the dense network")
     ap.add_argument("--paths", action="store_true",
                     help="also run the framework on each fixed training path (is auto's choice the fastest?)")
+    ap.add_argument("--tta-generations", type=int, metavar="N",
+                    help="also run the framework for up to N generations per pair, for time to accuracy")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
@@ -205,6 +241,8 @@ def main() -> None:
             if args.paths:
                 pair["paths"] = {name: run_framework(d, seed, args.sets + sets) for name, sets in PATHS.items()}
             runs.append({"density": d, "seed": seed, **pair, "tta_ratio": None if fw_t is None else fw_t / ref_t})
+            if args.tta_generations:
+                runs[-1]["tta_long"] = time_to_accuracy(d, seed, args.sets, args.tta_generations, target, ref_t)
             print(f"d={d:g} seed {seed}: reference {pair['reference']['wall_s']:.1f} s test "
                   f"{pair['reference']['test']:.4f} | framework {pair['framework']['wall_s']:.1f} s test "
                   f"{pair['framework']['test']:.4f}", flush=True)

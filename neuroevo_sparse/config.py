@@ -174,11 +174,14 @@ class TrainingConfig:
     # Train individuals of one generation together, `vectorise_group` at a time, in one
     # batched pass (torch.func.vmap). "auto": for MLPs on GPU, and on CPU for MLPs small
     # enough that vmap is faster there (jobs.VECTORISE_CPU_MAX_PARAMS, measured by
-    # benchmarks/throughput.py); never for CNNs. The group is fixed by the config, never by the
-    # number of workers, so results do not depend on the cluster; it is also the unit a
-    # Ray task carries.
+    # benchmarks/throughput.py); never for CNNs. A group is also the unit a Ray task carries.
     vectorise: Literal["auto", "on", "off"] = "auto"
-    vectorise_group: int = _range(1, default=4)
+    # Individuals per group: a number, or "auto": on CPUs one group per slot (the cores over
+    # resources.cpus_per_job; 2 to worker.MAX_GROUP jobs each), because on a CPU a member's
+    # arithmetic does not depend on its group (tested bit for bit, tests/test_worker.py), so
+    # results do not depend on the cluster either; on GPUs, whose batched matmuls may round
+    # by batch size, a fixed 8.
+    vectorise_group: int | Literal["auto"] = _range(1, default="auto")
     # Truly sparse Linear layers (CSR forward/backward, cost ~ active connections).
     # "auto": for masked Linear layers below `sparse_below` density with at least
     # `sparse_min_size` weights (thresholds measured by benchmarks/throughput.py; the size
@@ -355,6 +358,8 @@ RESUME_SAFE_KEYS = frozenset({
     "resources.address", "resources.num_cpus", "resources.backend",
     "resources.max_retries", "resources.job_timeout_s", "resources.ship_code", "resources.py_modules",
     "resources.working_dir", "output.tensorboard", "output.mlflow",
+    # On CPUs a member's arithmetic does not depend on its group (see TrainingConfig).
+    "training.vectorise_group",
 })
 
 
@@ -470,8 +475,11 @@ def _check_type(value: Any, tp: Any) -> str | None:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        return _check_type(value, inner[0])
+        errors = [_check_type(value, a) for a in args if a is not type(None)]
+        if None in errors or len(errors) == 1:
+            return None if None in errors else errors[0]
+        expected = [re.sub(r"[,;] got .*$", "", e).removeprefix("must be ") for e in errors]
+        return f"must be {' or '.join(expected)}; got {_show(value)}"
     if origin is Literal:
         return None if value in args else f"must be one of {', '.join(map(repr, args))}; got {_show(value)}"
     if origin is dict:
@@ -510,6 +518,8 @@ def _check_range(value: Any, spec: tuple | None) -> str | None:
             if error:
                 return f"item {i}: {error}"
         return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None  # the other half of a union (e.g. "auto")
     lo, hi, lo_open, hi_open = spec
     bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
     bad_hi = hi is not None and (value >= hi if hi_open else value > hi)

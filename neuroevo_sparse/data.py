@@ -88,12 +88,22 @@ def load(cfg: DataConfig, seed: int) -> Splits:
     if cfg.train_fraction < 1.0:
         train_idx = train_idx[: max(1, int(round(cfg.train_fraction * len(train_idx))))]
     kept = train_x[train_idx]
-    mean, std = kept.mean(), kept.std() + 1e-8
-    norm = lambda x: ((x - mean) / std).astype(np.float32, copy=False)  # noqa: E731
+    # Over the flat view (indexing made it C-contiguous, so the sums are the same): faster.
+    flat = kept.reshape(-1)
+    mean, std = flat.mean(), flat.std() + 1e-8
     num_classes = int(max(train_y.max(), test_y.max()) + 1)
-    return Splits(norm(kept), train_y[train_idx].astype(np.int64),
-                  norm(train_x[val_idx]), train_y[val_idx].astype(np.int64),
-                  norm(test_x), test_y.astype(np.int64), num_classes)
+    # The copies that indexing made are normalised in place: each new 100+ MB array costs
+    # its page faults, a good part of the load.
+    return Splits(_normalise(kept, mean, std, own=True), train_y[train_idx].astype(np.int64),
+                  _normalise(train_x[val_idx], mean, std, own=True), train_y[val_idx].astype(np.int64),
+                  _normalise(test_x, mean, std), test_y.astype(np.int64), num_classes)
+
+
+def _normalise(x: np.ndarray, mean: np.floating, std: np.floating, own: bool = False) -> np.ndarray:
+    """(x - mean) / std as float32; computed in `x` itself if it is `own` (a copy made here)."""
+    y = np.subtract(x, mean, out=x if own and x.dtype == np.result_type(x, mean) else None)
+    y /= std
+    return y.astype(np.float32, copy=False)
 
 
 def from_factory(cfg: DataConfig, seed: int) -> Splits:
@@ -238,8 +248,17 @@ def _idx(cfg: DataConfig, seed: int):
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
     root = _resolve(cfg, names)
     xtr, ytr, xte, yte = (read_idx(_find(root, n)) for n in names)
-    to_x = lambda a: a.astype(np.float32)[:, None] / 255.0  # noqa: E731  (N, 1, 28, 28)
-    return (to_x(xtr), ytr), (to_x(xte), yte)
+    return (_images(xtr, 255.0), ytr), (_images(xte, 255.0), yte)
+
+
+def _images(a: np.ndarray, top: float) -> np.ndarray:
+    """(N, H, W) -> (N, 1, H, W) float32 divided by `top` in place (the arithmetic of
+    `a.astype(np.float32) / top` without a second array of the dataset's size), in C order's
+    own strides: a size-1 channel axis with another stride reads to torch as channels-last,
+    and its convolutions then round differently."""
+    x = a.astype(np.float32)
+    x /= top
+    return x.reshape(len(x), 1, *x.shape[1:])
 
 
 def _cifar10(cfg: DataConfig, seed: int):

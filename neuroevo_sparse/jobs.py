@@ -38,11 +38,25 @@ class TrainSpec:
     # Sparse layers of vectorised groups on a CPU run on the C kernels (training.cpu_kernels),
     # resolved on the driver like `vectorise`.
     native_kernels: bool = False
+    # Jobs per group (training.vectorise_group); None: one group per slot of the evaluator.
+    group: int | None = None
 
     @classmethod
     def of(cls, exp: Experiment, arch: Architecture) -> "TrainSpec":
         return cls(arch.builder, exp.training, exp.resources.torch_threads, exp.resources.job_timeout_s,
-                   _vectorise(exp, arch), exp.output.test_accuracy == "all", _native_kernels(exp))
+                   _vectorise(exp, arch), exp.output.test_accuracy == "all", _native_kernels(exp), _group(exp))
+
+
+# training.vectorise_group = "auto" on a GPU. Fixed, not by slot: a GPU's batched matmuls may
+# round by batch size, and results must not depend on how many GPUs there are.
+GPU_GROUP = 8
+
+
+def _group(exp: Experiment) -> int | None:
+    size = exp.training.vectorise_group
+    if size != "auto":
+        return size
+    return GPU_GROUP if exp.resources.gpus_per_job > 0 else None
 
 
 def _native_kernels(exp: Experiment) -> bool:

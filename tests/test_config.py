@@ -54,6 +54,15 @@ def test_wrong_types(tmp_path):
     assert "model.hidden: item 1: must be an integer, got 'x' (str)" in msg
 
 
+def test_a_number_or_a_word(tmp_path):
+    """A key that takes a number or "auto" names both, and checks the number's range."""
+    assert config.load(write(tmp_path, '[training]\nvectorise_group = "auto"\n')).training.vectorise_group == "auto"
+    assert config.load(write(tmp_path, "[training]\nvectorise_group = 3\n")).training.vectorise_group == 3
+    assert ("training.vectorise_group: must be an integer or one of 'auto'; got 'big' (str)"
+            in problems_of(tmp_path, '[training]\nvectorise_group = "big"\n'))
+    assert "training.vectorise_group: must be >= 1; got 0" in problems_of(tmp_path, "[training]\nvectorise_group = 0\n")
+
+
 def test_bad_choice_lists_allowed_values(tmp_path):
     msg = problems_of(tmp_path, '[fitness]\nmode = "best"\n')
     assert "fitness.mode: must be one of 'weighted', 'pareto'; got 'best' (str)" in msg

@@ -57,3 +57,34 @@ def test_idx_reader_round_trip_and_truncation(tmp_path):
     bad.write_bytes(header + arr.tobytes()[:-5])
     with pytest.raises(ValueError, match="truncated"):
         data.read_idx(bad)
+
+
+def _write_idx(path: Path, arr: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+    path.write_bytes(gzip.compress(header + arr.tobytes()))
+
+
+def test_idx_images_are_normalised_as_the_plain_formula_in_c_order(tmp_path):
+    """The in-place loading gives the bits of the plain formula, in C order's own strides: a
+    (N, 1, H, W) array whose channel axis has another stride reads to torch as channels-last,
+    and convolutions on it round differently (the stored CNN results did not reproduce)."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    train, test = rng.integers(0, 256, (300, 28, 28), dtype=np.uint8), rng.integers(0, 256, (50, 28, 28), dtype=np.uint8)
+    for name, arr in [("train-images-idx3-ubyte", train), ("train-labels-idx1-ubyte", rng.integers(0, 10, 300, dtype=np.uint8)),
+                      ("t10k-images-idx3-ubyte", test), ("t10k-labels-idx1-ubyte", rng.integers(0, 10, 50, dtype=np.uint8))]:
+        _write_idx(tmp_path / f"{name}.gz", arr)
+    cfg = DataConfig(dataset="mnist", path=str(tmp_path), validation_fraction=0.2)
+    s = data.load(cfg, seed=3)
+
+    x = train.astype(np.float32)[:, None] / 255.0
+    val_idx, train_idx = data._validation_split(300, cfg, 3)
+    kept = x[train_idx]
+    mean, std = kept.mean(), kept.std() + 1e-8
+    for got, want in [(s.train_x, (kept - mean) / std), (s.val_x, (x[val_idx] - mean) / std),
+                      (s.test_x, (test.astype(np.float32)[:, None] / 255.0 - mean) / std)]:
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+        assert got.strides == np.empty(got.shape, np.float32).strides
+        t = torch.from_numpy(got)
+        assert t.stride() == t.contiguous().stride()

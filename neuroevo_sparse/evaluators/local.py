@@ -51,7 +51,7 @@ class LocalEvaluator:
                       if self.slots > 1 else None)
 
     def evaluate(self, jobs: list[TrainJob], on_result: OnResult | None = None) -> list[TrainResult]:
-        batches = groups(jobs, self.spec)
+        batches = groups(jobs, self.spec, self.slots)
         if self._pool is None:
             done = []
             for batch in batches:

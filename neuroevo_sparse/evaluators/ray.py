@@ -224,7 +224,7 @@ class RayEvaluator:
     def evaluate(self, jobs: list[TrainJob], on_result: OnResult | None = None) -> list[TrainResult]:
         ray = self.ray
         try:
-            batches = groups(jobs, self.spec)
+            batches = groups(jobs, self.spec, self.slots)
             refs = [self.task.remote(self.spec, batch, self.data_ref, self.data_key, self.gpus) for batch in batches]
             index = {ref: i for i, ref in enumerate(refs)}
             done: list[list[TrainResult] | None] = [None] * len(batches)

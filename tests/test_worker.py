@@ -1,0 +1,78 @@
+"""How a generation's jobs are grouped, and why the grouping may follow the cores: on a CPU a
+member's arithmetic does not depend on its group."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from conftest import comparable_history
+from neuroevo_sparse import kernels, runs
+from neuroevo_sparse.jobs import GPU_GROUP, TrainJob, TrainSpec, _group
+from neuroevo_sparse.worker import MAX_GROUP, groups
+
+
+def _spec(group: int | None, vectorise: bool = True) -> TrainSpec:
+    return TrainSpec(builder=None, training=None, vectorise=vectorise, group=group)  # type: ignore[arg-type]
+
+
+def _ids(batches: list[list[TrainJob]]) -> list[list[int]]:
+    return [[j.individual_id for j in b] for b in batches]
+
+
+def _jobs(n: int, test_only: bool = False) -> list[TrainJob]:
+    return [TrainJob(i, 0, i, {}, {}, test_only=test_only) for i in range(n)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 200), slots=st.integers(1, 64))
+def test_auto_groups_are_one_per_slot_of_two_or_more_jobs(n, slots):
+    batches = groups(_jobs(n), _spec(None), slots)
+    assert [j for b in batches for j in b] == _jobs(n)  # every job once, in order
+    sizes = [len(b) for b in batches]
+    assert max(sizes, default=0) - min(sizes, default=0) <= 1  # as even as can be
+    assert max(sizes, default=0) <= MAX_GROUP
+    if n >= 2:
+        assert min(sizes) >= 2  # no job falls to the per-individual path
+        assert len(batches) == max(min(slots, n // 2), -(-n // MAX_GROUP))
+
+
+def test_fixed_groups_and_single_jobs():
+    assert _ids(groups(_jobs(5), _spec(2), slots=8)) == [[0, 1], [2, 3], [4]]  # slots do not matter
+    assert _ids(groups(_jobs(3), _spec(None, vectorise=False), slots=1)) == [[0], [1], [2]]
+    # Test-only jobs are grouped whatever the training path.
+    assert _ids(groups(_jobs(4, test_only=True), _spec(None, vectorise=False), slots=2)) == [[0, 1], [2, 3]]
+
+
+def test_auto_is_one_group_per_slot_on_cpus_and_fixed_on_gpus(tiny):
+    def spec_group(gpus: float, size):
+        return _group(replace(tiny, training=replace(tiny.training, vectorise_group=size),
+                              resources=replace(tiny.resources, gpus_per_job=gpus)))
+
+    assert spec_group(0.0, "auto") is None
+    assert spec_group(0.5, "auto") == GPU_GROUP
+    assert spec_group(0.5, 3) == 3
+
+
+@pytest.mark.parametrize("cpu_kernels", ["native", "torch"])
+def test_a_members_results_do_not_depend_on_its_group(tiny, tmp_path, cpu_kernels):
+    """The property "auto" rests on: the same history whether a generation is one group, one
+    group per core of a 4-core machine, or fixed groups of 3, with truly sparse layers on the
+    C kernels or torch's, and test-only jobs grouped alike."""
+    if cpu_kernels == "native" and not kernels.available():
+        pytest.skip(kernels.status())
+    base = replace(tiny, evolution=replace(tiny.evolution, population=6, offspring=9),
+                   training=replace(tiny.training, vectorise="on", sparse_kernels="on", sparse_min_size=0,
+                                    cpu_kernels=cpu_kernels))
+    histories = []
+    for cpus, size in [(1, "auto"), (4, "auto"), (1, 3)]:
+        exp = replace(base, training=replace(base.training, vectorise_group=size),
+                      resources=replace(base.resources, num_cpus=cpus))
+        run, _ = runs.start(exp, tmp_path / f"cpus{cpus}-{size}")
+        histories.append(comparable_history(run.path))
+    for other in histories[1:]:
+        pd.testing.assert_frame_equal(histories[0], other)
+    assert histories[0].evaluated.sum() == 6 + 2 * 9
