@@ -28,6 +28,8 @@ def groups(jobs: list[TrainJob], spec: TrainSpec, slots: int = 1) -> list[list[T
     if spec.group is not None:
         return [jobs[i: i + spec.group] for i in range(0, len(jobs), spec.group)]
     n = len(jobs)
+    if n == 0:
+        return []
     count = max(1, min(slots, n // 2), -(-n // MAX_GROUP))
     size, extra = divmod(n, count)
     bounds = [i * size + min(i, extra) for i in range(count + 1)]

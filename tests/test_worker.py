@@ -32,6 +32,7 @@ def _jobs(n: int, test_only: bool = False) -> list[TrainJob]:
 def test_auto_groups_are_one_per_slot_of_two_or_more_jobs(n, slots):
     batches = groups(_jobs(n), _spec(None), slots)
     assert [j for b in batches for j in b] == _jobs(n)  # every job once, in order
+    assert all(batches)  # no empty group (a Ray task for nothing)
     sizes = [len(b) for b in batches]
     assert max(sizes, default=0) - min(sizes, default=0) <= 1  # as even as can be
     assert max(sizes, default=0) <= MAX_GROUP
