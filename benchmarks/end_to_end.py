@@ -108,18 +108,23 @@ def run_dense(seed: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def reached(curve: list, target: float) -> int | None:
+    """The first generation of `curve` whose best validation accuracy is `target` or more."""
+    return next((i for i, (_, v) in enumerate(curve) if v >= target - 1e-12), None)
+
+
 def time_to(curve: list, target: float) -> float | None:
-    return next((t for t, v in curve if v >= target - 1e-12), None)
+    i = reached(curve, target)
+    return None if i is None else curve[i][0]
 
 
 def time_to_accuracy(density: float, seed: int, sets: list[str], generations: int, target: float,
                      reference_seconds: float) -> dict:
     """The framework run on past the work, up to `generations`: when it first reached `target`."""
     run = run_framework(density, seed, sets + [f"evolution.generations={generations}"])
-    reached = next((i for i, (t, v) in enumerate(run["curve"]) if v >= target - 1e-12), None)
     return {"generations": generations, "reference_seconds": reference_seconds,
-            "seconds": None if reached is None else run["curve"][reached][0],
-            "generation": reached, "wall_s": run["wall_s"], "curve": run["curve"]}
+            "seconds": time_to(run["curve"], target), "generation": reached(run["curve"], target),
+            "wall_s": run["wall_s"], "curve": run["curve"]}
 
 
 def useful_gflop(density: float, evaluations: int, steps: int = 94, batch: int = 128, val: int = 10_000) -> float:
