@@ -9,9 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import ConfigError
-from .evaluators import ClusterLost
-
+# Nothing of the package at module level: the supervising parent of a run needs none of it,
+# and each import there (numpy, the config) is start-up time of every run.
 log = logging.getLogger("neuroevo_sparse")
 
 
@@ -55,11 +54,6 @@ def _dispatch(args) -> int:
     """Run the command; every error a user can cause or meet ends as one message and an exit
     status (2: bad input, 3: cluster gone, 4: the run failed, 1: the system), with how to go on.
     `--debug` shows the traceback instead."""
-    from .data import DatasetError
-    from .evolution import AllFailed
-    from .report import HistoryError
-    from .store.checkpoint import NoValidCheckpoint
-
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -69,6 +63,14 @@ def _dispatch(args) -> int:
     except Exception as e:
         if args.debug:
             raise
+        # Imported here, not before the command: evolution imports torch, report pandas.
+        from .config import ConfigError
+        from .data import DatasetError
+        from .evaluators import ClusterLost
+        from .evolution import AllFailed
+        from .report import HistoryError
+        from .store.checkpoint import NoValidCheckpoint
+
         if isinstance(e, (ConfigError, DatasetError, NoValidCheckpoint, HistoryError, FileExistsError,
                           FileNotFoundError)):  # FileNotFoundError: a missing run dir, dataset (DatasetNotFound)
             print(f"error: {e}", file=sys.stderr)
@@ -243,12 +245,32 @@ def _address_overrides(args) -> list[str]:
 
 
 def cmd_run(args) -> int:
-    from . import config, runs
+    from . import config
 
     exp = config.load(args.experiment, args.overrides + _address_overrides(args))
+    loading = _load_in_background(exp)
+    from . import runs  # torch, pandas, Ray's client: 2-3 s of imports, while the data loads
+
     stop = StopFlag()
-    run, state = runs.start(exp, args.run_dir, should_stop=stop, on_created=report_run_dir)
+    run, state = runs.start(exp, args.run_dir, should_stop=stop, on_created=report_run_dir, splits=loading)
     return _finished(run, state, exp.evolution.generations, stop)
+
+
+def _load_in_background(exp):
+    """A built-in dataset loading in a thread, started before the training code is imported:
+    reading, decompressing and normalising release the GIL, so on two cores the load and the
+    imports take the time of the longer one. A `data.factory` is the user's code, which may
+    import what the main thread is importing: it is loaded where it always was (runs.start)."""
+    if exp.data.factory is not None:
+        return None
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import data
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="neuroevo-data")
+    loading = pool.submit(data.load, exp.data, exp.experiment.seed)
+    pool.shutdown(wait=False)
+    return loading
 
 
 def cmd_train(args) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,11 +22,13 @@ log = logging.getLogger("neuroevo_sparse")
 def start(exp: Experiment, run_dir: str | Path | None = None,
           should_stop: Callable[[], bool] = lambda: False,
           on_created: Callable[[Path], None] = lambda path: None,
-          callbacks: Sequence[Callback] = ()) -> tuple[RunDir, State]:
-    """Run an experiment from generation 0 in a new run directory."""
+          callbacks: Sequence[Callback] = (), splits: Future[data.Splits] | None = None,
+          ) -> tuple[RunDir, State]:
+    """Run an experiment from generation 0 in a new run directory. `splits`: its data, already
+    loading (`data.load(exp.data, exp.experiment.seed)` in a thread), else loaded here."""
     # Data and network before the run dir: a missing dataset or a broken factory leaves nothing.
     tracking.check(exp)
-    splits, arch, spec, cluster = _prepare(exp)
+    splits, arch, spec, cluster = _prepare(exp, splits)
     try:
         run = RunDir.create(exp, run_dir)
     except BaseException:
@@ -40,14 +42,15 @@ def start(exp: Experiment, run_dir: str | Path | None = None,
     return run, _execute(exp, run, splits, None, should_stop, callbacks, arch, spec, cluster)
 
 
-def _prepare(exp: Experiment) -> tuple[data.Splits, Architecture, TrainSpec, Cluster | None]:
+def _prepare(exp: Experiment, splits: Future[data.Splits] | None = None,
+             ) -> tuple[data.Splits, Architecture, TrainSpec, Cluster | None]:
     """The data, the network and what workers are told to do with it, loaded in a thread while
     the evaluator's cluster starts (a local Ray takes ~5 s, the data about as long: their
     start-ups overlap). Everything a config can get wrong is found here, before anything is
     written. Errors come as they would alone; a cluster started here is stopped on any of them."""
     factory = plugins.resolve(exp.model.factory, "model.factory") if exp.model.factory else None
     with ThreadPoolExecutor(1, thread_name_prefix="neuroevo-data") as pool:
-        loading = pool.submit(_data_and_network, exp, factory)
+        loading = pool.submit(_data_and_network, exp, factory, splits)
         cluster = None
         try:
             cluster = connect(exp, factory)
@@ -58,8 +61,9 @@ def _prepare(exp: Experiment) -> tuple[data.Splits, Architecture, TrainSpec, Clu
     return splits, arch, spec, cluster
 
 
-def _data_and_network(exp: Experiment, factory) -> tuple[data.Splits, Architecture, TrainSpec]:
-    splits = data.load(exp.data, exp.experiment.seed)
+def _data_and_network(exp: Experiment, factory, loading: Future[data.Splits] | None,
+                      ) -> tuple[data.Splits, Architecture, TrainSpec]:
+    splits = data.load(exp.data, exp.experiment.seed) if loading is None else loading.result()
     arch = Architecture.of(exp, splits.input_shape, splits.num_classes, factory)
     return splits, arch, TrainSpec.of(exp, arch)
 

@@ -212,14 +212,20 @@ def set_lr(optimiser: optim.Optimizer, cfg, step: int, steps: int) -> None:
 
 def batches(n: int, batch_size: int, steps: int, seed: int, device: str) -> Iterator[torch.Tensor]:
     """`steps` mini-batches of indices: epochs of seeded permutations, the last one partial."""
-    gen = torch.Generator().manual_seed(seed)
+    return (idx[0] for idx in batches_of(n, batch_size, steps, [seed], device))
+
+
+def batches_of(n: int, batch_size: int, steps: int, seeds: list[int], device: str) -> Iterator[torch.Tensor]:
+    """`batches` of K seeds at once, step by step as one (K, b) tensor: row k is seed k's batch.
+    An epoch's K permutations are drawn and stacked together, not K batches per step."""
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     done = 0
     while done < steps:
-        order = torch.randperm(n, generator=gen)
+        orders = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)
         for i in range(0, n, batch_size):
             if done == steps:
                 return
-            yield order[i: i + batch_size].to(device)
+            yield orders[:, i: i + batch_size].contiguous()
             done += 1
 
 

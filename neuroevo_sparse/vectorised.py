@@ -32,7 +32,7 @@ from torch.func import functional_call, vmap
 from . import kernels
 from .jobs import TrainJob, TrainResult, TrainSpec
 from .sparse import Pattern, layers_to_sparsify, sparse_matmul_t
-from .training import DeviceData, batches, evaluate, masked_step, optimiser_for, run_jobs, to_numpy
+from .training import DeviceData, batches_of, evaluate, masked_step, optimiser_for, run_jobs, to_numpy
 
 
 def train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list[TrainResult]:
@@ -116,7 +116,7 @@ def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
     x_train, y_train = data.train
     n = len(y_train)
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * n / cfg.batch_size))
-    streams = [batches(n, cfg.batch_size, steps, j.seed, device) for j in jobs]
+    order = batches_of(n, cfg.batch_size, steps, [j.seed for j in jobs], device)
     alive = torch.ones(k, dtype=torch.bool, device=device)
     diverged: dict[int, tuple[int, str]] = {}  # index -> (steps done, why)
     total = torch.zeros(k, dtype=torch.float64, device=device)
@@ -130,7 +130,7 @@ def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
             return [TrainResult(j.individual_id, j.weights, status="failed", steps=step,
                                 error=f"timeout: {limit:g}s ({k} x resources.job_timeout_s, vectorised "
                                       f"group) passed after {step} of {steps} steps") for j in jobs]
-        idx = torch.stack([next(s) for s in streams])            # (K, B)
+        idx = next(order)                                         # (K, B)
         out = group.logits(x_train, idx)                          # (K, classes, B)
         losses = nn.functional.cross_entropy(out, y_train[idx], reduction="none").mean(1)
         bad = alive & ~torch.isfinite(losses)
@@ -149,14 +149,16 @@ def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
     val = group.evaluate(*data.val)
     test = group.evaluate(*data.test) if spec.score_test else None
     with torch.no_grad():
+        # Where each individual's values start in a block-diagonal parameter.
+        starts = {name: [0, *np.cumsum(masks[name].flatten(1).sum(1).tolist())] for name in patterns}
         for i, job in enumerate(jobs):
             if i in diverged:
                 done, why = diverged[i]
                 results.append(TrainResult(job.individual_id, job.weights, status="diverged",
                                            error=why, steps=done))
                 continue
-            weights = {name: _individual(params[name], i, masks.get(name) if name in patterns else None)
-                       for name in names}
+            weights = {name: _individual(params[name], i, masks[name] if name in patterns else None,
+                                         starts.get(name)) for name in names}
             weights.update({name: to_numpy(b[i]) for name, b in buffers.items()})
             if not all(np.isfinite(w).all() for w in weights.values()):
                 results.append(TrainResult(job.individual_id, job.weights, status="diverged", steps=steps,
@@ -169,14 +171,13 @@ def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
     return results
 
 
-def _individual(param: torch.Tensor, i: int, masks: torch.Tensor | None) -> np.ndarray:
-    """Individual i's dense weights, from a stacked tensor or from block-diagonal values."""
+def _individual(param: torch.Tensor, i: int, masks: torch.Tensor | None, starts: list[int] | None) -> np.ndarray:
+    """Individual i's dense weights, from a stacked tensor or from block-diagonal values (the
+    K individuals' values one after another, individual i's from starts[i] to starts[i + 1])."""
     if masks is None:
         return to_numpy(param[i])
-    counts = masks.flatten(1).sum(1).tolist()
-    start = int(sum(counts[:i]))
     dense = torch.zeros(masks.shape[1:], dtype=param.dtype, device=param.device)
-    dense[masks[i]] = param.detach()[start: start + int(counts[i])]
+    dense[masks[i]] = param.detach()[int(starts[i]): int(starts[i + 1])]
     return to_numpy(dense)
 
 

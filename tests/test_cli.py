@@ -39,6 +39,16 @@ def test_config_error_exit_code_and_message(tmp_path):
     assert not (tmp_path / "never").exists()  # nothing starts before the file is valid
 
 
+def test_the_supervising_parent_imports_nothing_heavy():
+    # Every `neuroevo run` is two processes; the parent only parses and waits, so whatever it
+    # imports is start-up time of every run (numpy and the config were 0.3 s of it).
+    code = ("import sys; from neuroevo_sparse import cli; cli._parser().parse_args(['run', 'x.toml']); "
+            "print(sorted(m for m in ('numpy', 'torch', 'pandas', 'neuroevo_sparse.config') if m in sys.modules))")
+    p = subprocess.run([*neuroevo_cmd()[:1], "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
+
+
 def test_missing_dataset_leaves_nothing(tiny_toml, tmp_path):
     p = run_cli("run", str(tiny_toml), "--run-dir", str(tmp_path / "never"),
                 "--set", 'data.dataset="mnist"', "--set", f'data.path="{tmp_path}"')

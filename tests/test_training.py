@@ -2,6 +2,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from neuroevo_sparse.models import Architecture
 from neuroevo_sparse import data, models
@@ -85,3 +86,23 @@ def test_step_budget(tiny, steps, epochs):
     r = train(job(g), spec, d)
     expected = steps or int(np.ceil(0.5 * len(d.train[1]) / 32))
     assert r.steps == expected
+
+
+def test_batches_are_epochs_of_the_seeds_permutations_and_a_group_draws_each_members_own():
+    from neuroevo_sparse.training import batches, batches_of
+
+    n, size, steps = 10, 4, 7  # 3 batches an epoch (4, 4, 2): the last one partial
+    def expected(seed):
+        g = torch.Generator().manual_seed(seed)
+        out = []
+        while len(out) < steps:
+            order = torch.randperm(n, generator=g)
+            out += [order[i: i + size] for i in range(0, n, size)]
+        return out[:steps]
+    single = list(batches(n, size, steps, 3, "cpu"))
+    assert [b.tolist() for b in single] == [b.tolist() for b in expected(3)]
+    assert sorted(torch.cat(single[:3]).tolist()) == list(range(n))  # an epoch sees every sample once
+    group = list(batches_of(n, size, steps, [3, 5, 3], "cpu"))
+    assert [tuple(b.shape) for b in group] == [(3, 4), (3, 4), (3, 2)] * 2 + [(3, 4)]
+    for k, seed in enumerate([3, 5, 3]):
+        assert [b[k].tolist() for b in group] == [b.tolist() for b in expected(seed)]

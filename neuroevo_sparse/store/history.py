@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
+import pandas  # noqa: F401  pyarrow imports it on its first pa.array call: here, that is at
+import pyarrow as pa  # start-up (beside the data load), not during the first generation
 import pyarrow.parquet as pq
 
 # Columns every run has; per-layer densities follow as "density.<tensor name>" float columns.
