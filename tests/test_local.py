@@ -9,7 +9,7 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
-from conftest import ROOT, comparable_history
+from conftest import comparable_history
 from neuroevo_sparse import config, runs
 from neuroevo_sparse.evaluators.local import LocalEvaluator, local_slots
 
