@@ -92,11 +92,15 @@ def run_framework(density: float, seed: int, extra: list[str]) -> dict:
 
 
 # The fixed training paths `auto` chooses among (training.vectorise x training.sparse_kernels
-# x training.cpu_kernels; the native kernels serve vectorised groups only).
+# x training.cpu_kernels, and training.vectorise_group; the native kernels serve vectorised
+# groups only).
 PATHS = {"one-by-one, sparse": ['training.vectorise="off"', 'training.sparse_kernels="on"'],
          "one-by-one, dense-masked": ['training.vectorise="off"', 'training.sparse_kernels="off"'],
          "vectorised, sparse, native": ['training.vectorise="on"', 'training.sparse_kernels="on"',
                                         'training.cpu_kernels="native"'],
+         # the group size 0.4.2 fixed; "auto" (0.4.3) makes one group per slot
+         "vectorised, sparse, native, groups of 4": ['training.vectorise="on"', 'training.sparse_kernels="on"',
+                                                     'training.cpu_kernels="native"', 'training.vectorise_group=4'],
          "vectorised, sparse, torch": ['training.vectorise="on"', 'training.sparse_kernels="on"',
                                        'training.cpu_kernels="torch"'],
          "vectorised, dense-masked": ['training.vectorise="on"', 'training.sparse_kernels="off"']}
