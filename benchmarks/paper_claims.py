@@ -260,8 +260,10 @@ def ga_jobs(seeds: list[int]) -> list[Job]:
     variants = [("ga-methods", ['evolution.mutations=["threshold", "strength"]']),
                 ("ga-set", ['evolution.mutations=["set"]']),
                 ("ga-random", [f"evolution.population={budget}", "evolution.generations=0"])]
+    # The rules choose the training path: a measured choice (training.auto_by) may differ from
+    # one machine to the next, and stored runs are re-keyed only if they reproduce bit for bit.
     jobs = [Job(config.load(GA_TOML, sets + [f"experiment.seed={seed}", 'resources.backend="local"',
-                                             'output.progress="none"']),
+                                             'output.progress="none"', 'training.auto_by="rules"']),
                 seed, OUT / "ga" / f"{variant}-s{seed}.json", variant, GA)
             for variant, sets in variants for seed in seeds]
     single = config.load(PAPER / "fashion_mlp_small.toml", ["structure.method=threshold", f"training.epochs={budget}"])

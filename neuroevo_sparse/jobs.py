@@ -16,6 +16,7 @@ import numpy as np
 from .config import ConfigError, Experiment, TrainingConfig
 
 if TYPE_CHECKING:
+    from .calibration import Plan
     from .models import Architecture, Builder
 
 log = logging.getLogger("neuroevo_sparse")
@@ -40,23 +41,29 @@ class TrainSpec:
     native_kernels: bool = False
     # Jobs per group (training.vectorise_group); None: one group per slot of the evaluator.
     group: int | None = None
+    # The masked Linear layers a measured plan (calibration.py) runs truly sparse, wherever
+    # they are below training.sparse_below; None: the rules decide (sparse.layers_to_sparsify).
+    sparse_layers: tuple[str, ...] | None = None
 
     @classmethod
-    def of(cls, exp: Experiment, arch: Architecture) -> "TrainSpec":
+    def of(cls, exp: Experiment, arch: Architecture, plan: Plan | None = None) -> "TrainSpec":
+        """What every worker is told; `plan`, a measured choice of path, replaces the rules'."""
         return cls(arch.builder, exp.training, exp.resources.torch_threads, exp.resources.job_timeout_s,
-                   _vectorise(exp, arch), exp.output.test_accuracy == "all", _native_kernels(exp), _group(exp))
+                   _vectorise(exp, arch) if plan is None else plan.vectorise, exp.output.test_accuracy == "all",
+                   _native_kernels(exp), _group(exp, arch), None if plan is None else plan.sparse_layers)
 
 
-# training.vectorise_group = "auto" on a GPU. Fixed, not by slot: a GPU's batched matmuls may
-# round by batch size, and results must not depend on how many GPUs there are.
-GPU_GROUP = 8
+# training.vectorise_group = "auto" on a GPU, and for networks other than the built-in MLP
+# (vmapped whole). Fixed, not by slot: batched matmuls there may round by batch size, and
+# results must not depend on how many GPUs or slots there are.
+FIXED_GROUP = 8
 
 
-def _group(exp: Experiment) -> int | None:
+def _group(exp: Experiment, arch: Architecture) -> int | None:
     size = exp.training.vectorise_group
     if size != "auto":
         return size
-    return GPU_GROUP if exp.resources.gpus_per_job > 0 else None
+    return FIXED_GROUP if exp.resources.gpus_per_job > 0 or not arch.is_chain() else None
 
 
 def _native_kernels(exp: Experiment) -> bool:

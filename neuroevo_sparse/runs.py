@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__, data, plugins, tracking
+from .calibration import Plan, plan_for
 from .config import RESUME_SAFE_KEYS, ConfigError, Experiment, diff, to_toml
 from .evaluators import ClusterLost, Cluster, connect, make as make_evaluator
 from .evolution import Callback, Evolution, State
@@ -28,9 +29,9 @@ def start(exp: Experiment, run_dir: str | Path | None = None,
     loading (`data.load(exp.data, exp.experiment.seed)` in a thread), else loaded here."""
     # Data and network before the run dir: a missing dataset or a broken factory leaves nothing.
     tracking.check(exp)
-    splits, arch, spec, cluster = _prepare(exp, splits)
+    splits, arch, spec, plan, cluster = _prepare(exp, splits, measure=True)
     try:
-        run = RunDir.create(exp, run_dir)
+        run = RunDir.create(exp, run_dir, plan.to_json() if plan else None)
     except BaseException:
         _close(cluster)
         raise
@@ -42,30 +43,35 @@ def start(exp: Experiment, run_dir: str | Path | None = None,
     return run, _execute(exp, run, splits, None, should_stop, callbacks, arch, spec, cluster)
 
 
-def _prepare(exp: Experiment, splits: Future[data.Splits] | None = None,
-             ) -> tuple[data.Splits, Architecture, TrainSpec, Cluster | None]:
+def _prepare(exp: Experiment, splits: Future[data.Splits] | None = None, plan: Plan | None = None,
+             measure: bool = False) -> tuple[data.Splits, Architecture, TrainSpec, Plan | None, Cluster | None]:
     """The data, the network and what workers are told to do with it, loaded in a thread while
     the evaluator's cluster starts (a local Ray takes ~5 s, the data about as long: their
-    start-ups overlap). Everything a config can get wrong is found here, before anything is
-    written. Errors come as they would alone; a cluster started here is stopped on any of them."""
+    start-ups overlap). The path is `plan`, or with `measure` the one measured for this machine
+    (calibration.py), else the rules'. Everything a config can get wrong is found here, before
+    anything is written. Errors come as they would alone; a cluster started here is stopped on
+    any of them."""
     factory = plugins.resolve(exp.model.factory, "model.factory") if exp.model.factory else None
     with ThreadPoolExecutor(1, thread_name_prefix="neuroevo-data") as pool:
         loading = pool.submit(_data_and_network, exp, factory, splits)
         cluster = None
         try:
             cluster = connect(exp, factory)
-            splits, arch, spec = loading.result()
+            splits, arch = loading.result()
+            # Once the cluster is up: its start-up would slow some timings and not others.
+            if measure:
+                plan = plan_for(exp, arch, splits)
+            spec = TrainSpec.of(exp, arch, plan)
         except BaseException:
             _close(cluster)
             raise
-    return splits, arch, spec, cluster
+    return splits, arch, spec, plan, cluster
 
 
 def _data_and_network(exp: Experiment, factory, loading: Future[data.Splits] | None,
-                      ) -> tuple[data.Splits, Architecture, TrainSpec]:
+                      ) -> tuple[data.Splits, Architecture]:
     splits = data.load(exp.data, exp.experiment.seed) if loading is None else loading.result()
-    arch = Architecture.of(exp, splits.input_shape, splits.num_classes, factory)
-    return splits, arch, TrainSpec.of(exp, arch)
+    return splits, Architecture.of(exp, splits.input_shape, splits.num_classes, factory)
 
 
 def _close(cluster: Cluster | None) -> None:
@@ -99,7 +105,13 @@ def resume(run_path: str | Path, overrides: list[str] | None = None, generations
     # resuming it is starting it, in the same directory.
     loaded = run.load_checkpoint() if run.has_checkpoint() else None
     done = _check_checkpoint(run, loaded, original, exp) if loaded else -1
-    splits, arch, spec, cluster = _prepare(exp)
+    # The path the run started on, never measured again: another would round differently.
+    # A run without plan.json started on the rules' path.
+    stored = run.read_plan()
+    plan = None if stored is None else Plan.from_json(stored, str(run.plan_path))
+    if plan is not None:
+        log.info("training path: %s (as the run started: %s)", plan.label, run.plan_path)
+    splits, arch, spec, plan, cluster = _prepare(exp, plan=plan)
     try:
         if exp != original:
             run.config_path.write_text(to_toml(exp))

@@ -14,6 +14,7 @@ stay zero there), in O(active) work instead of O(in x out). Conv layers stay den
 from __future__ import annotations
 
 import warnings
+from collections.abc import Collection
 
 import numpy as np
 import torch
@@ -160,14 +161,18 @@ class SparseLinear(nn.Module):
         return w
 
 
-def layers_to_sparsify(masks: dict[str, np.ndarray], cfg: TrainingConfig, min_size: int | None = None) -> list[str]:
+def layers_to_sparsify(masks: dict[str, np.ndarray], cfg: TrainingConfig, min_size: int | None = None,
+                       chosen: Collection[str] | None = None) -> list[str]:
     """Weight names of the masked Linear layers (2-D masks) that `cfg` runs truly sparse;
-    `min_size` replaces `cfg.sparse_min_size` (the native kernels need none)."""
+    `min_size` replaces `cfg.sparse_min_size` (the native kernels need none); `chosen`, the
+    layers a measured plan picked (calibration.py), replaces the size rule altogether."""
     if cfg.sparse_kernels == "off":
         return []
     min_size = cfg.sparse_min_size if min_size is None else min_size
+    def picked(k: str, m: np.ndarray) -> bool:
+        return k in chosen if chosen is not None else m.size >= min_size
     return [k for k, m in masks.items() if m.ndim == 2 and (
-        cfg.sparse_kernels == "on" or (m.size >= min_size and m.mean() < cfg.sparse_below))]
+        cfg.sparse_kernels == "on" or (picked(k, m) and m.mean() < cfg.sparse_below))]
 
 
 def sparsify(model: nn.Module, masks: dict[str, np.ndarray], names: list[str]) -> list[str]:

@@ -99,7 +99,7 @@ def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
     device = data.device
     model = build_model(spec, job.weights, device)
     # Layers turned truly sparse hold only their active weights: no mask to enforce there.
-    sparse_layers = sparse.sparsify(model, job.masks, sparse.layers_to_sparsify(job.masks, cfg))
+    sparse_layers = sparse.sparsify(model, job.masks, sparse.layers_to_sparsify(job.masks, cfg, chosen=spec.sparse_layers))
     params = dict(model.named_parameters())
     masks = {k: torch.from_numpy(np.array(v)).to(device=device, dtype=params[k].dtype)
              for k, v in job.masks.items() if k not in sparse_layers}
@@ -138,7 +138,7 @@ def score_test(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
     training would use; a failure becomes a result with a status."""
     def score() -> list[TrainResult]:
         model = build_model(spec, job.weights, data.device)
-        sparse.sparsify(model, job.masks, sparse.layers_to_sparsify(job.masks, spec.training))
+        sparse.sparsify(model, job.masks, sparse.layers_to_sparsify(job.masks, spec.training, chosen=spec.sparse_layers))
         return [TrainResult(job.individual_id, {}, test_accuracy=evaluate(model, *data.test)[1])]
     return run_jobs([job], spec, data, score)[0]
 

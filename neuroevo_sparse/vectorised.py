@@ -65,8 +65,8 @@ class _Group:
             raise RuntimeError(f"the run uses the native sparse kernels (training.cpu_kernels), but on this "
                                f"worker: {kernels.status()}")
         min_size = 0 if native else None
-        sparse = [n for n in layers_to_sparsify(jobs[0].masks, cfg, min_size)
-                  if all(n in layers_to_sparsify(j.masks, cfg, min_size) for j in jobs[1:])] if chain else []
+        each = [layers_to_sparsify(j.masks, cfg, min_size, spec.sparse_layers) for j in jobs] if chain else [[]]
+        sparse = [n for n in each[0] if all(n in names for names in each[1:])]
         self.patterns = {n: Pattern.block_diagonal(masks[n]) for n in sparse}
         self.owner = {n: masks[n].nonzero(as_tuple=True)[0] for n in sparse}   # individual of each value
         self.holder = nn.Module()  # the optimiser wants parameters; the stacked tensors are them

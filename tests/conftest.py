@@ -49,6 +49,14 @@ progress = "none"
 """
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _plan_cache(tmp_path_factory) -> None:
+    """The measured training paths (calibration.py) of the whole session in one cache of its
+    own: not the user's, and the same for every test, so that runs compared bit for bit take
+    the same path; subprocesses inherit it."""
+    os.environ.setdefault("NEUROEVO_SPARSE_CACHE", str(tmp_path_factory.mktemp("plan-cache")))
+
+
 @pytest.fixture
 def tiny_toml(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"

@@ -11,7 +11,8 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import comparable_history
 from neuroevo_sparse import kernels, runs
-from neuroevo_sparse.jobs import GPU_GROUP, TrainJob, TrainSpec, _group
+from neuroevo_sparse.models import Architecture
+from neuroevo_sparse.jobs import FIXED_GROUP, TrainJob, TrainSpec, _group
 from neuroevo_sparse.worker import MAX_GROUP, groups
 
 
@@ -48,14 +49,17 @@ def test_fixed_groups_and_single_jobs():
     assert _ids(groups(_jobs(4, test_only=True), _spec(None, vectorise=False), slots=2)) == [[0, 1], [2, 3]]
 
 
-def test_auto_is_one_group_per_slot_on_cpus_and_fixed_on_gpus(tiny):
-    def spec_group(gpus: float, size):
-        return _group(replace(tiny, training=replace(tiny.training, vectorise_group=size),
-                              resources=replace(tiny.resources, gpus_per_job=gpus)))
+def test_auto_is_one_group_per_slot_on_cpus_and_fixed_on_gpus_and_for_vmapped_networks(tiny):
+    def spec_group(gpus: float, size, model=tiny.model):
+        exp = replace(tiny, training=replace(tiny.training, vectorise_group=size), model=model,
+                      resources=replace(tiny.resources, gpus_per_job=gpus))
+        return _group(exp, Architecture.of(exp, (1, 8, 8), 3))
 
     assert spec_group(0.0, "auto") is None
-    assert spec_group(0.5, "auto") == GPU_GROUP
+    assert spec_group(0.5, "auto") == FIXED_GROUP
     assert spec_group(0.5, 3) == 3
+    # Any other network is vmapped whole, where batched matmuls may round by batch size.
+    assert spec_group(0.0, "auto", replace(tiny.model, kind="cnn", channels=[4])) == FIXED_GROUP
 
 
 @pytest.mark.parametrize("cpu_kernels", ["native", "torch"])

@@ -1,6 +1,7 @@
 """The run directory: everything a run leaves on disk, and nothing else writes there.
 
     RUN_DIR/config.toml          the resolved experiment, exactly what ran
+    RUN_DIR/plan.json            the training path measured for the run (calibration.py), if it was
     RUN_DIR/history/             one parquet part per generation (see history.py)
     RUN_DIR/checkpoints/         atomic checkpoints (see checkpoint.py)
     RUN_DIR/best/                the best individual: model.pt (plain state_dict, masks applied),
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Experiment, load as load_config, to_toml
+from ..config import ConfigError, Experiment, load as load_config, to_toml
 from . import checkpoint, history
 
 
@@ -34,14 +35,16 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
         self.best = self.path / "best"
         self.config_path = self.path / "config.toml"
+        self.plan_path = self.path / "plan.json"
 
     @property
     def run_id(self) -> str:
         return self.path.name
 
     @classmethod
-    def create(cls, exp: Experiment, path: str | Path | None = None) -> "RunDir":
-        """A new run directory; refuses one that already holds a run (resume it instead)."""
+    def create(cls, exp: Experiment, path: str | Path | None = None, plan: dict | None = None) -> "RunDir":
+        """A new run directory, with `plan` (the measured training path) if there is one;
+        refuses one that already holds a run (resume it instead)."""
         if path is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             base = Path(exp.output.root) / exp.experiment.name / f"{stamp}-seed{exp.experiment.seed}"
@@ -61,7 +64,19 @@ class RunDir:
                                f"choose another --run-dir")
         run.path.mkdir(parents=True, exist_ok=True)
         _write_text(run.config_path, to_toml(exp))
+        if plan is not None:
+            _write_text(run.plan_path, json.dumps(plan, indent=1))
         return run
+
+    def read_plan(self) -> Any:
+        """The stored plan.json as parsed JSON, None if there is none."""
+        try:
+            return json.loads(self.plan_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise ConfigError([f"cannot be read ({e}); delete it to resume on the rules' training path "
+                               f"(the run may then round differently)"], source=str(self.plan_path)) from e
 
     def remove_stale_temporaries(self) -> list[Path]:
         """Half-written files a killed process left behind (every write here goes to a hidden

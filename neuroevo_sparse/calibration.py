@@ -1,0 +1,341 @@
+"""The "auto" training path, chosen by measuring the candidates (training.auto_by = "measurement").
+
+Which path trains an individual fastest (one at a time or in vectorised groups; each masked
+Linear layer dense, weight * mask, or truly sparse) depends on the machine, the layer shapes,
+the density and the batch size. The rules (jobs.py, sparse.layers_to_sparsify) are thresholds
+measured on one machine. So when a run starts, each candidate trains a few steps of the run's
+own network at its density and batch size on its data, and the fastest is used. The rules'
+own choice is kept unless another path is more than MARGIN faster: a closer call is within
+the noise of a measurement, and the rules' choice is the one every machine would make.
+
+The paths round differently, so the choice is an input of the results, like the seed:
+- it is cached per machine, torch and package version and problem, so a second run of a
+  config on the same machine takes the same path, bit for bit;
+- it is stored in the run directory (plan.json), and a resumed run uses that, whatever the
+  cache says;
+- it is measured at a fixed group size (GROUP, or training.vectorise_group), not the
+  cluster's, so it does not depend on how many workers there are;
+- it is logged with the times that made it.
+GPUs use the rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__, kernels
+from .config import ConfigError, Experiment
+from .data import Splits
+from .genome import Init, layer_densities, random_genome, target_counts
+from .jobs import TrainJob, TrainSpec
+from .models import Architecture
+from .sparse import layers_to_sparsify
+from .training import DeviceData
+from .worker import train_group
+
+log = logging.getLogger("neuroevo_sparse")
+
+# The rules' choice stands unless another path is this much faster.
+MARGIN = 0.10
+# The group a vectorised candidate is measured with (the GPU's fixed group is also 8).
+GROUP = 8
+# Steps a candidate is timed for, after one step of warm-up; and the evaluation samples of its
+# short and long timings, whose difference gives the cost of one evaluated sample.
+STEPS = 8
+SHORT_EVAL, LONG_EVAL = 256, 1280
+# A candidate whose steps alone take this many times the fastest so far is not timed further;
+# one the rules' choice loses to is timed this many times more, beside it.
+ABANDON = 1.5
+CONFIRM = 2
+# The least share of a network's masked weights a layer must hold for its own choice to be timed.
+FLIP_SHARE = 0.02
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A measured path: vectorised or not, and which masked Linear layers run truly sparse."""
+
+    vectorise: bool
+    sparse_layers: tuple[str, ...]
+    # Seconds an individual takes on each candidate (by its label), as measured.
+    seconds: dict[str, float] = field(default_factory=dict, compare=False)
+
+    @property
+    def label(self) -> str:
+        return label(self.vectorise, self.sparse_layers)
+
+    def to_json(self) -> dict:
+        return {"vectorise": self.vectorise, "sparse_layers": list(self.sparse_layers), "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, d: object, source: str) -> "Plan":
+        """A stored plan; anything else is refused, naming `source` and how to mend it."""
+        ok = (isinstance(d, dict) and isinstance(d.get("vectorise"), bool)
+              and isinstance(d.get("sparse_layers"), list) and all(isinstance(n, str) for n in d["sparse_layers"])
+              and isinstance(d.get("seconds", {}), dict))
+        if not ok:
+            raise ConfigError([f"not a training plan ({{'vectorise': bool, 'sparse_layers': [names]}}): {d!r:.200}; "
+                               f"delete it to measure the paths again (the run may then round differently)"],
+                              source=source)
+        return cls(d["vectorise"], tuple(d["sparse_layers"]),
+                   {str(k): float(v) for k, v in d.get("seconds", {}).items()})
+
+
+def label(vectorise: bool, sparse_layers: tuple[str, ...] | list[str]) -> str:
+    way = "vectorised groups" if vectorise else "one by one"
+    return f"{way}, sparse: {', '.join(n.removesuffix('.weight') for n in sparse_layers) or 'none'}"
+
+
+def plan_for(exp: Experiment, arch: Architecture, splits: Splits) -> Plan | None:
+    """The measured path for this run (from the cache, or measured now and cached), or None
+    where the rules decide: training.auto_by = "rules", a GPU, or nothing left to choose."""
+    if exp.training.auto_by == "rules" or exp.resources.gpus_per_job > 0:
+        return None
+    rules = TrainSpec.of(exp, arch)
+    jobs = _jobs(exp, arch)
+    candidates = _candidates(exp, arch, rules, jobs[0])
+    if len(candidates) < 2:
+        return None
+    key = _key(exp, arch, splits, rules, candidates)
+    cached = _read_cache().get(key)
+    if cached is not None:
+        try:
+            plan = Plan.from_json(cached, str(cache_file()))
+            log.info("training path: %s (measured on this machine before; cached in %s)", plan.label, cache_file())
+            return plan
+        except ConfigError:
+            log.warning("the cached training plan %s in %s is damaged: measuring again", key, cache_file())
+    plan = _measure(exp, rules, candidates, jobs, splits)
+    if plan is not None:
+        _write_cache(key, plan)
+    return plan
+
+
+def _jobs(exp: Experiment, arch: Architecture) -> list[TrainJob]:
+    """GROUP individuals of the run's network at its density (its reference density, for runs
+    that search sizes), drawn from a generator of their own: never the run's."""
+    rng = np.random.default_rng(0)
+    counts = target_counts(arch.info, arch.maskable, exp.sparsity.density, exp.sparsity.init)
+    genomes = [random_genome(i, arch.template, arch.info, counts, Init.of(exp.training), rng)
+               for i in range(_group_size(exp))]
+    return [TrainJob(g.id, 0, g.id, g.masks, g.weights) for g in genomes]
+
+
+def _candidates(exp: Experiment, arch: Architecture, rules: TrainSpec, job: TrainJob
+                ) -> list[tuple[bool, tuple[str, ...]]]:
+    """(vectorise, sparse layers) of every path worth timing, the rules' choice first: on each
+    way of training (one by one; vectorised groups), the rules' layers, then those with one
+    layer turned from dense to sparse or back. Only layers that hold FLIP_SHARE of the masked
+    weights are turned: a smaller one changes a step by less than a timing can tell."""
+    cfg = exp.training
+    modes = [rules.vectorise]
+    # Other networks than the built-in MLP are vmapped whole in fixed groups (jobs.FIXED_GROUP):
+    # on a cluster with more slots than groups, a step faster per individual could make a
+    # generation slower. Their way of training stays the rules'.
+    if cfg.vectorise == "auto" and (rules.vectorise or arch.is_chain()):
+        modes.append(not rules.vectorise)
+    density = layer_densities(arch.info, arch.maskable, exp.sparsity.density, exp.sparsity.init)
+    total = sum(arch.info[n].size for n in arch.maskable)
+    flippable = sorted(n for n in arch.maskable if len(arch.info[n].shape) == 2 and density[n] < cfg.sparse_below
+                       and arch.info[n].size >= FLIP_SHARE * total)
+    chosen: list[tuple[bool, tuple[str, ...]]] = []
+    for vec in modes:
+        base = _rule_layers(arch, rules, job, vec)
+        chosen.append((vec, base))
+        if cfg.sparse_kernels != "auto" or (vec and not arch.is_chain()):
+            continue
+        chosen += [(vec, tuple(sorted(set(base) ^ {n}))) for n in flippable]
+    return chosen
+
+
+def _rule_layers(arch: Architecture, rules: TrainSpec, job: TrainJob, vectorise: bool) -> tuple[str, ...]:
+    """The layers the rules run sparse on that path: none in vectorised groups of networks
+    other than the built-in MLP; no minimum size on the native kernels."""
+    if vectorise and not arch.is_chain():
+        return ()
+    native = vectorise and rules.native_kernels
+    return tuple(sorted(layers_to_sparsify(job.masks, rules.training, 0 if native else None)))
+
+
+def _measure(exp: Experiment, rules: TrainSpec, candidates: list[tuple[bool, tuple[str, ...]]],
+             jobs: list[TrainJob], splits: Splits) -> Plan | None:
+    """Time the rules' layers on each way of training first, then the other layer sets of the
+    ways that are not far behind. If a candidate beats the rules' choice by more than MARGIN,
+    the two are timed again, interleaved, CONFIRM times more: a switch is made on repeated
+    evidence, never on one timing. Each estimate is the least of its timings (interruptions
+    only ever add time)."""
+    log.info("measuring up to %d training paths on this network (once on this machine: the choice is cached)",
+             len(candidates))
+    started = time.perf_counter()
+    cfg = exp.training
+    steps = cfg.steps or max(1, -(-int(cfg.epochs * len(splits.train_y)) // cfg.batch_size))
+    timer = _Timer(rules, jobs, splits, steps)
+    timer.warm_up(*candidates[0])
+    seconds: dict[tuple[bool, tuple[str, ...]], list[float]] = {}
+    behind: set[tuple[bool, tuple[str, ...]]] = set()  # abandoned: their steps alone took too long
+
+    def measure(c: tuple[bool, tuple[str, ...]]) -> None:
+        best = min((min(v) for k, v in seconds.items() if k not in behind), default=None)
+        give_up = None if best is None else ABANDON * best
+        try:
+            seconds[c] = [timer.seconds(*c, give_up=give_up)]
+        except RuntimeError as e:
+            log.info("  %s: could not be measured (%s)", label(*c), e)
+            return
+        if give_up is not None and seconds[c][0] > give_up:
+            behind.add(c)
+
+    firsts = [c for i, c in enumerate(candidates) if c[0] not in {d[0] for d in candidates[:i]}]
+    for c in firsts:
+        measure(c)
+    if not seconds:
+        log.warning("no training path could be measured on this network: the rules choose it")
+        return None
+    best = min(min(v) for v in seconds.values())
+    ahead = {c[0] for c in firsts if c in seconds and min(seconds[c]) <= ABANDON * best}
+    for c in candidates:
+        if c not in firsts and c[0] in ahead:
+            measure(c)
+    rule = candidates[0]
+    least = {c: min(v) for c, v in seconds.items()}
+    fastest = min(least, key=least.__getitem__)
+    if rule in least and fastest != rule and least[rule] > (1 + MARGIN) * least[fastest]:
+        try:
+            for _ in range(CONFIRM):
+                for c in (rule, fastest):
+                    seconds[c].append(timer.seconds(*c))
+        except RuntimeError as e:
+            log.info("  timing again failed (%s): the first timings decide", e)
+        least = {c: min(v) for c, v in seconds.items()}
+        fastest = min(least, key=least.__getitem__)
+    pick = rule if rule in least and least[rule] <= (1 + MARGIN) * least[fastest] else fastest
+    for c, s in sorted(least.items(), key=lambda kv: kv[1]):
+        log.info("  %-52s %s%8.1f ms an individual%s%s%s", label(*c), ">" if c in behind else " ", 1e3 * s,
+                 f" (least of {len(seconds[c])})" if len(seconds[c]) > 1 else
+                 " (its steps alone: not timed further)" if c in behind else "",
+                 "  <- chosen" if c == pick else "", "  (the rules' choice)" if c == rule else "")
+    why = (f"the rules' choice, within {100 * MARGIN:.0f}% of the fastest" if pick == rule else
+           f"{least[rule] / least[pick]:.2f}x faster than the rules' choice" if rule in least else
+           "the rules' choice could not be measured")
+    log.info("training path: %s (%s; measured in %.1f s)", label(*pick), why, time.perf_counter() - started)
+    return Plan(pick[0], pick[1], {label(*c): s for c, s in least.items()})
+
+
+class _Timer:
+    """Seconds an individual takes on a path for the run's steps and evaluated samples: a line
+    through timed runs of 1 and 1 + STEPS steps (setup, then per step) and of a short and a
+    long evaluation (per sample evaluated)."""
+
+    def __init__(self, rules: TrainSpec, jobs: list[TrainJob], splits: Splits, steps: int):
+        self.rules, self.jobs, self.steps = rules, jobs, steps
+        self.short, self.long = DeviceData(_head(splits, SHORT_EVAL)), DeviceData(_head(splits, LONG_EVAL))
+        self.evaluated = len(splits.val_y) + (len(splits.test_y) if rules.score_test else 0)
+
+    def _timed(self, vectorise: bool, layers: tuple[str, ...], data: DeviceData, steps: int) -> float:
+        spec = replace(self.rules, vectorise=vectorise, sparse_layers=layers, time_limit_s=None,
+                       training=replace(self.rules.training, steps=steps))
+        start = time.perf_counter()
+        results = train_group(self.jobs if vectorise else self.jobs[:1], spec, data)
+        took = time.perf_counter() - start
+        failed = next((r for r in results if r.status != "ok"), None)
+        if failed is not None:
+            raise RuntimeError(f"{failed.status}: {failed.error}")
+        return took / len(results)
+
+    def warm_up(self, vectorise: bool, layers: tuple[str, ...]) -> None:
+        """One untimed run: the first calls of a process allocate and load."""
+        try:
+            self._timed(vectorise, layers, self.short, 1)
+        except RuntimeError:
+            pass  # the candidate's own measurement says so
+
+    def seconds(self, vectorise: bool, layers: tuple[str, ...], give_up: float | None = None) -> float:
+        """The estimate; past `give_up` seconds on the steps alone, that lower bound instead."""
+        def trained() -> float:
+            return one + (self.steps - 1) * max(0.0, (many - one) / STEPS)
+        one = self._timed(vectorise, layers, self.short, 1)
+        many = self._timed(vectorise, layers, self.short, 1 + STEPS)
+        if give_up is not None and trained() > give_up:
+            return trained()
+        many = min(many, self._timed(vectorise, layers, self.short, 1 + STEPS))
+        wide = self._timed(vectorise, layers, self.long, 1)
+        samples = lambda d: len(d.val[1]) + (len(d.test[1]) if self.rules.score_test else 0)  # noqa: E731
+        per_sample = max(0.0, (wide - one) / max(1, samples(self.long) - samples(self.short)))
+        return trained() + (self.evaluated - samples(self.short)) * per_sample
+
+
+def _head(splits: Splits, n: int) -> Splits:
+    return replace(splits, val_x=splits.val_x[:n], val_y=splits.val_y[:n],
+                   test_x=splits.test_x[:n], test_y=splits.test_y[:n])
+
+
+# ---------------------------------------------------------------------------- the cache
+def cache_file() -> Path:
+    """$NEUROEVO_SPARSE_CACHE/plans.json, else under $XDG_CACHE_HOME or ~/.cache."""
+    root = os.environ.get("NEUROEVO_SPARSE_CACHE")
+    if not root:
+        root = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "neuroevo_sparse")
+    return Path(root) / "plans.json"
+
+
+def _key(exp: Experiment, arch: Architecture, splits: Splits, rules: TrainSpec,
+         candidates: list[tuple[bool, tuple[str, ...]]]) -> str:
+    """What a measurement depends on: the machine and software, and the problem's shape."""
+    cfg = exp.training
+    machine = [platform.machine(), _cpu_model(), os.cpu_count(), torch.__version__, __version__, kernels.status()]
+    problem = [exp.model.factory or exp.model.kind, {k: list(v.shape) for k, v in arch.template.items()},
+               {n: round(float(d), 4) for n, d in
+                layer_densities(arch.info, arch.maskable, exp.sparsity.density, exp.sparsity.init).items()},
+               cfg.batch_size, cfg.optimizer, cfg.steps, cfg.epochs, len(splits.train_y), len(splits.val_y),
+               len(splits.test_y) if rules.score_test else 0, rules.torch_threads, rules.native_kernels,
+               _group_size(exp), candidates]
+    text = json.dumps([machine, problem], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _group_size(exp: Experiment) -> int:
+    return exp.training.vectorise_group if exp.training.vectorise_group != "auto" else GROUP
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor()
+
+
+def _read_cache() -> dict:
+    path = cache_file()
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        log.warning("ignoring the training-plan cache %s (%s): the paths are measured again", path, e)
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _write_cache(key: str, plan: Plan) -> None:
+    """Atomically; a cache that cannot be written costs a measurement next time, nothing else."""
+    path = cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entries = _read_cache()
+        entries[key] = plan.to_json()
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(entries, indent=1))
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("could not cache the training plan in %s (%s): the next run measures again", path, e)
