@@ -49,10 +49,11 @@ log = logging.getLogger("neuroevo_sparse")
 MARGIN = 0.10
 # The group a vectorised candidate is measured with (the GPU's fixed group is also 8).
 GROUP = 8
-# Steps a candidate is timed for, after one step of warm-up; and the evaluation samples of its
-# short and long timings, whose difference gives the cost of one evaluated sample.
+# Steps a candidate is first timed for, beside a run of one step, until the two differ by
+# WINDOW seconds; the evaluation samples of those timed runs.
 STEPS = 8
-SHORT_EVAL, LONG_EVAL = 256, 1280
+WINDOW = 0.05
+SHORT_EVAL = 256
 # A candidate whose steps alone take this many times the fastest so far is not timed further;
 # one the rules' choice loses to is timed this many times more, beside it.
 ABANDON = 1.5
@@ -172,8 +173,8 @@ def _measure(exp: Experiment, rules: TrainSpec, candidates: list[tuple[bool, tup
     """Time the rules' layers on each way of training first, then the other layer sets of the
     ways that are not far behind. If a candidate beats the rules' choice by more than MARGIN,
     the two are timed again, interleaved, CONFIRM times more: a switch is made on repeated
-    evidence, never on one timing. Each estimate is the least of its timings (interruptions
-    only ever add time)."""
+    evidence, never on one timing. A candidate timed more than once counts its least time
+    (interruptions only ever add time)."""
     log.info("measuring up to %d training paths on this network (once on this machine: the choice is cached)",
              len(candidates))
     started = time.perf_counter()
@@ -188,11 +189,12 @@ def _measure(exp: Experiment, rules: TrainSpec, candidates: list[tuple[bool, tup
         best = min((min(v) for k, v in seconds.items() if k not in behind), default=None)
         give_up = None if best is None else ABANDON * best
         try:
-            seconds[c] = [timer.seconds(*c, give_up=give_up)]
+            estimate, complete = timer.seconds(*c, give_up=give_up)
         except RuntimeError as e:
             log.info("  %s: could not be measured (%s)", label(*c), e)
             return
-        if give_up is not None and seconds[c][0] > give_up:
+        seconds[c] = [estimate]
+        if not complete:
             behind.add(c)
 
     firsts = [c for i, c in enumerate(candidates) if c[0] not in {d[0] for d in candidates[:i]}]
@@ -213,7 +215,7 @@ def _measure(exp: Experiment, rules: TrainSpec, candidates: list[tuple[bool, tup
         try:
             for _ in range(CONFIRM):
                 for c in (rule, fastest):
-                    seconds[c].append(timer.seconds(*c))
+                    seconds[c].append(timer.seconds(*c)[0])
         except RuntimeError as e:
             log.info("  timing again failed (%s): the first timings decide", e)
         least = {c: min(v) for c, v in seconds.items()}
@@ -232,14 +234,14 @@ def _measure(exp: Experiment, rules: TrainSpec, candidates: list[tuple[bool, tup
 
 
 class _Timer:
-    """Seconds an individual takes on a path for the run's steps and evaluated samples: a line
-    through timed runs of 1 and 1 + STEPS steps (setup, then per step) and of a short and a
-    long evaluation (per sample evaluated)."""
+    """Seconds an individual takes on a path for the run's steps and evaluation: a timed run of
+    1 step with the whole evaluation, plus the run's other steps at the cost of one step. That
+    cost is the difference of timed runs of 1 and 1 + n steps (with a short evaluation), n
+    grown until the difference is WINDOW or more: a shorter one would be mostly noise."""
 
     def __init__(self, rules: TrainSpec, jobs: list[TrainJob], splits: Splits, steps: int):
         self.rules, self.jobs, self.steps = rules, jobs, steps
-        self.short, self.long = DeviceData(_head(splits, SHORT_EVAL)), DeviceData(_head(splits, LONG_EVAL))
-        self.evaluated = len(splits.val_y) + (len(splits.test_y) if rules.score_test else 0)
+        self.short, self.full = DeviceData(_head(splits, SHORT_EVAL)), DeviceData(splits)
 
     def _timed(self, vectorise: bool, layers: tuple[str, ...], data: DeviceData, steps: int) -> float:
         spec = replace(self.rules, vectorise=vectorise, sparse_layers=layers, time_limit_s=None,
@@ -250,7 +252,7 @@ class _Timer:
         failed = next((r for r in results if r.status != "ok"), None)
         if failed is not None:
             raise RuntimeError(f"{failed.status}: {failed.error}")
-        return took / len(results)
+        return took
 
     def warm_up(self, vectorise: bool, layers: tuple[str, ...]) -> None:
         """One untimed run: the first calls of a process allocate and load."""
@@ -259,19 +261,23 @@ class _Timer:
         except RuntimeError:
             pass  # the candidate's own measurement says so
 
-    def seconds(self, vectorise: bool, layers: tuple[str, ...], give_up: float | None = None) -> float:
-        """The estimate; past `give_up` seconds on the steps alone, that lower bound instead."""
-        def trained() -> float:
-            return one + (self.steps - 1) * max(0.0, (many - one) / STEPS)
-        one = self._timed(vectorise, layers, self.short, 1)
-        many = self._timed(vectorise, layers, self.short, 1 + STEPS)
-        if give_up is not None and trained() > give_up:
-            return trained()
-        many = min(many, self._timed(vectorise, layers, self.short, 1 + STEPS))
-        wide = self._timed(vectorise, layers, self.long, 1)
-        samples = lambda d: len(d.val[1]) + (len(d.test[1]) if self.rules.score_test else 0)  # noqa: E731
-        per_sample = max(0.0, (wide - one) / max(1, samples(self.long) - samples(self.short)))
-        return trained() + (self.evaluated - samples(self.short)) * per_sample
+    def seconds(self, vectorise: bool, layers: tuple[str, ...], give_up: float | None = None,
+                ) -> tuple[float, bool]:
+        """(the estimate, True); if the steps alone take longer than `give_up`, (that lower
+        bound, False)."""
+        def timed(data: DeviceData, steps: int) -> float:
+            return self._timed(vectorise, layers, data, steps)
+        one, n = timed(self.short, 1), STEPS
+        many = timed(self.short, 1 + n)
+        while many - one < WINDOW and n < self.steps:
+            n = min(self.steps, 4 * n)
+            many = timed(self.short, 1 + n)
+        def steps() -> float:
+            return (self.steps - 1) * max(0.0, (many - one) / n)
+        individuals = len(self.jobs) if vectorise else 1
+        if give_up is not None and steps() / individuals > give_up:
+            return steps() / individuals, False
+        return (timed(self.full, 1) + steps()) / individuals, True
 
 
 def _head(splits: Splits, n: int) -> Splits:
