@@ -35,7 +35,7 @@ def _imports(path: Path, module: str, top_level: bool = False) -> set[str]:
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     tree = ast.parse(path.read_text(), str(path))
     found = set()
-    for node in (tree.body if top_level else ast.walk(tree)):
+    for node in (tree.body if top_level else _walk_running(tree)):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.split(".")[0] == "neuroevo_sparse"}
         elif isinstance(node, ast.ImportFrom):
@@ -53,6 +53,24 @@ def _imports(path: Path, module: str, top_level: bool = False) -> set[str]:
                 found.add(base)
             found |= submodules
     return {m for m in found if _file_of(m) is not None}
+
+
+def _walk_running(tree: ast.AST):
+    """ast.walk, less the bodies of `if TYPE_CHECKING:`: imports for type checkers only never
+    run, so they decide nothing a run computes."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            todo += node.orelse
+            continue
+        todo += ast.iter_child_nodes(node)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
+            or isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 @lru_cache(maxsize=None)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -60,6 +61,10 @@ ABANDON = 1.5
 CONFIRM = 2
 # The least share of a network's masked weights a layer must hold for its own choice to be timed.
 FLIP_SHARE = 0.02
+# No further path is timed once that would bring the measuring above this share of the run's
+# predicted training time (the rules' path, for every evaluation the run makes): on a short run
+# a faster path cannot win back more than timing it costs.
+BUDGET = 0.05
 
 
 @dataclass(frozen=True)
@@ -70,26 +75,31 @@ class Plan:
     sparse_layers: tuple[str, ...]
     # Seconds an individual takes on each candidate (by its label), as measured.
     seconds: dict[str, float] = field(default_factory=dict, compare=False)
+    # Where BUDGET stopped the timing: the evaluations of the run it was measured for. A run
+    # at least twice as long measures again, further.
+    limited_to: int | None = field(default=None, compare=False)
 
     @property
     def label(self) -> str:
         return label(self.vectorise, self.sparse_layers)
 
     def to_json(self) -> dict:
-        return {"vectorise": self.vectorise, "sparse_layers": list(self.sparse_layers), "seconds": self.seconds}
+        return {"vectorise": self.vectorise, "sparse_layers": list(self.sparse_layers), "seconds": self.seconds,
+                "limited_to": self.limited_to}
 
     @classmethod
     def from_json(cls, d: object, source: str) -> "Plan":
         """A stored plan; anything else is refused, naming `source` and how to mend it."""
         ok = (isinstance(d, dict) and isinstance(d.get("vectorise"), bool)
               and isinstance(d.get("sparse_layers"), list) and all(isinstance(n, str) for n in d["sparse_layers"])
-              and isinstance(d.get("seconds", {}), dict))
+              and isinstance(d.get("seconds", {}), dict)
+              and (d.get("limited_to") is None or type(d.get("limited_to")) is int))
         if not ok:
             raise ConfigError([f"not a training plan ({{'vectorise': bool, 'sparse_layers': [names]}}): {d!r:.200}; "
                                f"delete it to measure the paths again (the run may then round differently)"],
                               source=source)
         return cls(d["vectorise"], tuple(d["sparse_layers"]),
-                   {str(k): float(v) for k, v in d.get("seconds", {}).items()})
+                   {str(k): float(v) for k, v in d.get("seconds", {}).items()}, d.get("limited_to"))
 
 
 def label(vectorise: bool, sparse_layers: tuple[str, ...] | list[str]) -> str:
@@ -112,10 +122,15 @@ def plan_for(exp: Experiment, arch: Architecture, splits: Splits) -> Plan | None
     if cached is not None:
         try:
             plan = Plan.from_json(cached, str(cache_file()))
-            log.info("training path: %s (measured on this machine before; cached in %s)", plan.label, cache_file())
-            return plan
         except ConfigError:
             log.warning("the cached training plan %s in %s is damaged: measuring again", key, cache_file())
+        else:
+            if plan.limited_to is None or _evaluations(exp) < 2 * plan.limited_to:
+                log.info("training path: %s (measured on this machine before; cached in %s)", plan.label,
+                         cache_file())
+                return plan
+            log.info("the cached training path was measured, in part, for a run of %d evaluations; this one "
+                     "makes %d: measuring further", plan.limited_to, _evaluations(exp))
     plan = _measure(exp, rules, candidates, jobs, splits)
     if plan is not None:
         _write_cache(key, plan)
@@ -137,7 +152,8 @@ def _candidates(exp: Experiment, arch: Architecture, rules: TrainSpec, job: Trai
     """(vectorise, sparse layers) of every path worth timing, the rules' choice first: on each
     way of training (one by one; vectorised groups), the rules' layers, then those with one
     layer turned from dense to sparse or back. Only layers that hold FLIP_SHARE of the masked
-    weights are turned: a smaller one changes a step by less than a timing can tell."""
+    weights are turned, the largest first: a smaller one changes a step by less than a timing can
+    tell."""
     cfg = exp.training
     modes = [rules.vectorise]
     # Other networks than the built-in MLP are vmapped whole in fixed groups (jobs.FIXED_GROUP):
@@ -147,8 +163,8 @@ def _candidates(exp: Experiment, arch: Architecture, rules: TrainSpec, job: Trai
         modes.append(not rules.vectorise)
     density = layer_densities(arch.info, arch.maskable, exp.sparsity.density, exp.sparsity.init)
     total = sum(arch.info[n].size for n in arch.maskable)
-    flippable = sorted(n for n in arch.maskable if len(arch.info[n].shape) == 2 and density[n] < cfg.sparse_below
-                       and arch.info[n].size >= FLIP_SHARE * total)
+    flippable = sorted((n for n in arch.maskable if len(arch.info[n].shape) == 2 and density[n] < cfg.sparse_below
+                        and arch.info[n].size >= FLIP_SHARE * total), key=lambda n: (-arch.info[n].size, n))
     chosen: list[tuple[bool, tuple[str, ...]]] = []
     for vec in modes:
         base = _rule_layers(arch, rules, job, vec)
@@ -174,16 +190,29 @@ def _measure(exp: Experiment, rules: TrainSpec, candidates: list[tuple[bool, tup
     ways that are not far behind. If a candidate beats the rules' choice by more than MARGIN,
     the two are timed again, interleaved, CONFIRM times more: a switch is made on repeated
     evidence, never on one timing. A candidate timed more than once counts its least time
-    (interruptions only ever add time)."""
+    (interruptions only ever add time). Timing stops at BUDGET of the run's predicted time."""
     log.info("measuring up to %d training paths on this network (once on this machine: the choice is cached)",
              len(candidates))
     started = time.perf_counter()
     cfg = exp.training
-    steps = cfg.steps or max(1, -(-int(cfg.epochs * len(splits.train_y)) // cfg.batch_size))
+    steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(splits.train_y) / cfg.batch_size))  # as training's
     timer = _Timer(rules, jobs, splits, steps)
     timer.warm_up(*candidates[0])
     seconds: dict[tuple[bool, tuple[str, ...]], list[float]] = {}
     behind: set[tuple[bool, tuple[str, ...]]] = set()  # abandoned: their steps alone took too long
+
+    over_budget: list[float] = []  # the run's predicted training time, once timing more would cost too much
+
+    def affordable() -> bool:
+        """Whether timing one more path, at the mean cost of those so far, keeps the measuring
+        within BUDGET of the run's predicted time (on the rules' path, else the fastest)."""
+        if not seconds or over_budget:
+            return not over_budget
+        spent = time.perf_counter() - started
+        each = min(seconds[candidates[0]]) if candidates[0] in seconds else min(min(v) for v in seconds.values())
+        if spent * (1 + 1 / len(seconds)) > BUDGET * each * _evaluations(exp):
+            over_budget.append(each * _evaluations(exp))
+        return not over_budget
 
     def measure(c: tuple[bool, tuple[str, ...]]) -> None:
         best = min((min(v) for k, v in seconds.items() if k not in behind), default=None)
@@ -199,15 +228,19 @@ def _measure(exp: Experiment, rules: TrainSpec, candidates: list[tuple[bool, tup
 
     firsts = [c for i, c in enumerate(candidates) if c[0] not in {d[0] for d in candidates[:i]}]
     for c in firsts:
-        measure(c)
+        if affordable():
+            measure(c)
     if not seconds:
         log.warning("no training path could be measured on this network: the rules choose it")
         return None
     best = min(min(v) for v in seconds.values())
     ahead = {c[0] for c in firsts if c in seconds and min(seconds[c]) <= ABANDON * best}
     for c in candidates:
-        if c not in firsts and c[0] in ahead:
+        if c not in firsts and c[0] in ahead and affordable():
             measure(c)
+    if over_budget:
+        log.info("  timed %d of the %d: one more would bring the measuring over %.0f%% of the run's predicted "
+                 "training time (%.1f s)", len(seconds), len(candidates), 100 * BUDGET, over_budget[0])
     rule = candidates[0]
     least = {c: min(v) for c, v in seconds.items()}
     fastest = min(least, key=least.__getitem__)
@@ -230,7 +263,8 @@ def _measure(exp: Experiment, rules: TrainSpec, candidates: list[tuple[bool, tup
            f"{least[rule] / least[pick]:.2f}x faster than the rules' choice" if rule in least else
            "the rules' choice could not be measured")
     log.info("training path: %s (%s; measured in %.1f s)", label(*pick), why, time.perf_counter() - started)
-    return Plan(pick[0], pick[1], {label(*c): s for c, s in least.items()})
+    return Plan(pick[0], pick[1], {label(*c): s for c, s in least.items()},
+                _evaluations(exp) if over_budget else None)
 
 
 class _Timer:
@@ -270,7 +304,7 @@ class _Timer:
         one, n = timed(self.short, 1), STEPS
         many = timed(self.short, 1 + n)
         while many - one < WINDOW and n < self.steps:
-            n = min(self.steps, 4 * n)
+            n = min(self.steps, 2 * n)
             many = timed(self.short, 1 + n)
         def steps() -> float:
             return (self.steps - 1) * max(0.0, (many - one) / n)
@@ -278,6 +312,12 @@ class _Timer:
         if give_up is not None and steps() / individuals > give_up:
             return steps() / individuals, False
         return (timed(self.full, 1) + steps()) / individuals, True
+
+
+def _evaluations(exp: Experiment) -> int:
+    """The individuals the run trains: its first population, then each generation's."""
+    ev = exp.evolution
+    return ev.population + ev.generations * (exp.n_offspring + (ev.population if ev.retrain_survivors else 0))
 
 
 def _head(splits: Splits, n: int) -> Splits:

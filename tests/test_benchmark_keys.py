@@ -71,7 +71,11 @@ def test_the_code_hash_follows_what_the_entry_point_imports(tmp_path, monkeypatc
     assert not {"neuroevo_sparse.cli", "neuroevo_sparse.plots", "neuroevo_sparse.operators",
                 "neuroevo_sparse.evolution"} & set(dst_modules)
     assert {"neuroevo_sparse.operators", "neuroevo_sparse.evolution", "neuroevo_sparse.evaluators.ray",
-            "neuroevo_sparse.store.history"} <= set(cache_key.modules_of("neuroevo_sparse.runs"))
+            "neuroevo_sparse.store.history", "neuroevo_sparse.calibration"
+            } <= set(cache_key.modules_of("neuroevo_sparse.runs"))
+    # jobs.py names calibration.Plan under `if TYPE_CHECKING:` only: an import that never runs.
+    assert "TYPE_CHECKING" in (cache_key.PACKAGE / "jobs.py").read_text()
+    assert "neuroevo_sparse.calibration" not in dst_modules
 
     copy = tmp_path / "neuroevo_sparse"
     shutil.copytree(cache_key.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
@@ -82,6 +86,8 @@ def test_the_code_hash_follows_what_the_entry_point_imports(tmp_path, monkeypatc
     (copy / "operators.py").write_text((copy / "operators.py").read_text() + "\n# a GA edit\n")
     assert cache_key.code_hash("neuroevo_sparse.dst") == before["neuroevo_sparse.dst"]
     assert cache_key.code_hash("neuroevo_sparse.runs") != before["neuroevo_sparse.runs"]
+    (copy / "calibration.py").write_text((copy / "calibration.py").read_text() + "\n# a run's edit\n")
+    assert cache_key.code_hash("neuroevo_sparse.dst") == before["neuroevo_sparse.dst"]
     (copy / "structure.py").write_text((copy / "structure.py").read_text() + "\n# a training edit\n")
     assert cache_key.code_hash("neuroevo_sparse.dst") != before["neuroevo_sparse.dst"]
 

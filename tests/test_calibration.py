@@ -22,7 +22,9 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache" / "plans.json"
 
 
-def problem(exp):
+def problem(exp, generations=1000):
+    """A run long enough that the measurement may time every path (BUDGET)."""
+    exp = dataclasses.replace(exp, evolution=dataclasses.replace(exp.evolution, generations=generations))
     splits = data.load(exp.data, exp.experiment.seed)
     return exp, Architecture.of(exp, splits.input_shape, splits.num_classes), splits
 
@@ -123,3 +125,27 @@ def test_a_run_stores_its_plan_and_resume_uses_it_whatever_the_cache_says(tiny_t
         runs.resume(run.path, generations=3)
     assert str(run.plan_path) in str(bad.value)
     assert run.has_checkpoint() and len(run.read_history().generation.unique()) == 3
+
+
+def test_no_path_is_timed_past_the_budget_of_the_run_s_predicted_time(tiny, cache, monkeypatch, caplog):
+    exp, arch, splits = problem(uniform(tiny), generations=2)
+    rules = TrainSpec.of(exp, arch)
+    candidates = calibration._candidates(exp, arch, rules, calibration._jobs(exp, arch)[0])
+    assert len(candidates) > 2
+    monkeypatch.setattr(calibration, "BUDGET", 0.0)   # nothing is worth more than the rules' own timing
+    with caplog.at_level(logging.INFO, logger="neuroevo_sparse"):
+        plan = plan_for(exp, arch, splits)
+    assert (plan.vectorise, plan.sparse_layers) == candidates[0]
+    assert list(plan.seconds) == [calibration.label(*candidates[0])]
+    assert f"timed 1 of the {len(candidates)}: one more would bring the measuring over 0%" in caplog.text
+    assert plan.limited_to == calibration._evaluations(exp)
+    # A run as long finds it cached; one twice as long or more measures again, and further.
+    assert plan_for(exp, arch, splits).seconds == plan.seconds
+    monkeypatch.setattr(calibration, "BUDGET", 0.05)
+    long = dataclasses.replace(exp, evolution=dataclasses.replace(exp.evolution, generations=10 ** 4))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="neuroevo_sparse"):
+        further = plan_for(long, arch, splits)
+    assert "measuring further" in caplog.text
+    assert len(further.seconds) >= 2 and further.limited_to is None
+    assert plan_for(exp, arch, splits).seconds == further.seconds    # the cache now holds the fuller one

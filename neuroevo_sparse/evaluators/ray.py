@@ -187,7 +187,25 @@ class RayCluster:
 
     def close(self) -> None:
         if self.started_ray and self.ray.is_initialized():
+            _stop_monitor(self.ray)
             self.ray.shutdown()
+
+
+def _stop_monitor(ray) -> None:
+    """Kill the autoscaler monitor of a Ray started for the run, before ray.shutdown: that
+    gives it a second's grace to exit on SIGTERM, which it takes in full, 1.0 of the 1.3 s a
+    local Ray's shutdown takes (Ray 2.60). One machine's Ray autoscales nothing. The handle is
+    Ray's private one: where another Ray lacks it, the shutdown is Ray's own."""
+    try:
+        processes = ray._private.worker._global_node.all_processes.get("monitor", [])
+    except AttributeError:
+        return
+    for info in processes:
+        try:
+            info.process.kill()
+            info.process.wait(timeout=1)
+        except Exception as e:  # noqa: BLE001 -- ray.shutdown stops it as before
+            log.debug("could not stop Ray's monitor early: %s", e)
 
 
 class RayEvaluator:
