@@ -201,18 +201,18 @@ def _measure(exp: Experiment, rules: TrainSpec, candidates: list[tuple[bool, tup
     seconds: dict[tuple[bool, tuple[str, ...]], list[float]] = {}
     behind: set[tuple[bool, tuple[str, ...]]] = set()  # abandoned: their steps alone took too long
 
-    over_budget: list[float] = []  # the run's predicted training time, once timing more would cost too much
+    runs = _evaluations(exp)
+    over_budget: float | None = None  # the run's predicted training time, once it stopped the timing
 
     def affordable() -> bool:
         """Whether timing one more path, at the mean cost of those so far, keeps the measuring
         within BUDGET of the run's predicted time (on the rules' path, else the fastest)."""
-        if not seconds or over_budget:
-            return not over_budget
-        spent = time.perf_counter() - started
-        each = min(seconds[candidates[0]]) if candidates[0] in seconds else min(min(v) for v in seconds.values())
-        if spent * (1 + 1 / len(seconds)) > BUDGET * each * _evaluations(exp):
-            over_budget.append(each * _evaluations(exp))
-        return not over_budget
+        nonlocal over_budget
+        if over_budget is None and seconds:
+            each = min(seconds[candidates[0]]) if candidates[0] in seconds else min(min(v) for v in seconds.values())
+            if (time.perf_counter() - started) * (1 + 1 / len(seconds)) > BUDGET * each * runs:
+                over_budget = each * runs
+        return over_budget is None
 
     def measure(c: tuple[bool, tuple[str, ...]]) -> None:
         best = min((min(v) for k, v in seconds.items() if k not in behind), default=None)
@@ -238,9 +238,9 @@ def _measure(exp: Experiment, rules: TrainSpec, candidates: list[tuple[bool, tup
     for c in candidates:
         if c not in firsts and c[0] in ahead and affordable():
             measure(c)
-    if over_budget:
+    if over_budget is not None:
         log.info("  timed %d of the %d: one more would bring the measuring over %.0f%% of the run's predicted "
-                 "training time (%.1f s)", len(seconds), len(candidates), 100 * BUDGET, over_budget[0])
+                 "training time (%.1f s)", len(seconds), len(candidates), 100 * BUDGET, over_budget)
     rule = candidates[0]
     least = {c: min(v) for c, v in seconds.items()}
     fastest = min(least, key=least.__getitem__)
@@ -264,7 +264,7 @@ def _measure(exp: Experiment, rules: TrainSpec, candidates: list[tuple[bool, tup
            "the rules' choice could not be measured")
     log.info("training path: %s (%s; measured in %.1f s)", label(*pick), why, time.perf_counter() - started)
     return Plan(pick[0], pick[1], {label(*c): s for c, s in least.items()},
-                _evaluations(exp) if over_budget else None)
+                runs if over_budget is not None else None)
 
 
 class _Timer:
