@@ -22,6 +22,7 @@ peak. And one dense network of the same shape trained for as many samples as the
     python benchmarks/end_to_end.py --densities 0.1 --seeds 0
     python benchmarks/end_to_end.py --report-only            # the table from the stored JSON
     python benchmarks/end_to_end.py --paths                  # also each fixed training path: is auto the fastest?
+    python benchmarks/end_to_end.py --paths-only --repeats 3 # only that, with repeats, no reference
     python benchmarks/end_to_end.py --set 'resources.backend="local"'   # no Ray: the driver's threads
     python benchmarks/end_to_end.py --tta-generations 12     # also time to accuracy with no stop at 8
 
@@ -52,6 +53,7 @@ OUT = ROOT / "benchmarks" / "results" / "end_to_end.json"
 SIZES = [784, 300, 100, 10]
 GEN_LINE = re.compile(r"gen (\d+)/(\d+):.*val acc ([0-9.]+)")
 MEASURED = re.compile(r"training path: .*measured in ([0-9.]+) s")
+CHOSEN = re.compile(r"training path: (.+?) \(")  # auto's choice, measured or cached
 
 
 def run_reference(density: float, seed: int) -> dict:
@@ -83,6 +85,7 @@ def run_framework(density: float, seed: int, extra: list[str]) -> dict:
             raise RuntimeError(f"framework d={density} seed {seed} failed:\n{''.join(log[-40:])}")
         wall = time.perf_counter() - start
         measured = next((float(m.group(1)) for line in log if (m := MEASURED.search(line))), None)
+        chosen = next((m.group(1) for line in log if (m := CHOSEN.search(line))), None)
         import pandas as pd
         h = pd.read_parquet(f"{tmp}/run/history")
     e = h[h.evaluated]
@@ -92,7 +95,7 @@ def run_framework(density: float, seed: int, extra: list[str]) -> dict:
     test = h[h.individual_id == best.individual_id].test_accuracy.dropna()
     return {"wall_s": wall, "val": float(best.val_accuracy), "test": float(test.iloc[0]) if len(test) else float("nan"),
             "evaluations": int(len(e)), "train_s": float(e.train_seconds.sum()), "curve": curve,
-            "measured_paths_s": measured}
+            "measured_paths_s": measured, "path": chosen}
 
 
 RULES = "auto by the rules"
@@ -114,6 +117,59 @@ PATHS = {AGAIN: [],
          "vectorised, dense-masked": ['training.vectorise="on"', 'training.sparse_kernels="off"'],
          # what "auto" chose before 0.4.5, by the thresholds alone
          RULES: ['training.auto_by="rules"']}
+
+
+def compare_paths(densities: list[float], seed: int, sets: list[str], repeats: int) -> list[dict]:
+    """Auto against every fixed path, the same work (one seed) repeated: is its choice the
+    fastest? The first round runs auto cold (it measures the paths; the cache is fresh per
+    density) and every fixed path; later rounds run auto cached and the contenders only (the
+    fixed paths within 1.25x of the first round's best: the others cannot be the best), in an
+    order reversed from one round to the next, so a drifting machine favours none."""
+    out = []
+    for d in densities:
+        os.environ["NEUROEVO_SPARSE_CACHE"] = tempfile.mkdtemp(prefix=f"end-to-end-plans-{d:g}-")
+        walls: dict[str, list[float]] = {}
+        cold = run_framework(d, seed, sets)
+        print(f"d={d:g} auto, cold: {cold['wall_s']:.1f} s ({cold['path']})", flush=True)
+        fixed = [n for n in PATHS if n not in (AGAIN, RULES)]
+        for name in fixed:
+            walls.setdefault(name, []).append(run_framework(d, seed, sets + PATHS[name])["wall_s"])
+            print(f"d={d:g} {name}: {walls[name][-1]:.1f} s", flush=True)
+        best = min(walls[n][0] for n in fixed)
+        contenders = [AGAIN] + [n for n in fixed if walls[n][0] <= 1.25 * best]
+        chosen = []
+        for r in range(repeats):
+            for name in (contenders if r % 2 == 0 else contenders[::-1]):
+                run = run_framework(d, seed, sets + PATHS[name])
+                walls.setdefault(name, []).append(run["wall_s"])
+                if name == AGAIN:
+                    chosen.append(run["path"])
+                print(f"d={d:g} round {r + 1} {name}: {run['wall_s']:.1f} s", flush=True)
+        out.append({"density": d, "seed": seed, "cold": {"wall_s": cold["wall_s"], "path": cold["path"],
+                                                         "measured_paths_s": cold["measured_paths_s"]},
+                    "cached_paths": chosen, "walls": walls})
+    return out
+
+
+def paths_table(rows: list[dict], sets: list[str]) -> str:
+    how = ", ".join(sets) if sets else "defaults, Ray"
+    lines = [f"Auto against the fixed training paths ({how}), whole-process wall s, medians of repeats of the same "
+             f"work (seed {rows[0]['seed']})",
+             f"{'density':>7} {'auto cold':>9} {'auto cached':>11} {'best fixed path':>42} {'cached / best':>13} "
+             f"{'cold / best':>11}  auto's choice"]
+    for r in rows:
+        med = {n: statistics.median(w) for n, w in r["walls"].items()}
+        fixed = {n: m for n, m in med.items() if n != AGAIN}
+        best = min(fixed, key=fixed.__getitem__)
+        label = f"{best} ({fixed[best]:.1f}, n={len(r['walls'][best])})"
+        choice = sorted(set(filter(None, [r["cold"]["path"], *r["cached_paths"]])))
+        lines.append(f"{r['density']:>7.0%} {r['cold']['wall_s']:>9.1f} {med[AGAIN]:>11.1f} {label:>42} "
+                     f"{med[AGAIN] / fixed[best]:>12.2f}x {r['cold']['wall_s'] / fixed[best]:>10.2f}x  "
+                     f"{' / '.join(choice)}")
+    lines.append("auto cached: auto's runs after the first, which find its measured choice cached; auto cold: the "
+                 "first, which measures the paths (one run); fixed paths above 1.25x of the first round's best "
+                 "ran once")
+    return "\n".join(lines)
 
 
 def run_dense(seed: int) -> dict:
@@ -239,6 +295,9 @@ def main() -> None:
     ap.add_argument("--no-dense", action="store_true", help="skip the dense network")
     ap.add_argument("--paths", action="store_true",
                     help="also run the framework on each fixed training path (is auto's choice the fastest?)")
+    ap.add_argument("--paths-only", action="store_true",
+                    help="only auto against each fixed path, with --repeats of the same work (the first --seeds)")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of --paths-only (default 3)")
     ap.add_argument("--tta-generations", type=int, metavar="N",
                     help="also run the framework for up to N generations per pair, for time to accuracy")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -250,9 +309,19 @@ def main() -> None:
             stored = json.loads(args.out.read_text())
         except (OSError, ValueError) as e:
             sys.exit(f"error: cannot read {args.out} ({e}): run the benchmark without --report-only first")
-        stored["table"] = summarise(stored["runs"], stored["dense"], stored["peak_gflops"], stored.get("sets", []))
+        stored["table"] = (paths_table(stored["paths"], stored["sets"]) if "paths" in stored else
+                           summarise(stored["runs"], stored["dense"], stored["peak_gflops"], stored.get("sets", [])))
         args.out.write_text(json.dumps(stored, indent=1))
         print(stored["table"])
+        return
+    if args.paths_only:
+        rows = compare_paths(args.densities, args.seeds[0], args.sets, args.repeats)
+        text = paths_table(rows, args.sets)
+        print(text)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"command": "python benchmarks/end_to_end.py " + " ".join(sys.argv[1:]),
+                                        "machine": platform.machine(), "sets": args.sets, "paths": rows,
+                                        "table": text}, indent=1))
         return
     # The framework's measured training paths are cached for this benchmark only: the first run
     # at each density measures them (and pays for it), later ones find them, as a user's would.

@@ -95,7 +95,8 @@ class Plan:
               and isinstance(d.get("seconds", {}), dict)
               and (d.get("limited_to") is None or type(d.get("limited_to")) is int))
         if not ok:
-            raise ConfigError([f"not a training plan ({{'vectorise': bool, 'sparse_layers': [names]}}): {d!r:.200}; "
+            raise ConfigError([f"not a training plan ({{'vectorise': bool, 'sparse_layers': [names], optional "
+                               f"'seconds': {{label: seconds}} and 'limited_to': int or null}}): {d!r:.200}; "
                                f"delete it to measure the paths again (the run may then round differently)"],
                               source=source)
         return cls(d["vectorise"], tuple(d["sparse_layers"]),

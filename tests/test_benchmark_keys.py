@@ -115,7 +115,7 @@ def test_stale_runs_are_rekeyed_only_when_they_reproduce(tmp_path, capsys):
     assert "does NOT reproduce" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["small", "ga"])
+@pytest.mark.parametrize("name", ["small", "fractions", "big", "cnn", "ga"])
 def test_every_stored_claims_run_has_its_current_key(name):
     """The stored runs behind docs/RESULTS.md are the current code's (or reproduced by it)."""
     jobs = paper_claims.jobs_of(name, paper_claims.SEEDS)
