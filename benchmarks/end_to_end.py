@@ -129,22 +129,25 @@ def compare_paths(densities: list[float], seed: int, sets: list[str], repeats: i
     for d in densities:
         os.environ["NEUROEVO_SPARSE_CACHE"] = tempfile.mkdtemp(prefix=f"end-to-end-plans-{d:g}-")
         walls: dict[str, list[float]] = {}
+        chosen = []
+
+        def timed(name: str, tag: str) -> None:
+            run = run_framework(d, seed, sets + PATHS[name])
+            walls.setdefault(name, []).append(run["wall_s"])
+            if name == AGAIN:
+                chosen.append(run["path"])
+            print(f"d={d:g} {tag}{name}: {run['wall_s']:.1f} s", flush=True)
+
         cold = run_framework(d, seed, sets)
         print(f"d={d:g} auto, cold: {cold['wall_s']:.1f} s ({cold['path']})", flush=True)
         fixed = [n for n in PATHS if n not in (AGAIN, RULES)]
         for name in fixed:
-            walls.setdefault(name, []).append(run_framework(d, seed, sets + PATHS[name])["wall_s"])
-            print(f"d={d:g} {name}: {walls[name][-1]:.1f} s", flush=True)
+            timed(name, "")
         best = min(walls[n][0] for n in fixed)
         contenders = [AGAIN] + [n for n in fixed if walls[n][0] <= 1.25 * best]
-        chosen = []
         for r in range(repeats):
             for name in (contenders if r % 2 == 0 else contenders[::-1]):
-                run = run_framework(d, seed, sets + PATHS[name])
-                walls.setdefault(name, []).append(run["wall_s"])
-                if name == AGAIN:
-                    chosen.append(run["path"])
-                print(f"d={d:g} round {r + 1} {name}: {run['wall_s']:.1f} s", flush=True)
+                timed(name, f"round {r + 1} ")
         out.append({"density": d, "seed": seed, "cold": {"wall_s": cold["wall_s"], "path": cold["path"],
                                                          "measured_paths_s": cold["measured_paths_s"]},
                     "cached_paths": chosen, "walls": walls})
@@ -152,9 +155,8 @@ def compare_paths(densities: list[float], seed: int, sets: list[str], repeats: i
 
 
 def paths_table(rows: list[dict], sets: list[str]) -> str:
-    how = ", ".join(sets) if sets else "defaults, Ray"
-    lines = [f"Auto against the fixed training paths ({how}), whole-process wall s, medians of repeats of the same "
-             f"work (seed {rows[0]['seed']})",
+    lines = [f"Auto against the fixed training paths ({described(sets)}), whole-process wall s, medians of "
+             f"repeats of the same work (seed {rows[0]['seed']})",
              f"{'density':>7} {'auto cold':>9} {'auto cached':>11} {'best fixed path':>42} {'cached / best':>13} "
              f"{'cold / best':>11}  auto's choice"]
     for r in rows:
@@ -219,8 +221,12 @@ def welch_p(a: list[float], b: list[float]) -> float:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue) if len(a) > 1 and len(b) > 1 else float("nan")
 
 
+def described(sets: list[str]) -> str:
+    return "defaults" + "".join(f", {s}" for s in sets) if sets else "defaults, Ray"
+
+
 def summarise(runs: list[dict], dense: list[dict], peak: float, sets: list[str]) -> str:
-    how = "defaults" + "".join(f", {s}" for s in sets) if sets else "defaults, Ray"
+    how = described(sets)
     lines = [f"End to end: the framework ({how}) against the hand-written GA, same work; "
              f"medians over seeds ({platform.machine()}, dense matmul peak {peak:.1f} GFLOP/s)",
              f"{'density':>7} {'ref wall s':>10} {'fw wall s':>9} {'fw/ref':>6} {'ref GF/s':>8} {'fw GF/s':>7} "
