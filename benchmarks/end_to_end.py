@@ -315,8 +315,12 @@ def main() -> None:
             stored = json.loads(args.out.read_text())
         except (OSError, ValueError) as e:
             sys.exit(f"error: cannot read {args.out} ({e}): run the benchmark without --report-only first")
-        stored["table"] = (paths_table(stored["paths"], stored["sets"]) if "paths" in stored else
-                           summarise(stored["runs"], stored["dense"], stored["peak_gflops"], stored.get("sets", [])))
+        try:
+            stored["table"] = (paths_table(stored["paths"], stored["sets"]) if "paths" in stored else
+                               summarise(stored["runs"], stored["dense"], stored["peak_gflops"], stored.get("sets", [])))
+        except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
+            sys.exit(f"error: {args.out} is not this benchmark's output ({type(e).__name__}: {e}); rerun the "
+                     f"benchmark that wrote it, without --report-only")
         args.out.write_text(json.dumps(stored, indent=1))
         print(stored["table"])
         return
