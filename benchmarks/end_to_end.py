@@ -25,12 +25,16 @@ peak. And one dense network of the same shape trained for as many samples as the
     python benchmarks/end_to_end.py --paths-only --repeats 3 # only that, with repeats, no reference
     python benchmarks/end_to_end.py --set 'resources.backend="local"'   # no Ray: the driver's threads
     python benchmarks/end_to_end.py --tta-generations 12     # also time to accuracy with no stop at 8
+    python benchmarks/end_to_end.py --halving 0.25 0.5       # also time to accuracy with successive halving
 
 Time to accuracy within the same work stops the framework where the reference stops, so a
 framework run that is level with the reference at generation 8 reaches its best about half
 the time, however fast it is. `--tta-generations N` also runs the framework, per pair, for up
 to N generations (the first 8 are the same run's, the same seed) and times it to the
 reference's final best as it goes: what "time to accuracy" means when nothing stops the run.
+`--halving AT KEEP` times such a run with successive halving (evolution.halving_at,
+evolution.halving_keep), an option that changes results: its table is time to accuracy only,
+apart from the same-work numbers.
 """
 
 from __future__ import annotations
@@ -269,27 +273,40 @@ def summarise(runs: list[dict], dense: list[dict], peak: float, sets: list[str])
         lines.append(f"dense 784-300-100-10, same samples as one GA run ({dense[0]['samples']:,}): test "
                      f"{statistics.mean(t):.4f} ± {statistics.stdev(t) if len(t) > 1 else 0:.4f} "
                      f"(seeds {', '.join(str(r['seed']) for r in dense)})")
-    long = [r for r in runs if "tta_long" in r]
-    if long:
-        gens = long[0]["tta_long"]["generations"]
-        lines += ["", f"Time to the reference's final best validation accuracy, the framework running up to {gens} "
-                  "generations (medians over the runs that reached it)",
-                  f"{'density':>7} {'ref s':>6} {'fw s':>6} {'fw/ref':>11} {'fw generation':>13}"]
-        for d in sorted({r["density"] for r in long}):
-            rs = [r for r in long if r["density"] == d]
-            hit = [r for r in rs if r["tta_long"]["seconds"] is not None]
-            if not hit:
-                lines.append(f"{d:>7.0%} {'':>6} {'never':>6} {f'(0/{len(rs)})':>11}")
-                continue
-            ratio = statistics.median(r["tta_long"]["seconds"] / r["tta_long"]["reference_seconds"] for r in hit)
-            lines.append(f"{d:>7.0%} {statistics.median(r['tta_long']['reference_seconds'] for r in hit):>6.1f} "
-                         f"{statistics.median(r['tta_long']['seconds'] for r in hit):>6.1f} "
-                         f"{f'{ratio:.2f}x ({len(hit)}/{len(rs)})':>11} "
-                         f"{statistics.median(r['tta_long']['generation'] for r in hit):>13g}")
+    lines += tta_table(runs, "tta_long", "")
+    halving = next((r["halving"] for r in runs if "halving" in r), None)
+    if halving:
+        lines += tta_table(runs, "halving", f", with successive halving (evolution.halving_at = {halving['at']:g}, "
+                           f"halving_keep = {halving['keep']:g}: an option that changes results, so not the same work)")
     lines.append("time to ref acc: framework's time to the reference's final best validation accuracy over the "
                  "reference's time to it (runs that reached it / runs); test: best-by-validation, mean ± sd; "
                  "p: Welch's t-test of the two means (two-sided)")
     return "\n".join(lines)
+
+
+def tta_table(runs: list[dict], key: str, how: str) -> list[str]:
+    """The time-to-accuracy table of the framework's runs stored under `key` (they run up to
+    some generations, past the work, and are timed to the reference's final best as they go)."""
+    long = [r for r in runs if key in r]
+    if not long:
+        return []
+    gens = long[0][key]["generations"]
+    lines = ["", f"Time to the reference's final best validation accuracy, the framework running up to {gens} "
+             f"generations{how} (medians over the runs that reached it)",
+             f"{'density':>7} {'ref s':>6} {'fw s':>6} {'fw/ref':>11} {'fw generation':>13} {'fw best val':>11}"]
+    for d in sorted({r["density"] for r in long}):
+        rs = [r for r in long if r["density"] == d]
+        best = statistics.median(max(v for _, v in r[key]["curve"]) for r in rs)
+        hit = [r for r in rs if r[key]["seconds"] is not None]
+        if not hit:
+            lines.append(f"{d:>7.0%} {'':>6} {'never':>6} {f'(0/{len(rs)})':>11} {'':>13} {best:>11.4f}")
+            continue
+        ratio = statistics.median(r[key]["seconds"] / r[key]["reference_seconds"] for r in hit)
+        lines.append(f"{d:>7.0%} {statistics.median(r[key]['reference_seconds'] for r in hit):>6.1f} "
+                     f"{statistics.median(r[key]['seconds'] for r in hit):>6.1f} "
+                     f"{f'{ratio:.2f}x ({len(hit)}/{len(rs)})':>11} "
+                     f"{statistics.median(r[key]['generation'] for r in hit):>13g} {best:>11.4f}")
+    return lines
 
 
 def main() -> None:
@@ -306,6 +323,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="rounds of --paths-only (default 3)")
     ap.add_argument("--tta-generations", type=int, metavar="N",
                     help="also run the framework for up to N generations per pair, for time to accuracy")
+    ap.add_argument("--halving", nargs=2, type=float, metavar=("AT", "KEEP"),
+                    help="also time, per pair, a run of up to --tta-generations (default 12) generations with "
+                         "evolution.halving_at = AT, halving_keep = KEEP, to the reference's final best")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
@@ -351,6 +371,11 @@ def main() -> None:
             runs.append({"density": d, "seed": seed, **pair, "tta_ratio": None if fw_t is None else fw_t / ref_t})
             if args.tta_generations:
                 runs[-1]["tta_long"] = time_to_accuracy(d, seed, args.sets, args.tta_generations, target, ref_t)
+            if args.halving:
+                at, keep = args.halving
+                halving = [f"evolution.halving_at={at}", f"evolution.halving_keep={keep}"]
+                runs[-1]["halving"] = {"at": at, "keep": keep, **time_to_accuracy(
+                    d, seed, args.sets + halving, args.tta_generations or 12, target, ref_t)}
             print(f"d={d:g} seed {seed}: reference {pair['reference']['wall_s']:.1f} s test "
                   f"{pair['reference']['test']:.4f} | framework {pair['framework']['wall_s']:.1f} s test "
                   f"{pair['framework']['test']:.4f}", flush=True)

@@ -6,7 +6,7 @@ The public API (see `neuroevo_sparse.api`):
     from neuroevo_sparse import load_experiment, evolve, resume, load_run
 """
 
-__version__ = "0.4.5"
+__version__ = "0.4.6"
 
 _API = ("Experiment", "GenerationInfo", "Run", "evolve", "load_experiment", "load_run", "resume")
 __all__ = list(_API)

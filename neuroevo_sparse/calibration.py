@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import platform
 import time
@@ -41,7 +40,7 @@ from .genome import Init, layer_densities, random_genome, target_counts
 from .jobs import TrainJob, TrainSpec
 from .models import Architecture
 from .sparse import layers_to_sparsify
-from .training import DeviceData
+from .training import DeviceData, total_steps
 from .worker import train_group
 
 log = logging.getLogger("neuroevo_sparse")
@@ -126,12 +125,12 @@ def plan_for(exp: Experiment, arch: Architecture, splits: Splits) -> Plan | None
         except ConfigError:
             log.warning("the cached training plan %s in %s is damaged: measuring again", key, cache_file())
         else:
-            if plan.limited_to is None or _evaluations(exp) < 2 * plan.limited_to:
+            if plan.limited_to is None or exp.evaluations < 2 * plan.limited_to:
                 log.info("training path: %s (measured on this machine before; cached in %s)", plan.label,
                          cache_file())
                 return plan
             log.info("the cached training path was measured, in part, for a run of %d evaluations; this one "
-                     "makes %d: measuring further", plan.limited_to, _evaluations(exp))
+                     "makes %d: measuring further", plan.limited_to, exp.evaluations)
     plan = _measure(exp, rules, candidates, jobs, splits)
     if plan is not None:
         _write_cache(key, plan)
@@ -196,13 +195,13 @@ def _measure(exp: Experiment, rules: TrainSpec, candidates: list[tuple[bool, tup
              len(candidates))
     started = time.perf_counter()
     cfg = exp.training
-    steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(splits.train_y) / cfg.batch_size))  # as training's
+    steps = total_steps(cfg, len(splits.train_y))
     timer = _Timer(rules, jobs, splits, steps)
     timer.warm_up(*candidates[0])
     seconds: dict[tuple[bool, tuple[str, ...]], list[float]] = {}
     behind: set[tuple[bool, tuple[str, ...]]] = set()  # abandoned: their steps alone took too long
 
-    runs = _evaluations(exp)
+    runs = exp.evaluations
     over_budget: float | None = None  # the run's predicted training time, once it stopped the timing
 
     def affordable() -> bool:
@@ -313,12 +312,6 @@ class _Timer:
         if give_up is not None and steps() / individuals > give_up:
             return steps() / individuals, False
         return (timed(self.full, 1) + steps()) / individuals, True
-
-
-def _evaluations(exp: Experiment) -> int:
-    """The individuals the run trains: its first population, then each generation's."""
-    ev = exp.evolution
-    return ev.population + ev.generations * (exp.n_offspring + (ev.population if ev.retrain_survivors else 0))
 
 
 def _head(splits: Splits, n: int) -> Splits:

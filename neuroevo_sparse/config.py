@@ -151,6 +151,16 @@ class EvolutionConfig:
     # "lamarckian": trained weights are written back into the genome and inherited;
     # "baldwinian": fitness comes from training, but offspring inherit the untrained weights.
     inheritance: Literal["lamarckian", "baldwinian"] = "lamarckian"
+    # Successive halving inside each generation, an option that changes results (off: None).
+    # Every training of the generation first runs this fraction of its steps; then only the
+    # best `halving_keep` of them by fitness (at least one) train the remaining steps, on
+    # exactly the batches and with exactly the optimiser state they would have had, so a kept
+    # individual ends as it would have without halving; the others stop there, with the
+    # weights, metrics and fitness of that point (their `steps` in the history says so).
+    # Saves a share (1 - halving_at) * (1 - halving_keep) of the training steps, for one more
+    # validation pass per kept individual; measured by benchmarks/end_to_end.py --halving.
+    halving_at: float | None = _range(0.0, 1.0, lo_open=True, hi_open=True, default=None)
+    halving_keep: float = _range(0.0, 1.0, lo_open=True, hi_open=True, default=0.5)
 
 
 @dataclass(frozen=True)
@@ -343,6 +353,25 @@ class Experiment:
     @property
     def n_offspring(self) -> int:
         return self.evolution.offspring or self.evolution.population
+
+    @property
+    def jobs_per_generation(self) -> int:
+        """Individuals trained in each generation after the first: the offspring, and the
+        survivors again where evolution.retrain_survivors."""
+        ev = self.evolution
+        return self.n_offspring + (ev.population if ev.retrain_survivors else 0)
+
+    @property
+    def evaluations(self) -> int:
+        """Individuals a complete run trains: its first population, then each generation's."""
+        return self.evolution.population + self.evolution.generations * self.jobs_per_generation
+
+    def trained_on(self, trained: int) -> int:
+        """Of `trained` individuals of a generation, how many train on after evolution.halving_at
+        (none without halving): the jobs a generation adds to its `trained`."""
+        if self.evolution.halving_at is None:
+            return 0
+        return max(1, math.ceil(self.evolution.halving_keep * trained - 1e-9))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

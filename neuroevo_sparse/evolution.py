@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,7 +29,7 @@ from .config import Experiment
 from .evaluators import Evaluator
 from .fitness import Objectives
 from .genome import Genome, Init, random_genome, target_counts
-from .jobs import TrainJob
+from .jobs import TrainJob, TrainResult
 from .models import Architecture
 from .operators import Variation, clone, make_toolbox
 from .progress import Progress
@@ -99,8 +99,9 @@ class Evolution:
         ev = self.exp.evolution
         last = self._last = ev.generations if generations is None else generations
         first = 0 if state is None else state.generation + 1
-        jobs = (self.exp.evolution.population if first == 0 else 0) + \
-            (last - max(first, 1) + 1) * self._jobs_per_generation()
+        trainings = lambda n: n + self.exp.trained_on(n)  # noqa: E731  (halving adds the jobs that go on)
+        jobs = (trainings(ev.population) if first == 0 else 0) + \
+            (last - max(first, 1) + 1) * trainings(self.exp.jobs_per_generation)
         progress = Progress(self.exp.output.progress, max(jobs, 0), first, last)
         last_checkpoint = time.monotonic()
         try:
@@ -203,9 +204,25 @@ class Evolution:
 
     # ------------------------------------------------------------------------ evaluation
     def _evaluate(self, genomes: list[Genome], generation: int, progress: Progress) -> None:
-        """Train on the evaluator, write the results back (Lamarckian), assign fitness."""
+        """Train on the evaluator, write the results back (Lamarckian), assign fitness. With
+        evolution.halving_at, in two parts: all of them to that point, then the best on."""
+        ev = self.exp.evolution
         jobs = [TrainJob(g.id, generation, seeds.derive(self.seed, "train", generation, g.id),
-                         g.masks, g.weights) for g in genomes]
+                         g.masks, g.weights, until=ev.halving_at or 1.0) for g in genomes]
+        results = self._train(jobs, generation, progress)
+        self._write_back(genomes, jobs, results)
+        if ev.halving_at is None:
+            return
+        # Those that stopped part-way and are among the best go on from where they stopped.
+        partial = {r.individual_id: (job, r) for job, r in zip(jobs, results) if r.status == "ok" and r.resume}
+        ranked = self.objectives.select_survivors([g for g in genomes if g.id in partial],
+                                                  self.exp.trained_on(len(genomes)))
+        kept = [g for g in genomes if any(g is h for h in ranked)]  # in the generation's order
+        on = [replace(partial[g.id][0], weights=partial[g.id][1].weights, resume=partial[g.id][1].resume,
+                      until=1.0) for g in kept]
+        self._write_back(kept, on, self._train(on, generation, progress))
+
+    def _train(self, jobs: list[TrainJob], generation: int, progress: Progress) -> list[TrainResult]:
         def on_result(result) -> None:
             progress.job_done(result)
             faults.point("mid-generation", generation)
@@ -219,12 +236,15 @@ class Evolution:
             raise AllFailed(f"every individual of generation {generation} failed ({len(results)}), e.g. "
                             + "; ".join(e[:300] for e in errors[:3])
                             + ("; check training.lr and the data" if any("diverged" in e for e in errors) else ""))
+        return results
+
+    def _write_back(self, genomes: list[Genome], jobs: list[TrainJob], results: list[TrainResult]) -> None:
         for g, job, r in zip(genomes, jobs, results):
             if self.exp.evolution.inheritance == "lamarckian":
                 g.weights = r.weights
             else:  # Baldwinian: offspring inherit the untrained weights; exports show the trained
                 g.trained = r.weights if r.status == "ok" else None
-            g.metrics = {**r.metrics(), "seed": job.seed, "evaluated_in": generation}
+            g.metrics = {**r.metrics(), "seed": job.seed, "evaluated_in": job.generation}
             self.objectives.assign(g)
 
     def _score_test(self, survivors: list[Genome], generation: int, trained: list[Genome] = ()) -> None:
@@ -320,10 +340,6 @@ class Evolution:
         return row
 
     # ------------------------------------------------------------------------ checkpoints
-    def _jobs_per_generation(self) -> int:
-        ev = self.exp.evolution
-        return self.exp.n_offspring + (ev.population if ev.retrain_survivors else 0)
-
     def _checkpoint_due(self, state: State, last: int, since: float) -> bool:
         out = self.exp.output
         return (state.generation % out.checkpoint_every == 0 or state.generation == last

@@ -113,6 +113,19 @@ def _vectorise(exp: Experiment, arch: Architecture) -> bool:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """Where a training stopped part-way (evolution.halving_at), so that another job can go
+    on from there exactly as if it had never stopped: the steps done, the running sum of their
+    losses, the optimiser's state per parameter under its dense name (the genome's), and the
+    state of the generator a network's own randomness draws from."""
+
+    step: int
+    loss_sum: float
+    optimiser: dict[str, dict[str, np.ndarray | int]]
+    rng: np.ndarray | None = None      # torch's generator (dropout draws), per-individual path
+
+
+@dataclass(frozen=True)
 class TrainJob:
     individual_id: int
     generation: int
@@ -121,6 +134,17 @@ class TrainJob:
     weights: dict[str, np.ndarray]
     # Only score these weights on the test split: no training, and the result carries no weights.
     test_only: bool = False
+    # Train up to this fraction of the steps only (at least one step); the result then holds
+    # a `resume` for a job that goes on from there.
+    until: float = 1.0
+    # Go on from a training that stopped part-way (`weights` are then the ones it stopped with).
+    resume: Resume | None = None
+
+    def span(self, total: int) -> tuple[int, int]:
+        """The steps [first, last) of the individual's `total` that this job trains."""
+        first = 0 if self.resume is None else self.resume.step
+        last = total if self.until >= 1 else min(total, max(first + 1, round(self.until * total)))
+        return first, last
 
 
 @dataclass
@@ -139,7 +163,9 @@ class TrainResult:
     device: str = ""                   # "cpu" or "cuda"
     attempts: int = 1
     extra: dict[str, float] = field(default_factory=dict)
+    # Set where the job stopped before the individual's last step (TrainJob.until).
+    resume: Resume | None = None
 
     def metrics(self) -> dict:
-        """Everything but the weights, for the genome's record and the history."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("weights", "individual_id")}
+        """Everything but the weights (and a resume state), for the genome's record and the history."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("weights", "individual_id", "resume")}

@@ -13,6 +13,7 @@ stay zero there), in O(active) work instead of O(in x out). Conv layers stay den
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Collection
 
@@ -38,11 +39,22 @@ class Pattern:
         self.rows, self.cols = rows.contiguous(), cols.contiguous()
         self.crow = torch.zeros(out_f + 1, dtype=torch.int64, device=rows.device)
         self.crow[1:] = torch.cumsum(torch.bincount(rows, minlength=out_f), 0)
-        order = torch.argsort(cols * out_f + rows)                # CSR order of W^T
-        self.t_perm = order
-        self.t_crow = torch.zeros(in_f + 1, dtype=torch.int64, device=rows.device)
-        self.t_crow[1:] = torch.cumsum(torch.bincount(cols, minlength=in_f), 0)
-        self.t_col = rows[order]
+
+    # The transpose is made when first used: a first layer's input needs no gradient, and an
+    # evaluation no backward pass, so most patterns of a vectorised group never need it.
+    @functools.cached_property
+    def t_perm(self) -> torch.Tensor:
+        return torch.argsort(self.cols * self.shape[0] + self.rows)  # CSR order of W^T
+
+    @functools.cached_property
+    def t_crow(self) -> torch.Tensor:
+        t_crow = torch.zeros(self.shape[1] + 1, dtype=torch.int64, device=self.rows.device)
+        t_crow[1:] = torch.cumsum(torch.bincount(self.cols, minlength=self.shape[1]), 0)
+        return t_crow
+
+    @functools.cached_property
+    def t_col(self) -> torch.Tensor:
+        return self.rows[self.t_perm]
 
     @classmethod
     def of_mask(cls, mask: torch.Tensor) -> "Pattern":
@@ -50,19 +62,20 @@ class Pattern:
         return cls(rows, cols, tuple(mask.shape))
 
     @classmethod
-    def block_diagonal(cls, masks: torch.Tensor) -> "Pattern":
+    def block_diagonal(cls, masks: torch.Tensor, nonzero: tuple[torch.Tensor, ...] | None = None) -> "Pattern":
         """The pattern of K masks (K, out, in) placed on the diagonal of a (K*out, K*in) matrix:
-        one sparse matmul then computes all K layers, each on its own inputs."""
+        one sparse matmul then computes all K layers, each on its own inputs. `nonzero`:
+        `masks.nonzero(as_tuple=True)`, where the caller has it already."""
         k, out_f, in_f = masks.shape
-        which, rows, cols = masks.nonzero(as_tuple=True)          # k-major, then row-major
+        which, rows, cols = masks.nonzero(as_tuple=True) if nonzero is None else nonzero  # k-, then row-major
         return cls(which * out_f + rows, which * in_f + cols, (k * out_f, k * in_f))
 
     @classmethod
-    def stacked(cls, masks: torch.Tensor) -> "Pattern":
+    def stacked(cls, masks: torch.Tensor, nonzero: tuple[torch.Tensor, ...] | None = None) -> "Pattern":
         """The K masks (K, out, in) stacked as one (K*out, in) matrix: the same values, in the
         same order as `block_diagonal`'s, applied to one input that all K share."""
         k, out_f, in_f = masks.shape
-        which, rows, cols = masks.nonzero(as_tuple=True)
+        which, rows, cols = masks.nonzero(as_tuple=True) if nonzero is None else nonzero
         return cls(which * out_f + rows, cols, (k * out_f, in_f))
 
     def csr(self, values: torch.Tensor) -> torch.Tensor:
@@ -156,9 +169,18 @@ class SparseLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
     def dense_weight(self) -> torch.Tensor:
-        w = torch.zeros(self.pattern.shape, dtype=self.values.dtype, device=self.values.device)
-        w[self.pattern.rows, self.pattern.cols] = self.values.detach()
+        return self.dense(self.values.detach())
+
+    def dense(self, values: torch.Tensor) -> torch.Tensor:
+        """A tensor shaped like `values` (the weights, or an optimiser's state of them) as the
+        dense (out, in) matrix, zero at the inactive positions."""
+        w = torch.zeros(self.pattern.shape, dtype=values.dtype, device=values.device)
+        w[self.pattern.rows, self.pattern.cols] = values
         return w
+
+    def active(self, dense: torch.Tensor) -> torch.Tensor:
+        """The inverse of `dense`: the entries of a dense (out, in) matrix at the active positions."""
+        return dense[self.pattern.rows, self.pattern.cols].contiguous()
 
 
 def layers_to_sparsify(masks: dict[str, np.ndarray], cfg: TrainingConfig, min_size: int | None = None,
@@ -188,6 +210,18 @@ def sparsify(model: nn.Module, masks: dict[str, np.ndarray], names: list[str]) -
         mask = torch.as_tensor(np.asarray(masks[key]), device=module.weight.device)
         setattr(parent, attr, SparseLinear(module.weight.detach(), mask, module.bias))
     return names
+
+
+def dense_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter, SparseLinear | None]]:
+    """Every parameter with its dense name (the genome's: a SparseLinear's `values` is its
+    layer's `weight`) and, for those `values`, the layer that maps them to the dense matrix."""
+    found = []
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        for pname, p in module.named_parameters(recurse=False):
+            sparse_values = isinstance(module, SparseLinear) and pname == "values"
+            found.append((prefix + ("weight" if sparse_values else pname), p, module if sparse_values else None))
+    return found
 
 
 def dense_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

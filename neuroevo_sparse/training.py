@@ -15,6 +15,7 @@ the job's own seed, never from a global generator.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import socket
@@ -28,7 +29,7 @@ from torch import nn
 
 from . import optim, sparse
 from .data import Splits
-from .jobs import TrainJob, TrainResult, TrainSpec
+from .jobs import Resume, TrainJob, TrainResult, TrainSpec
 
 
 class DeviceData:
@@ -105,18 +106,24 @@ def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
              for k, v in job.masks.items() if k not in sparse_layers}
     optimiser = optimiser_for(cfg, model)
     n = len(data.train[1])
-    steps = cfg.steps or max(1, math.ceil(cfg.epochs * n / cfg.batch_size))
+    steps = total_steps(cfg, n)
+    first, last = job.span(steps)
     # Randomness inside a user's network (dropout) comes from the job's seed, not the worker's.
     torch.manual_seed(job.seed % 2 ** 63)
+    total, done = 0.0, first
+    if job.resume is not None:  # go on exactly where the first part stopped
+        load_optimiser_state(model, optimiser, job.resume.optimiser)
+        total = job.resume.loss_sum
+        if job.resume.rng is not None:
+            torch.set_rng_state(torch.from_numpy(np.array(job.resume.rng)))
 
-    total, done = 0.0, 0
     deadline = None if spec.time_limit_s is None else time.perf_counter() + spec.time_limit_s
-    order = batches(n, cfg.batch_size, steps, job.seed, device)
+    order = itertools.islice(batches(n, cfg.batch_size, last, job.seed, device), first, None)
     try:
-        for _, loss, _ in train_steps(model, optimiser, params, masks, cfg, data.train, order, steps):
+        for _, loss, _ in train_steps(model, optimiser, params, masks, cfg, data.train, order, steps, first=first):
             total += loss
             done += 1
-            if done < steps and deadline is not None and time.perf_counter() > deadline:
+            if done < last and deadline is not None and time.perf_counter() > deadline:
                 return TrainResult(job.individual_id, job.weights, status="failed", steps=done,
                                    error=f"timeout: {spec.time_limit_s}s (resources.job_timeout_s) "
                                          f"passed after {done} of {steps} steps")
@@ -129,8 +136,36 @@ def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
                            error="weights became non-finite during training")
     val_loss, val_acc = evaluate(model, *data.val)
     test_acc = evaluate(model, *data.test)[1] if spec.score_test else None
+    resume = None if done == steps else Resume(done, total, optimiser_state(model, optimiser),
+                                               torch.get_rng_state().numpy().copy())
     return TrainResult(job.individual_id, weights, train_loss=total / done, val_loss=val_loss,
-                       val_accuracy=val_acc, test_accuracy=test_acc, steps=done)
+                       val_accuracy=val_acc, test_accuracy=test_acc, steps=done, resume=resume)
+
+
+def total_steps(cfg, n: int) -> int:
+    """The optimiser steps of one individual's training on `n` samples."""
+    return cfg.steps or max(1, math.ceil(cfg.epochs * n / cfg.batch_size))
+
+
+def optimiser_state(model: nn.Module, optimiser: optim.Optimizer) -> dict[str, dict[str, np.ndarray | int]]:
+    """The optimiser's state per parameter under its dense name, as numpy: what a Resume holds."""
+    state = {}
+    for name, p, layer in sparse.dense_parameters(model):
+        if optimiser.state.get(p):
+            state[name] = {k: to_numpy(layer.dense(v) if layer is not None else v) if torch.is_tensor(v) else v
+                           for k, v in optimiser.state[p].items()}
+    return state
+
+
+def load_optimiser_state(model: nn.Module, optimiser: optim.Optimizer,
+                         state: dict[str, dict[str, np.ndarray | int]]) -> None:
+    """The inverse of `optimiser_state`, into a fresh optimiser of the same model."""
+    for name, p, layer in sparse.dense_parameters(model):
+        if name in state:
+            def tensor(a: np.ndarray) -> torch.Tensor:
+                t = torch.from_numpy(np.array(a)).to(p.device)
+                return layer.active(t) if layer is not None else t
+            optimiser.state[p] = {k: tensor(v) if isinstance(v, np.ndarray) else v for k, v in state[name].items()}
 
 
 def score_test(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
@@ -161,15 +196,16 @@ class Diverged(ArithmeticError):
 def train_steps(model: nn.Module, optimiser: optim.Optimizer, params: dict[str, torch.Tensor],
                 masks: dict[str, torch.Tensor], cfg, train: tuple[torch.Tensor, torch.Tensor],
                 order: Iterator[torch.Tensor], steps: int,
-                keep_grads: Callable[[int], bool] = lambda step: False,
+                keep_grads: Callable[[int], bool] = lambda step: False, first: int = 0,
                 ) -> Iterator[tuple[int, float, dict[str, torch.Tensor] | None]]:
-    """The step loop of one network: per batch of `order`, cross-entropy, the finite check,
-    one `masked_step`; yields (step, loss, dense gradients if `keep_grads(step)`) after each,
-    so a caller may change `masks` in place between steps (structure updates). Raises Diverged."""
+    """The step loop of one network: per batch of `order` (steps `first`, `first` + 1, ... of
+    `steps`), cross-entropy, the finite check, one `masked_step`; yields (step, loss, dense
+    gradients if `keep_grads(step)`) after each, so a caller may change `masks` in place
+    between steps (structure updates). Raises Diverged."""
     x, y = train
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    for step, idx in enumerate(order):
+    for step, idx in enumerate(order, first):
         loss = loss_fn(model(x[idx]), y[idx])
         if not torch.isfinite(loss):
             raise Diverged(step, steps, loss.item())

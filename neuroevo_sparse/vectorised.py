@@ -21,7 +21,7 @@ returned) and reported as in the per-individual path; the others go on."""
 
 from __future__ import annotations
 
-import math
+import itertools
 import time
 
 import numpy as np
@@ -30,9 +30,10 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from . import kernels
-from .jobs import TrainJob, TrainResult, TrainSpec
+from .jobs import Resume, TrainJob, TrainResult, TrainSpec
 from .sparse import Pattern, layers_to_sparsify, sparse_matmul_t
-from .training import DeviceData, batches_of, evaluate, masked_step, optimiser_for, run_jobs, to_numpy
+from .training import (DeviceData, batches_of, evaluate, masked_step, optimiser_for, run_jobs, to_numpy,
+                       total_steps)
 
 
 def train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list[TrainResult]:
@@ -67,17 +68,52 @@ class _Group:
         min_size = 0 if native else None
         each = [layers_to_sparsify(j.masks, cfg, min_size, spec.sparse_layers) for j in jobs] if chain else [[]]
         sparse = [n for n in each[0] if all(n in names for names in each[1:])]
-        self.patterns = {n: Pattern.block_diagonal(masks[n]) for n in sparse}
-        self.owner = {n: masks[n].nonzero(as_tuple=True)[0] for n in sparse}   # individual of each value
+        nonzero = {n: masks[n].nonzero(as_tuple=True) for n in sparse}  # (individual, row, column) of each value
+        self.patterns = {n: Pattern.block_diagonal(masks[n], nonzero[n]) for n in sparse}
+        self.owner = {n: nonzero[n][0] for n in sparse}   # individual of each value
+        self.nonzero = nonzero
+        # Where each individual's values start in a block-diagonal parameter.
+        self.starts = {n: [0, *np.cumsum(masks[n].flatten(1).sum(1).tolist())] for n in sparse}
         self.holder = nn.Module()  # the optimiser wants parameters; the stacked tensors are them
         for i, n in enumerate(self.names):
             stacked = torch.stack([torch.from_numpy(np.array(j.weights[n])) for j in jobs]).to(device)
-            self.holder.register_parameter(f"p{i}", nn.Parameter(stacked[masks[n]] if n in self.patterns
+            self.holder.register_parameter(f"p{i}", nn.Parameter(stacked[nonzero[n]] if n in self.patterns
                                                                   else stacked))
         self.params = {n: self.holder.get_parameter(f"p{i}") for i, n in enumerate(self.names)}
         self.dense_masks = {n: m.to(torch.float32) for n, m in masks.items() if n not in self.patterns}
-        self.forward = (_ChainForward(chain, self.patterns, masks, native) if chain
+        self.forward = (_ChainForward(chain, self.patterns, masks, native, nonzero) if chain
                         else _vmapped(model, self.buffers))
+
+    def individual(self, t: torch.Tensor, name: str, i: int) -> np.ndarray:
+        """Individual i's dense tensor of the stacked parameter `name` (or of a tensor shaped
+        like it: an optimiser's state)."""
+        if name not in self.patterns:
+            return to_numpy(t[i])
+        starts = self.starts[name]
+        dense = torch.zeros(self.masks[name].shape[1:], dtype=t.dtype, device=t.device)
+        dense[self.masks[name][i]] = t.detach()[int(starts[i]): int(starts[i + 1])]
+        return to_numpy(dense)
+
+    def optimiser_state(self, optimiser, i: int) -> dict[str, dict[str, np.ndarray | int]]:
+        """Individual i's optimiser state per parameter, dense: what the per-individual path's
+        `training.optimiser_state` gives, so a Resume goes on on either path."""
+        return {n: {k: self.individual(v, n, i) if torch.is_tensor(v) else v
+                    for k, v in optimiser.state[p].items()}
+                for n, p in self.params.items() if optimiser.state.get(p)}
+
+    def load_optimiser_state(self, optimiser, states: list[dict[str, dict[str, np.ndarray | int]]]) -> None:
+        """The K individuals' dense optimiser states (in job order) into the group's optimiser."""
+        for n, p in self.params.items():
+            if n not in states[0]:
+                continue
+            entry = {}
+            for key, value in states[0][n].items():
+                if not isinstance(value, np.ndarray):
+                    entry[key] = value  # a step count: the same for every member
+                    continue
+                stacked = torch.stack([torch.from_numpy(np.array(s[n][key])) for s in states]).to(p.device)
+                entry[key] = stacked[self.nonzero[n]] if n in self.patterns else stacked
+            optimiser.state[p] = entry
 
     def logits(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Logits (K, classes, B) of the K individuals, each on its own samples idx[k] of x."""
@@ -109,23 +145,29 @@ def score_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list[
 def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list[TrainResult]:
     cfg, device, k = spec.training, data.device, len(jobs)
     group = _Group(jobs, spec, data)
-    model, names, buffers, masks = group.model, group.names, group.buffers, group.masks
+    model, names, buffers = group.model, group.names, group.buffers
     patterns, owner, params = group.patterns, group.owner, group.params
     optimiser = optimiser_for(cfg, group.holder)
 
     x_train, y_train = data.train
     n = len(y_train)
-    steps = cfg.steps or max(1, math.ceil(cfg.epochs * n / cfg.batch_size))
-    order = batches_of(n, cfg.batch_size, steps, [j.seed for j in jobs], device)
+    steps = total_steps(cfg, n)
+    first, last = jobs[0].span(steps)
+    if any(j.span(steps) != (first, last) for j in jobs):
+        raise ValueError("the jobs of a vectorised group must train the same steps")
+    order = itertools.islice(batches_of(n, cfg.batch_size, last, [j.seed for j in jobs], device), first, None)
     alive = torch.ones(k, dtype=torch.bool, device=device)
     diverged: dict[int, tuple[int, str]] = {}  # index -> (steps done, why)
     total = torch.zeros(k, dtype=torch.float64, device=device)
+    if jobs[0].resume is not None:  # go on exactly where the first part stopped
+        group.load_optimiser_state(optimiser, [j.resume.optimiser for j in jobs])
+        total = torch.tensor([j.resume.loss_sum for j in jobs], dtype=torch.float64, device=device)
     # The time limit is per job, so a group of k jobs may take k times as long.
     limit = None if spec.time_limit_s is None else spec.time_limit_s * k
     deadline = None if limit is None else time.perf_counter() + limit
 
     model.train()
-    for step in range(steps):
+    for step in range(first, last):
         if deadline is not None and time.perf_counter() > deadline:
             return [TrainResult(j.individual_id, j.weights, status="failed", steps=step,
                                 error=f"timeout: {limit:g}s ({k} x resources.job_timeout_s, vectorised "
@@ -149,36 +191,24 @@ def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
     val = group.evaluate(*data.val)
     test = group.evaluate(*data.test) if spec.score_test else None
     with torch.no_grad():
-        # Where each individual's values start in a block-diagonal parameter.
-        starts = {name: [0, *np.cumsum(masks[name].flatten(1).sum(1).tolist())] for name in patterns}
         for i, job in enumerate(jobs):
             if i in diverged:
                 done, why = diverged[i]
                 results.append(TrainResult(job.individual_id, job.weights, status="diverged",
                                            error=why, steps=done))
                 continue
-            weights = {name: _individual(params[name], i, masks[name] if name in patterns else None,
-                                         starts.get(name)) for name in names}
+            weights = {name: group.individual(params[name], name, i) for name in names}
             weights.update({name: to_numpy(b[i]) for name, b in buffers.items()})
             if not all(np.isfinite(w).all() for w in weights.values()):
-                results.append(TrainResult(job.individual_id, job.weights, status="diverged", steps=steps,
+                results.append(TrainResult(job.individual_id, job.weights, status="diverged", steps=last,
                                            error="weights became non-finite during training"))
                 continue
-            results.append(TrainResult(job.individual_id, weights, train_loss=float(total[i]) / steps,
+            resume = None if last == steps else Resume(last, float(total[i]), group.optimiser_state(optimiser, i))
+            results.append(TrainResult(job.individual_id, weights, train_loss=float(total[i]) / last,
                                        val_loss=val[0][i], val_accuracy=val[1][i],
-                                       test_accuracy=None if test is None else test[1][i], steps=steps,
-                                       extra={"sparse_layers": float(len(patterns))}))
+                                       test_accuracy=None if test is None else test[1][i], steps=last,
+                                       extra={"sparse_layers": float(len(patterns))}, resume=resume))
     return results
-
-
-def _individual(param: torch.Tensor, i: int, masks: torch.Tensor | None, starts: list[int] | None) -> np.ndarray:
-    """Individual i's dense weights, from a stacked tensor or from block-diagonal values (the
-    K individuals' values one after another, individual i's from starts[i] to starts[i + 1])."""
-    if masks is None:
-        return to_numpy(param[i])
-    dense = torch.zeros(masks.shape[1:], dtype=param.dtype, device=param.device)
-    dense[masks[i]] = param.detach()[int(starts[i]): int(starts[i + 1])]
-    return to_numpy(dense)
 
 
 def _vmapped(model: nn.Module, buffers: dict[str, torch.Tensor]):
@@ -231,12 +261,12 @@ class _ChainForward:
     order of values, so the input is never copied K times."""
 
     def __init__(self, chain: list[tuple[str, nn.Module]], patterns: dict[str, Pattern],
-                 masks: dict[str, torch.Tensor], native: bool):
+                 masks: dict[str, torch.Tensor], native: bool, nonzero: dict[str, tuple[torch.Tensor, ...]]):
         self.chain, self.patterns, self.native = chain, patterns, native
         first = next(f"{n}.weight" for n, m in chain if isinstance(m, nn.Linear))
         self.first = first
         self.k = len(masks[first]) if first in masks else None
-        self.stacked = Pattern.stacked(masks[first]) if first in patterns else None
+        self.stacked = Pattern.stacked(masks[first], nonzero[first]) if first in patterns else None
 
     def inputs(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Samples `idx` (K, B) of x (N, ...) as the first layer takes them, (K, features, B)."""

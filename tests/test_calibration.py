@@ -138,7 +138,7 @@ def test_no_path_is_timed_past_the_budget_of_the_run_s_predicted_time(tiny, cach
     assert (plan.vectorise, plan.sparse_layers) == candidates[0]
     assert list(plan.seconds) == [calibration.label(*candidates[0])]
     assert f"timed 1 of the {len(candidates)}: one more would bring the measuring over 0%" in caplog.text
-    assert plan.limited_to == calibration._evaluations(exp)
+    assert plan.limited_to == exp.evaluations
     # A run as long finds it cached; one twice as long or more measures again, and further.
     assert plan_for(exp, arch, splits).seconds == plan.seconds
     monkeypatch.setattr(calibration, "BUDGET", 0.05)

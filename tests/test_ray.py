@@ -103,6 +103,21 @@ def test_multi_node_cluster_gives_the_local_history(toml, local_history, tmp_pat
     assert df.worker.nunique() >= 2 and set(df.device) == {"cpu"}
 
 
+def test_halving_on_a_cluster_gives_the_local_history(toml, tmp_path, cluster_factory):
+    """evolution.halving_at: the stopped trainings' state (weights, optimiser, loss sum) goes to
+    the driver and back to whichever node trains them on, and they end as they would locally."""
+    halving = ["--set", "evolution.halving_at=0.3", "--set", "evolution.halving_keep=0.5"]
+    p = cli("run", str(toml), "--run-dir", str(tmp_path / "local"), *ARGS, *halving)
+    assert p.returncode == 0, p.stderr[-3000:]
+    cluster = cluster_factory()
+    p = cli("run", str(toml), "--run-dir", str(tmp_path / "ray"), *ARGS, *halving, "--address", cluster.address,
+            "--set", 'resources.backend="ray"')
+    assert p.returncode == 0, p.stderr[-3000:]
+    local, ray = history(tmp_path / "local"), history(tmp_path / "ray")
+    pd.testing.assert_frame_equal(metrics(ray), metrics(local))
+    assert set(ray[ray.evaluated].steps) == {90, 300}  # stopped at 30% of 300 steps, or trained on
+
+
 def test_one_worker_gives_the_same_history(toml, local_history, tmp_path):
     run = tmp_path / "run"
     try:
