@@ -81,3 +81,19 @@ def comparable_history(run_dir: Path):
     from neuroevo_sparse.store.history import NONDETERMINISTIC
 
     return pd.read_parquet(Path(run_dir) / "history").drop(columns=["run_id", *NONDETERMINISTIC])
+
+
+def histories_over_layouts(base: config.Experiment, tmp_path: Path, layouts: list[tuple[int, int | str]]) -> list:
+    """The comparable histories of `base` run locally on each (threads, training.vectorise_group)
+    of `layouts`: what results that must not depend on the workers are compared on."""
+    from dataclasses import replace
+
+    from neuroevo_sparse import runs
+
+    histories = []
+    for cpus, size in layouts:
+        exp = replace(base, training=replace(base.training, vectorise_group=size),
+                      resources=replace(base.resources, num_cpus=cpus))
+        run, _ = runs.start(exp, tmp_path / f"cpus{cpus}-{size}")
+        histories.append(comparable_history(run.path))
+    return histories

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import comparable_history
+from conftest import histories_over_layouts
 from neuroevo_sparse import config, data, kernels, runs
 from neuroevo_sparse.genome import Init, random_genome, target_counts
 from neuroevo_sparse.jobs import TrainJob, TrainSpec
@@ -64,13 +64,13 @@ def test_a_training_resumed_part_way_is_the_training_in_one_piece(tiny, path, op
 def test_a_resumed_training_keeps_the_networks_own_randomness(tiny, tmp_path):
     """Dropout draws from torch's generator, seeded per job: the second part goes on with the
     generator where the first left it, not from the seed again."""
-    (tmp_path / "dropout_net.py").write_text(
+    (tmp_path / "halving_dropout_net.py").write_text(
         "import math\n"
         "import torch.nn as nn\n"
         "def build(input_shape, num_classes):\n"
         "    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 16), nn.ReLU(), nn.Dropout(0.3),\n"
         "                         nn.Linear(16, num_classes))\n")
-    exp = replace(tiny, model=replace(tiny.model, factory=f"{tmp_path / 'dropout_net.py'}:build"),
+    exp = replace(tiny, model=replace(tiny.model, factory=f"{tmp_path / 'halving_dropout_net.py'}:build"),
                   training=replace(tiny.training, steps=30))
     splits = data.load(exp.data, exp.experiment.seed)
     arch = Architecture.of(exp, splits.input_shape, splits.num_classes)
@@ -110,12 +110,7 @@ def test_halving_trains_the_best_on_and_stops_the_others(tiny, tmp_path):
 def test_halving_does_not_depend_on_the_workers(tiny, tmp_path):
     base = _halving(tiny, halving_keep=0.4)
     base = replace(base, training=replace(base.training, vectorise="on", sparse_kernels="on", sparse_min_size=0))
-    histories = []
-    for cpus, size in [(1, "auto"), (3, "auto"), (1, 2)]:
-        exp = replace(base, training=replace(base.training, vectorise_group=size),
-                      resources=replace(base.resources, num_cpus=cpus))
-        run, _ = runs.start(exp, tmp_path / f"cpus{cpus}-{size}")
-        histories.append(comparable_history(run.path))
+    histories = histories_over_layouts(base, tmp_path, [(1, "auto"), (3, "auto"), (1, 2)])
     for other in histories[1:]:
         pd.testing.assert_frame_equal(histories[0], other)
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import comparable_history
-from neuroevo_sparse import kernels, runs
+from conftest import histories_over_layouts
+from neuroevo_sparse import kernels
 from neuroevo_sparse.models import Architecture
 from neuroevo_sparse.jobs import FIXED_GROUP, TrainJob, TrainSpec, _group
 from neuroevo_sparse.worker import MAX_GROUP, groups
@@ -72,12 +72,7 @@ def test_a_members_results_do_not_depend_on_its_group(tiny, tmp_path, cpu_kernel
     base = replace(tiny, evolution=replace(tiny.evolution, population=6, offspring=9),
                    training=replace(tiny.training, vectorise="on", sparse_kernels="on", sparse_min_size=0,
                                     cpu_kernels=cpu_kernels))
-    histories = []
-    for cpus, size in [(1, "auto"), (4, "auto"), (1, 3)]:
-        exp = replace(base, training=replace(base.training, vectorise_group=size),
-                      resources=replace(base.resources, num_cpus=cpus))
-        run, _ = runs.start(exp, tmp_path / f"cpus{cpus}-{size}")
-        histories.append(comparable_history(run.path))
+    histories = histories_over_layouts(base, tmp_path, [(1, "auto"), (4, "auto"), (1, 3)])
     for other in histories[1:]:
         pd.testing.assert_frame_equal(histories[0], other)
     assert histories[0].evaluated.sum() == 6 + 2 * 9
