@@ -217,7 +217,8 @@ class Evolution:
         partial = {r.individual_id: (job, r) for job, r in zip(jobs, results) if r.status == "ok" and r.resume}
         ranked = self.objectives.select_survivors([g for g in genomes if g.id in partial],
                                                   self.exp.trained_on(len(genomes)))
-        kept = [g for g in genomes if id(g) in {id(h) for h in ranked}]  # in the generation's order
+        ranked_ids = {id(g) for g in ranked}
+        kept = [g for g in genomes if id(g) in ranked_ids]  # in the generation's order
         on = [replace(partial[g.id][0], weights=partial[g.id][1].weights, resume=partial[g.id][1].resume,
                       until=1.0) for g in kept]
         self._write_back(kept, on, self._train(on, generation, progress))

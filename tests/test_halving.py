@@ -4,7 +4,6 @@ the others, whatever the number of workers."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import pickle
 from dataclasses import replace
@@ -129,4 +128,4 @@ def test_halving_out_of_range_is_a_config_error(tiny_toml, key, value):
 
 
 def test_halving_is_part_of_the_config_hash(tiny):
-    assert dataclasses.replace(tiny, evolution=replace(tiny.evolution, halving_at=0.5)).hash() != tiny.hash()
+    assert replace(tiny, evolution=replace(tiny.evolution, halving_at=0.5)).hash() != tiny.hash()
