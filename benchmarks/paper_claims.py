@@ -16,7 +16,13 @@ the run stale, and a stale run is trained again, never reused.
     python benchmarks/paper_claims.py --rekey              # re-key stale runs that provably reproduce
 
 `--rekey` trains the lowest seed of each group of stale runs (those that differ by seed only)
-again and re-keys the group only if every stored number comes back exactly. Suites:
+again and re-keys the group only if every stored number comes back exactly. Bits depend on the
+CPU (torch's dense kernels differ between AVX2 and AVX-512), so on another machine than the one
+that trained the stored runs, prove the change against the commit that keyed them instead:
+
+    python benchmarks/paper_claims.py --rekey --against d891401   # that commit's code, trained here
+
+Suites:
 
   small      Fashion-MNIST MLP 784-300-100-10 at 10%  (experiments/paper/fashion_mlp_small.toml)
   fractions  the same MLP trained on 10%, 25%, 50% of the training samples
@@ -35,6 +41,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -204,13 +211,19 @@ def _measured(r: dict) -> dict:
     return json.loads(json.dumps(out))  # NaN == NaN as JSON text compares it
 
 
-def rekey(jobs: list[Job]) -> None:
+def rekey(jobs: list[Job], against: Baseline | None = None, suite: str = "") -> None:
     """Give stored runs whose key is stale (another code hash, version or config) the current
     key, but only after proof: per group (the runs that differ by seed only), the lowest seed is
     trained again and must reproduce every stored number exactly (training is deterministic, so
     one seed reproducing shows the code still computes what it computed); the group is then
     re-keyed. A group that does not reproduce keeps its stale keys and is trained again by the
-    next normal run."""
+    next normal run.
+
+    With `against` (the commit whose code keyed the stored runs), the proof is made on this
+    CPU: that commit's code trains the lowest seed here, its key must be the stored one (so the
+    stored numbers are that code's), and the present code must give the same numbers as it
+    did. Same code, same CPU, same bits: the stored runs are what the present code computes on
+    the CPU that made them."""
     groups: dict[str, list[Job]] = {}
     for job in jobs:
         if job.path.is_file() and stored_run(job) is None:
@@ -222,9 +235,19 @@ def rekey(jobs: list[Job]) -> None:
         except (OSError, ValueError):
             print(f"  {name}: stored file unreadable, left to be trained again", flush=True)
             continue
+        if against is not None:
+            then = against.execute(suite, probe)
+            if then["key"] != old.get("key"):
+                print(f"  {name}: the stored runs were not keyed by {against.rev}'s code (stored key "
+                      f"{old.get('key')}, {against.rev}'s {then['key']}): not re-keyed", flush=True)
+                continue
+            print(f"  {name}: seed {probe.seed} trained by {against.rev}'s code here ({then['wall_s']:.0f} s)",
+                  flush=True)
+            old = then
         fresh = execute(probe)
         if _measured(fresh) != _measured(old):
-            print(f"  {name}: seed {probe.seed} does NOT reproduce its stored result: not re-keyed "
+            what = f"{against.rev}'s result on this CPU" if against else "its stored result"
+            print(f"  {name}: seed {probe.seed} does NOT reproduce {what}: not re-keyed "
                   f"(the next run trains the group again)", flush=True)
             continue
         for job in members:
@@ -233,6 +256,48 @@ def rekey(jobs: list[Job]) -> None:
             store(job, r)
         print(f"  {name}: seed {probe.seed} reproduced exactly ({fresh['wall_s']:.0f} s): "
               f"{len(members)} runs re-keyed", flush=True)
+
+
+# Run in a checkout of another commit: trains one stored run's job with that commit's code and
+# writes its result (key included) as JSON. paper_claims of that commit must have jobs_of,
+# Job.group and execute, as every commit since the claims runs were keyed has.
+_EXECUTE_THERE = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, "benchmarks")
+import paper_claims as pc
+import neuroevo_sparse
+suite, group, seed, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+here = Path.cwd().resolve()
+if Path(neuroevo_sparse.__file__).resolve().parents[1] != here:
+    sys.exit(f"imported neuroevo_sparse from {neuroevo_sparse.__file__}, not from {here}")
+job, = [j for j in pc.jobs_of(suite, [seed]) if j.group() == group]
+Path(out).write_text(json.dumps(pc.execute(job)))
+"""
+
+
+class Baseline:
+    """Another commit's code, checked out beside this one (a git worktree) with its C kernels
+    built, to train stored runs' jobs on this CPU as that code does."""
+
+    def __init__(self, rev: str):
+        self.rev = rev
+        self._dir = tempfile.TemporaryDirectory(prefix="neuroevo-baseline-")
+        self.tree = Path(self._dir.name) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(self.tree), rev], check=True)
+        subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=self.tree, check=True,
+                       stdout=subprocess.DEVNULL)
+
+    def execute(self, suite: str, job: Job) -> dict:
+        out = Path(self._dir.name) / "result.json"
+        env = {**os.environ, "PYTHONPATH": str(self.tree)}
+        subprocess.run([sys.executable, "-c", _EXECUTE_THERE, suite, job.group(), str(job.seed), str(out)],
+                       cwd=self.tree, env=env, check=True)
+        return json.loads(out.read_text())
+
+    def close(self) -> None:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(self.tree)], check=False)
+        self._dir.cleanup()
 
 
 def suite_jobs(name: str, seeds: list[int]) -> list[Job]:
@@ -705,14 +770,24 @@ def main() -> None:
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from stored runs")
     p.add_argument("--rekey", action="store_true",
                    help="re-key stale stored runs whose lowest seed reproduces exactly (see `rekey`), then stop")
+    p.add_argument("--against", metavar="COMMIT",
+                   help="with --rekey: prove against the commit whose code keyed the stored runs, trained "
+                        "on this CPU, instead of against the stored numbers (see `rekey`)")
     args = p.parse_args()
+    if args.against and not args.rekey:
+        p.error("--against goes with --rekey")
     if args.rekey:
-        for name in args.suites:
-            print(f"suite {name}", flush=True)
-            try:
-                rekey(jobs_of(name, args.seeds))
-            except DatasetNotFound as e:
-                print(f"  skipped: {e}", flush=True)
+        baseline = Baseline(args.against) if args.against else None
+        try:
+            for name in args.suites:
+                print(f"suite {name}", flush=True)
+                try:
+                    rekey(jobs_of(name, args.seeds), baseline, name)
+                except DatasetNotFound as e:
+                    print(f"  skipped: {e}", flush=True)
+        finally:
+            if baseline is not None:
+                baseline.close()
         return
     if not args.report_only:
         record_machine()

@@ -115,6 +115,54 @@ def test_stale_runs_are_rekeyed_only_when_they_reproduce(tmp_path, capsys):
     assert "does NOT reproduce" in capsys.readouterr().out
 
 
+class _Then:
+    """Stands in for paper_claims.Baseline (another commit's code in a worktree): here that code
+    is the present one, and `numbers` changes what it computes."""
+
+    rev = "then"
+
+    def __init__(self, key_of=lambda job: job.key, numbers=lambda r: r):
+        self.key_of, self.numbers = key_of, numbers
+
+    def execute(self, suite, job):
+        return self.numbers({**paper_claims.execute(job), "key": self.key_of(job)})
+
+
+def _stale(jobs, *, shift=0.0):
+    """Gives stored runs another commit's key (and with `shift`, other numbers than they had)."""
+    for j in jobs:
+        r = json.loads(j.path.read_text())
+        r["key"] = {**r["key"], "code": "0" * 16}
+        r["records"][-1]["test_accuracy"] += shift
+        j.path.write_text(json.dumps(r))
+
+
+def test_rekey_against_a_commit_proves_on_this_cpu_and_not_against_the_stored_numbers(tmp_path, capsys):
+    jobs = [job(tmp_path, seed) for seed in (0, 1)]
+    for j in jobs:
+        paper_claims.run_job(j)
+    stale_key = lambda j: {**j.key, "code": "0" * 16}  # the commit that keyed them
+
+    # Another CPU's bits: the stored numbers differ from what either commit computes here,
+    # and the two commits agree, so the runs are re-keyed.
+    _stale(jobs, shift=0.01)
+    paper_claims.rekey(jobs, _Then(key_of=stale_key), "suite")
+    assert all(paper_claims.stored_run(j) is not None for j in jobs)
+    assert "reproduced exactly" in capsys.readouterr().out
+
+    # The commit computes otherwise than the present code: not re-keyed.
+    _stale(jobs)
+    shifted = lambda r: {**r, "records": [*r["records"][:-1], {**r["records"][-1], "test_accuracy": 0.5}]}
+    paper_claims.rekey(jobs, _Then(key_of=stale_key, numbers=shifted), "suite")
+    assert all(paper_claims.stored_run(j) is None for j in jobs)
+    assert "does NOT reproduce then's result on this CPU" in capsys.readouterr().out
+
+    # The stored runs are not that commit's (another key): nothing is trained or re-keyed.
+    paper_claims.rekey(jobs, _Then(key_of=lambda j: {**j.key, "code": "1" * 16}), "suite")
+    assert all(paper_claims.stored_run(j) is None for j in jobs)
+    assert "were not keyed by then's code" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("name", ["small", "fractions", "big", "cnn", "ga"])
 def test_every_stored_claims_run_has_its_current_key(name):
     """The stored runs behind docs/RESULTS.md are the current code's (or reproduced by it)."""
