@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cache_key import run_key  # noqa: E402
+import machine  # noqa: E402
 
 from neuroevo_sparse import config, data, dst  # noqa: E402
 from neuroevo_sparse.data import DatasetNotFound  # noqa: E402
@@ -747,7 +748,7 @@ def record_machine() -> None:
     page rebuilt elsewhere or on another day is the same page."""
     import torch
     MACHINE.parent.mkdir(parents=True, exist_ok=True)
-    MACHINE.write_text(json.dumps({"cpus": os.cpu_count(), "machine": platform.machine(),
+    MACHINE.write_text(json.dumps({"cpus": os.cpu_count(), "machine": platform.machine(), "cpu": machine.cpu(),
                                    "gpu": torch.cuda.is_available(), "python": platform.python_version(),
                                    "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}, indent=1))
 
@@ -757,7 +758,9 @@ def machine_line() -> str:
         m = json.loads(MACHINE.read_text())
     except (OSError, ValueError):
         return "Machine: not recorded (runs made before benchmarks/results/paper/machine.json existed)."
-    return (f"Machine: {m['cpus']} CPU cores ({m['machine']}), {'a GPU' if m['gpu'] else 'no GPU'}, Python "
+    cpu = m.get("cpu")  # machine.json written before 2026-12-03 has no "cpu"
+    model = f", {cpu['model']}, {machine.VECTORS.get(cpu['vectors'], 'no AVX')}" if cpu else ""
+    return (f"Machine: {m['cpus']} CPU cores ({m['machine']}{model}), {'a GPU' if m['gpu'] else 'no GPU'}, Python "
             f"{m['python']}, torch {m['torch']}; runs last made {m['date']}.")
 
 

@@ -215,12 +215,13 @@ class Evolution:
             return
         # Those that stopped part-way and are among the best go on from where they stopped.
         partial = {r.individual_id: (job, r) for job, r in zip(jobs, results) if r.status == "ok" and r.resume}
-        ranked = self.objectives.select_survivors([g for g in genomes if g.id in partial],
-                                                  self.exp.trained_on(len(genomes)))
+        planned = self.exp.trained_on(len(genomes))  # counted in the progress's total
+        ranked = self.objectives.select_survivors([g for g in genomes if g.id in partial], planned)
         ranked_ids = {id(g) for g in ranked}
         kept = [g for g in genomes if id(g) in ranked_ids]  # in the generation's order
         on = [replace(partial[g.id][0], weights=partial[g.id][1].weights, resume=partial[g.id][1].resume,
                       until=1.0) for g in kept]
+        progress.jobs_dropped(planned - len(on))
         self._write_back(kept, on, self._train(on, generation, progress))
 
     def _train(self, jobs: list[TrainJob], generation: int, progress: Progress) -> list[TrainResult]:

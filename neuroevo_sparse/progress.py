@@ -37,6 +37,16 @@ class Progress:
         elif self.mode == "log" and result.status != "ok":
             log.warning("individual %d: %s (%s)", result.individual_id, result.status, result.error)
 
+    def jobs_dropped(self, n: int) -> None:
+        """Jobs counted in the total that will not run, so that the bar still ends at its total:
+        a halving generation's second part trains fewer where some of its first part failed."""
+        if n <= 0:
+            return
+        self.total_jobs -= n
+        if self.bar is not None:
+            self.bar.total = self.total_jobs
+            self.bar.refresh()
+
     def generation_done(self, best: dict, evaluated: int) -> None:
         text = (f"best fitness {_fmt(best['fitness'])}, val acc {best['val_accuracy']:.4f}, "
                 f"test acc {_fmt(best['test_accuracy'])}, density {best['density']:.4f}")

@@ -169,3 +169,17 @@ def test_every_stored_claims_run_has_its_current_key(name):
     jobs = paper_claims.jobs_of(name, paper_claims.SEEDS)
     stale = [str(j.path.relative_to(ROOT)) for j in jobs if j.path.is_file() and paper_claims.stored_run(j) is None]
     assert not stale, f"stale stored runs (python benchmarks/paper_claims.py --rekey or rerun): {stale[:5]}"
+
+
+def test_the_machine_line_names_the_cpu_where_recorded_and_reads_older_records(tmp_path, monkeypatch):
+    record = {"cpus": 2, "machine": "x86_64", "gpu": False, "python": "3.11.7", "torch": "2.13.0+cpu",
+              "date": "2026-12-01"}
+    monkeypatch.setattr(paper_claims, "MACHINE", tmp_path / "machine.json")
+    paper_claims.MACHINE.write_text(json.dumps(record))
+    assert paper_claims.machine_line() == ("Machine: 2 CPU cores (x86_64), no GPU, Python 3.11.7, torch "
+                                           "2.13.0+cpu; runs last made 2026-12-01.")
+    record["cpu"] = {"model": "AMD EPYC 7B13", "vectors": "avx2", "cores": 2}
+    paper_claims.MACHINE.write_text(json.dumps(record))
+    assert paper_claims.machine_line().startswith("Machine: 2 CPU cores (x86_64, AMD EPYC 7B13, AVX2), no GPU")
+    paper_claims.record_machine()
+    assert paper_claims.machine_line().startswith(f"Machine: 2 CPU cores (x86_64, {paper_claims.machine.cpu()['model']}")

@@ -106,6 +106,40 @@ def test_halving_trains_the_best_on_and_stops_the_others(tiny, tmp_path):
         assert rows[rows.steps == stop].val_accuracy.max() <= rows[rows.steps == total].val_accuracy.max()
 
 
+def test_the_progress_ends_at_its_total_when_first_parts_fail(tiny, tmp_path, monkeypatch):
+    """The total counts every halving generation's second part at its planned size; where first
+    parts fail, fewer go on, and the total shrinks by as many."""
+    from neuroevo_sparse import evolution
+    from neuroevo_sparse.evaluators import local
+    from neuroevo_sparse.jobs import TrainResult
+
+    class FailAllButOne(local.LocalEvaluator):
+        def evaluate(self, jobs, on_result=None):
+            if jobs[0].until >= 1 or jobs[0].test_only:
+                return super().evaluate(jobs, on_result)
+            failed = [TrainResult(j.individual_id, j.weights, status="failed", error="by the test") for j in jobs[1:]]
+            for r in failed:
+                on_result(r)
+            return super().evaluate(jobs[:1], on_result) + failed
+
+    bars = []
+
+    class Recorded(evolution.Progress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(local, "LocalEvaluator", FailAllButOne)
+    monkeypatch.setattr(evolution, "Progress", Recorded)
+    exp = _halving(tiny)
+    runs.start(replace(exp, resources=replace(exp.resources, backend="local")), tmp_path / "run")
+    bar, = bars
+    # Generation 0 trains 6, generations 1 and 2 7 each, and 3, 4 and 4 were planned to go on;
+    # one goes on in each.
+    assert bar.total_jobs == (6 + 1) + 2 * (7 + 1)
+    assert bar.jobs_done == bar.total_jobs
+
+
 def test_halving_does_not_depend_on_the_workers(tiny, tmp_path):
     base = _halving(tiny, halving_keep=0.4)
     base = replace(base, training=replace(base.training, vectorise="on", sparse_kernels="on", sparse_min_size=0))
