@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -126,6 +127,8 @@ def test_one_worker_gives_the_same_history(toml, local_history, tmp_path):
         assert p.returncode == 0, p.stderr[-3000:]
     finally:
         ray_stop()
+    # A Ray started for the run says what it cost and what runs without it.
+    assert re.search(r"started a local Ray in \d+\.\d s .*resources\.backend = \"local\"", p.stderr)
     df = history(run)
     pd.testing.assert_frame_equal(metrics(df), metrics(local_history))
     assert df[df.evaluated].worker.nunique() == 1
