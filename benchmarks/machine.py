@@ -31,8 +31,12 @@ def cpu() -> dict:
     return {"model": model, "vectors": vectors, "cores": os.cpu_count()}
 
 
+def label(cpu: dict) -> str:
+    """'Intel(R) Xeon(R) Processor, AVX-512' for a `cpu()` record, stored or fresh."""
+    return ", ".join(filter(None, [str(cpu.get("model", "")), VECTORS.get(cpu.get("vectors", ""))]))
+
+
 def described() -> str:
     """One line for a table's header: 'x86_64, Intel(R) Xeon(R) Processor, AVX-512, 2 cores'."""
     c = cpu()
-    wide = VECTORS.get(c["vectors"])
-    return ", ".join(filter(None, [platform.machine(), c["model"], wide, f"{c['cores']} cores"]))
+    return ", ".join(filter(None, [platform.machine(), label(c), f"{c['cores']} cores"]))

@@ -277,6 +277,10 @@ Path(out).write_text(json.dumps(pc.execute(job)))
 """
 
 
+class BaselineError(RuntimeError):
+    """The commit given to --against cannot be checked out, built or run."""
+
+
 class Baseline:
     """Another commit's code, checked out beside this one (a git worktree) with its C kernels
     built, to train stored runs' jobs on this CPU as that code does."""
@@ -285,19 +289,35 @@ class Baseline:
         self.rev = rev
         self._dir = tempfile.TemporaryDirectory(prefix="neuroevo-baseline-")
         self.tree = Path(self._dir.name) / "tree"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(self.tree), rev], check=True)
-        subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=self.tree, check=True,
-                       stdout=subprocess.DEVNULL)
+        try:
+            self._run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(self.tree), rev],
+                      f"no commit {rev!r} to check out (give a commit of this repository: `git log`)")
+            self._run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                      f"{rev}'s C kernels did not build", cwd=self.tree)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _run(cmd: list[str], failure: str, **kwargs) -> None:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, **kwargs)
+        if done.returncode != 0:
+            raise BaselineError(f"--against: {failure}: {(done.stderr or done.stdout).strip()[-2000:]}")
 
     def execute(self, suite: str, job: Job) -> dict:
         out = Path(self._dir.name) / "result.json"
         env = {**os.environ, "PYTHONPATH": str(self.tree)}
-        subprocess.run([sys.executable, "-c", _EXECUTE_THERE, suite, job.group(), str(job.seed), str(out)],
-                       cwd=self.tree, env=env, check=True)
+        done = subprocess.run([sys.executable, "-c", _EXECUTE_THERE, suite, job.group(), str(job.seed), str(out)],
+                              cwd=self.tree, env=env, check=False)
+        if done.returncode != 0:  # its output went to this terminal
+            raise BaselineError(f"--against: {self.rev}'s code could not train {job.group()} seed {job.seed} "
+                                f"(exit {done.returncode}); its paper_claims needs jobs_of, Job.group and execute")
         return json.loads(out.read_text())
 
     def close(self) -> None:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(self.tree)], check=False)
+        if self.tree.exists():
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(self.tree)],
+                           capture_output=True, check=False)
         self._dir.cleanup()
 
 
@@ -759,7 +779,7 @@ def machine_line() -> str:
     except (OSError, ValueError):
         return "Machine: not recorded (runs made before benchmarks/results/paper/machine.json existed)."
     cpu = m.get("cpu")  # machine.json written before 2026-12-03 has no "cpu"
-    model = f", {cpu['model']}, {machine.VECTORS.get(cpu['vectors'], 'no AVX')}" if cpu else ""
+    model = f", {machine.label(cpu)}" if isinstance(cpu, dict) else ""
     return (f"Machine: {m['cpus']} CPU cores ({m['machine']}{model}), {'a GPU' if m['gpu'] else 'no GPU'}, Python "
             f"{m['python']}, torch {m['torch']}; runs last made {m['date']}.")
 
@@ -780,17 +800,20 @@ def main() -> None:
     if args.against and not args.rekey:
         p.error("--against goes with --rekey")
     if args.rekey:
-        baseline = Baseline(args.against) if args.against else None
         try:
-            for name in args.suites:
-                print(f"suite {name}", flush=True)
-                try:
-                    rekey(jobs_of(name, args.seeds), baseline, name)
-                except DatasetNotFound as e:
-                    print(f"  skipped: {e}", flush=True)
-        finally:
-            if baseline is not None:
-                baseline.close()
+            baseline = Baseline(args.against) if args.against else None
+            try:
+                for name in args.suites:
+                    print(f"suite {name}", flush=True)
+                    try:
+                        rekey(jobs_of(name, args.seeds), baseline, name)
+                    except DatasetNotFound as e:
+                        print(f"  skipped: {e}", flush=True)
+            finally:
+                if baseline is not None:
+                    baseline.close()
+        except BaselineError as e:  # the groups re-keyed before it keep their new keys
+            p.exit(2, f"{e}\n")
         return
     if not args.report_only:
         record_machine()
