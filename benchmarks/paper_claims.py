@@ -154,6 +154,42 @@ def stored_run(job: Job) -> dict | None:
     return r if isinstance(r, dict) and r.get("key") == job.key else None
 
 
+def stale_groups(jobs: list[Job]) -> dict[str, list[int]]:
+    """The stored runs among `jobs` whose key is not the current one (other code, config or
+    versions), by group: their numbers are still reported, and the page says they are stale."""
+    out: dict[str, list[int]] = {}
+    for j in jobs:
+        if j.path.is_file() and stored_run(j) is None:
+            out.setdefault(j.group(), []).append(j.seed)
+    return out
+
+
+def staleness_lines(seeds: list[int]) -> list[str]:
+    """The report's paragraph on which stored runs the current code did not make, and the
+    commands that refresh them. Staleness is reported, never enforced: a stored result must
+    not stand in the way of a change to the code (a kernel edit changes every key)."""
+    stale: dict[str, dict[str, list[int]]] = {}
+    for name in ORDER:
+        try:
+            groups = stale_groups(jobs_of(name, seeds))
+        except (DatasetNotFound, RuntimeError):  # a suite that cannot be set up here has nothing stored
+            continue
+        if groups:
+            stale[name] = groups
+    if not stale:
+        return ["Every stored run carries the key of the current code and config.", ""]
+    lines = ["**Stale results.** These stored runs were made by other code, config or versions than the "
+             "current ones; their numbers are shown as stored and may differ from what the current code "
+             "gives:", ""]
+    for name, groups in stale.items():
+        cells = ", ".join(f"`{g}` (seeds {' '.join(map(str, sorted(s)))})" for g, s in sorted(groups.items()))
+        lines.append(f"- {name}: {cells}")
+    lines += ["", "Refresh them with `python benchmarks/paper_claims.py --suites " + " ".join(stale)
+              + "` (retrains the stale runs), or `--rekey` to re-key the groups whose lowest seed "
+              "reproduces exactly.", ""]
+    return lines
+
+
 def execute(job: Job) -> dict:
     """Train `job` now, whatever is stored."""
     start = time.perf_counter()
@@ -672,6 +708,7 @@ def report(seeds: list[int], docs: Path) -> None:
              "when the two kinds of newborn in one GA became one key). The defaults since 0.2 are dense fans and "
              "random newborns: [ABLATION.md](ABLATION.md).", "",
              machine_line(), "",
+             *staleness_lines(stored_seeds),
              "Reuse: every run is stored under a key of every resolved config value (defaults included), "
              "the package and torch versions and a hash of the source of every package module it imports "
              "(`benchmarks/cache_key.py`); a run whose key is not the current one is trained again, or re-keyed "

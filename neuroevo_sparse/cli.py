@@ -219,6 +219,11 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--max-params", type=_positive, metavar="N",
                        help="the most accurate (by validation) individual with at most N active parameters")
     exp.set_defaults(func=cmd_export)
+
+    cfg = sub.add_parser("config", help="print the configuration reference: every TOML key with its type, "
+                                        "default, allowed values and meaning")
+    cfg.add_argument("--doc", action="store_true", help="as the Markdown page docs/configuration.md (the default)")
+    cfg.set_defaults(func=cmd_config)
     return p
 
 
@@ -346,6 +351,13 @@ def cmd_plot(args) -> int:
         return 2
     for path in figures:
         print(path)
+    return 0
+
+
+def cmd_config(args) -> int:
+    from . import config_doc
+
+    print(config_doc.markdown(), end="")
     return 0
 
 

@@ -45,11 +45,14 @@ INT64_MAX = 2 ** 63 - 1  # TOML integers are 64-bit; numpy seeds take any of the
 class ExperimentConfig:
     # Names the directory populations/<name>/: letters, digits, ".", "_", "-" only.
     name: str = "experiment"
+    # The one seed of the run: every random draw (data split, masks, weights, batches, variation) derives from it.
     seed: int = _range(0, INT64_MAX, default=0)
 
 
 @dataclass(frozen=True)
 class DataConfig:
+    # Built-in dataset: scikit-learn's digits (ships with it, nothing to download), Fashion-MNIST and
+    # MNIST from IDX files, CIFAR-10 from its python batches, or random synthetic data (tests).
     dataset: Literal["digits", "fashion_mnist", "mnist", "cifar10", "synthetic"] = "digits"
     # Directory holding the dataset files; each dataset has a default (see data.py).
     path: str | None = None
@@ -71,9 +74,14 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    # Built-in network: a multilayer perceptron, or a small CNN (conv layers, then a linear classifier).
     kind: Literal["mlp", "cnn"] = "mlp"
-    hidden: list[int] = _range(1, default_factory=lambda: [128, 64])  # every width >= 1
+    # Widths of the MLP's hidden layers.
+    hidden: list[int] = _range(1, default_factory=lambda: [128, 64])
+    # Output channels of the CNN's 3x3 conv layers (each followed by the activation, and by a 2x2
+    # max-pool while the feature map is at least 4 wide).
     channels: list[int] = _range(1, default_factory=lambda: [16, 32])
+    # Activation between the built-in networks' layers.
     activation: Literal["relu", "tanh", "gelu"] = "relu"
     # Biases and norms stay dense unless asked; masking biases is rarely useful.
     mask_biases: bool = False
@@ -107,17 +115,23 @@ class SparsityConfig:
     # "grow"/"prune" mutations change them, crossover children keep the counts they inherit,
     # and every individual stays within the bounds. Use it with fitness.mode = "pareto".
     fixed: bool = True
+    # With fixed = false: the smallest and largest density an individual may have.
     min_density: float = _range(0.0, 1.0, lo_open=True, default=0.005)
     max_density: float = _range(0.0, 1.0, lo_open=True, default=0.5)
 
 
 @dataclass(frozen=True)
 class EvolutionConfig:
+    # Individuals kept from one generation to the next.
     population: int = _range(2, default=8)
     # Offspring per generation; defaults to the population size.
     offspring: int | None = _range(1, default=None)
+    # Generations after the initial population (0: train and score the initial population only).
     generations: int = _range(0, default=5)
+    # How two parents' masks and weights combine: per neuron (a hidden unit's incoming connections
+    # come from one parent), per connection, per layer, or not at all.
     crossover: Literal["neuron", "connection", "layer", "none"] = "neuron"
+    # Probability that a pair of children is made by crossover.
     crossover_prob: float = _range(0.0, 1.0, default=0.5)
     # "set", "rewire", and the seed paper's two methods "threshold" and "strength" (their
     # parameters are in [structure]; the update index is the generation). "move" shifts
@@ -125,6 +139,8 @@ class EvolutionConfig:
     # "grow" and "prune" change the size and need sparsity.fixed = false.
     mutations: list[Literal["set", "rewire", "threshold", "strength", "grow", "prune", "move"]] = field(
         default_factory=lambda: ["set"])
+    # Probability that a child is mutated (by one of `mutations`, drawn uniformly); a child that drew
+    # neither crossover nor mutation is mutated, so no training is spent on a copy.
     mutation_prob: float = _range(0.0, 1.0, default=1.0)
     # SET's zeta as a GA mutation: the fraction of each layer's active connections pruned and
     # regrown once per mutation (structure.fraction is zeta per update inside `neuroevo train`;
@@ -144,7 +160,9 @@ class EvolutionConfig:
     # "plus": survivors are the best of parents + offspring; "comma": of the offspring,
     # with the `elitism` best parents kept.
     survival: Literal["plus", "comma"] = "plus"
+    # With survival = "comma": parents kept into the next generation.
     elitism: int = _range(0, default=1)
+    # Individuals per selection tournament (weighted mode; NSGA-II ranks by front and crowding).
     tournament_size: int = _range(1, default=3)
     # Train surviving parents again each generation (their fitness is then re-measured).
     retrain_survivors: bool = False
@@ -160,18 +178,25 @@ class EvolutionConfig:
     # Saves a share (1 - halving_at) * (1 - halving_keep) of the training steps, for one more
     # validation pass per kept individual; measured by benchmarks/end_to_end.py --halving.
     halving_at: float | None = _range(0.0, 1.0, lo_open=True, hi_open=True, default=None)
+    # With halving_at: the fraction of the generation's trainings that go on to the last step.
     halving_keep: float = _range(0.0, 1.0, lo_open=True, hi_open=True, default=0.5)
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
+    # Training of one individual per evaluation, in passes over the training split (fractions allowed).
     epochs: float = _range(0.0, lo_open=True, default=1.0)
     # If set, train this many optimiser steps instead of `epochs`.
     steps: int | None = _range(1, default=None)
+    # Samples per optimiser step.
     batch_size: int = _range(1, default=64)
+    # Optimiser of every training; a fresh one per evaluation.
     optimizer: Literal["sgd", "adam"] = "adam"
+    # Learning rate (the peak of lr_schedule).
     lr: float = _range(0.0, lo_open=True, default=1e-3)
+    # SGD momentum (optimizer = "sgd").
     momentum: float = _range(0.0, 1.0, hi_open=True, default=0.9)
+    # L2 weight decay of the optimiser, on the active weights.
     weight_decay: float = _range(0.0, default=0.0)
     # Initialisation of connections an individual did not inherit (the initial population,
     # and new connections when structure.new_weights = "random").
@@ -199,6 +224,8 @@ class TrainingConfig:
     # groups on the native kernels below have none); "on": every masked Linear layer; "off":
     # always dense weight * mask.
     sparse_kernels: Literal["auto", "on", "off"] = "auto"
+    # sparse_kernels = "auto": a masked Linear layer runs truly sparse below this density and from
+    # this many weights up.
     sparse_below: float = _range(0.0, 1.0, default=0.3)
     sparse_min_size: int = _range(0, default=100_000)
     # Kernels of those truly sparse layers on a CPU in vectorised groups (where activations are
@@ -248,6 +275,7 @@ class StructureConfig:
     set_schedule: Literal["constant", "cosine"] = "constant"
     # threshold/strength: a connection dies when |w| < threshold * decay**t * mean active |w|.
     threshold: float = _range(0.0, default=0.5)
+    # The threshold's decay per structure update (t counts updates).
     threshold_decay: float = _range(0.0, 1.0, default=0.5)
     # threshold/strength: at most this fraction of a layer's active connections die per update.
     max_fraction: float = _range(0.0, 1.0, default=0.3)
@@ -277,20 +305,26 @@ class FitnessConfig:
     # "weighted": one fitness value, sum(weights * objectives); "pareto": NSGA-II on the
     # objectives themselves, the sign of each weight giving its direction.
     mode: Literal["weighted", "pareto"] = "weighted"
+    # What fitness is made of: validation accuracy, density, active parameters, forward FLOPs.
     objectives: list[Literal["val_accuracy", "density", "active_params", "flops"]] = field(
         default_factory=lambda: ["val_accuracy", "density"])
+    # One weight per objective: the weighted sum's coefficients, or in pareto mode the direction of
+    # each objective (positive: maximise).
     weights: list[float] = field(default_factory=lambda: [1.0, -0.1])
 
 
 @dataclass(frozen=True)
 class ResourcesConfig:
+    # Where individuals train: "ray" (tasks on a local Ray or a cluster), "local" (in this process).
     backend: Literal["ray", "local"] = "ray"
     # Ray cluster to join ("auto", "127.0.0.1:6379", ...); None starts a local Ray.
     address: str | None = None
     # CPUs of a locally started Ray, or of the local backend (one training thread per
     # cpus_per_job of them); None: every core.
     num_cpus: int | None = _range(1, default=None)
+    # CPUs one training job (a group of individuals) takes.
     cpus_per_job: float = _range(0.0, lo_open=True, default=1.0)
+    # GPUs one training job takes (fractions share a GPU); 0 trains on CPUs.
     gpus_per_job: float = _range(0.0, default=0.0)
     # Intra-op threads of one training job. Fixed so results do not depend on the worker.
     torch_threads: int = _range(1, default=1)
@@ -311,11 +345,16 @@ class ResourcesConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
+    # Directory under which run directories are made: <root>/<experiment.name>/<run id>.
     root: str = "populations"
+    # Write a checkpoint every this many generations (and after the last).
     checkpoint_every: int = _range(1, default=1)
     # Also checkpoint when this many seconds passed since the last checkpoint.
     checkpoint_seconds: float | None = _range(0.0, lo_open=True, default=None)
+    # Newest checkpoints kept; older ones are removed.
     keep_checkpoints: int = _range(1, default=3)
+    # How a run shows progress: a tqdm bar, one log line per generation, or nothing; "auto": a bar
+    # on a terminal, else log lines.
     progress: Literal["auto", "bar", "log", "none"] = "auto"
     # Per-generation scalars (best/mean fitness and validation accuracy, density, active
     # parameters, hypervolume, failures, jobs/s) as TensorBoard event files in
@@ -425,19 +464,37 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Experiment:
     return with_absolute_paths(from_dict(raw, source=str(path)), path.parent)
 
 
+def factory_parts(name: str) -> tuple[str, str]:
+    """("module or file", "attribute path") of a factory name; ValueError if malformed."""
+    target, sep, attr = name.rpartition(":")
+    if not sep or not target or not attr or not all(p.isidentifier() for p in attr.split(".")):
+        raise ValueError(f"{name!r} is not of the form \"package.module:callable\" or \"file.py:callable\"")
+    return target, attr
+
+
+def factory_is_file(target: str) -> bool:
+    return target.endswith(".py")
+
+
+def absolute_factory(name: str, base: Path) -> str:
+    """`name` with a relative .py path made absolute against `base` (the experiment's directory)."""
+    target, attr = factory_parts(name)
+    if not factory_is_file(target) or Path(target).is_absolute():
+        return name
+    return f"{(base / target).resolve()}:{attr}"
+
+
 def with_absolute_paths(exp: Experiment, base: Path) -> Experiment:
     """User code named by a relative path is found from `base` (the experiment file's
     directory), wherever the run is started from; the run's config.toml records it absolute."""
-    from .plugins import absolute
-
     def path(p: str) -> str:
         return str((base / p).resolve()) if p and not Path(p).is_absolute() else p
 
     res = exp.resources
     return dataclasses.replace(
         exp,
-        model=dataclasses.replace(exp.model, factory=exp.model.factory and absolute(exp.model.factory, base)),
-        data=dataclasses.replace(exp.data, factory=exp.data.factory and absolute(exp.data.factory, base)),
+        model=dataclasses.replace(exp.model, factory=exp.model.factory and absolute_factory(exp.model.factory, base)),
+        data=dataclasses.replace(exp.data, factory=exp.data.factory and absolute_factory(exp.data.factory, base)),
         resources=dataclasses.replace(res, py_modules=[path(p) for p in res.py_modules],
                                       working_dir=res.working_dir and path(res.working_dir)))
 
@@ -610,11 +667,10 @@ def _cross_checks(exp: Experiment, problems: list[str]) -> None:
                         f"got {exp.structure.gradual_start}")
     if exp.resources.gpus_per_job > 1 and exp.resources.gpus_per_job != int(exp.resources.gpus_per_job):
         problems.append("resources.gpus_per_job: above 1 it must be a whole number of GPUs")
-    from .plugins import split
     for key, name in (("model.factory", exp.model.factory), ("data.factory", exp.data.factory)):
         if name is not None:
             try:
-                split(name)
+                factory_parts(name)
             except ValueError as e:
                 problems.append(f"{key}: {e}")
     for key in ("model.args", "data.args"):

@@ -22,27 +22,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from .config import ConfigError
-
-
-def split(name: str) -> tuple[str, str]:
-    """("module or file", "attribute path") of a factory name; ValueError if malformed."""
-    target, sep, attr = name.rpartition(":")
-    if not sep or not target or not attr or not all(p.isidentifier() for p in attr.split(".")):
-        raise ValueError(f"{name!r} is not of the form \"package.module:callable\" or \"file.py:callable\"")
-    return target, attr
-
-
-def is_file(target: str) -> bool:
-    return target.endswith(".py")
-
-
-def absolute(name: str, base: Path) -> str:
-    """`name` with a relative .py path made absolute against `base` (the experiment's directory)."""
-    target, attr = split(name)
-    if not is_file(target) or Path(target).is_absolute():
-        return name
-    return f"{(base / target).resolve()}:{attr}"
+from .config import ConfigError, absolute_factory as absolute, factory_is_file as is_file, \
+    factory_parts as split
 
 
 def resolve(name: str, key: str) -> Callable[..., Any]:

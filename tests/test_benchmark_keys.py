@@ -1,6 +1,7 @@
 """The claims benchmark never reuses a stale stored run: its key holds every resolved config
 value (a default changed in the code counts), the versions and the hash of the code that
-trains; a stale run is re-keyed only when it provably reproduces."""
+trains; a stale run is re-keyed only when it provably reproduces. Stale runs are reported,
+never enforced: these tests check the keying on small runs made here, not the stored ones."""
 
 import dataclasses
 import json
@@ -163,12 +164,23 @@ def test_rekey_against_a_commit_proves_on_this_cpu_and_not_against_the_stored_nu
     assert "were not keyed by then's code" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["small", "fractions", "big", "cnn", "ga"])
-def test_every_stored_claims_run_has_its_current_key(name):
-    """The stored runs behind docs/RESULTS.md are the current code's (or reproduced by it)."""
-    jobs = paper_claims.jobs_of(name, paper_claims.SEEDS)
-    stale = [str(j.path.relative_to(ROOT)) for j in jobs if j.path.is_file() and paper_claims.stored_run(j) is None]
-    assert not stale, f"stale stored runs (python benchmarks/paper_claims.py --rekey or rerun): {stale[:5]}"
+def test_stale_stored_runs_are_named_by_the_report_and_block_nothing(tmp_path, monkeypatch):
+    """A stored result made by other code is reported as stale, with the command that
+    refreshes it; it fails no test and is still shown (a kernel edit changes every key)."""
+    jobs = [job(tmp_path, seed) for seed in (0, 1)]
+    for j in jobs:
+        paper_claims.run_job(j)
+    assert paper_claims.stale_groups(jobs) == {}
+    _stale(jobs[1:])
+    assert paper_claims.stale_groups(jobs) == {"suite/threshold-f1": [1]}
+    monkeypatch.setattr(paper_claims, "jobs_of", lambda name, seeds: jobs if name == "small" else [])
+    lines = "\n".join(paper_claims.staleness_lines([0, 1]))
+    assert "`suite/threshold-f1` (seeds 1)" in lines
+    assert "python benchmarks/paper_claims.py --suites small" in lines
+    _stale(jobs[:1])
+    assert paper_claims.stale_groups(jobs) == {"suite/threshold-f1": [0, 1]}
+    paper_claims.rekey(jobs)  # re-keyed by proof: nothing stale any more
+    assert "Every stored run carries the key" in "\n".join(paper_claims.staleness_lines([0, 1]))
 
 
 def test_the_machine_line_names_the_cpu_where_recorded_and_reads_older_records(tmp_path, monkeypatch):
