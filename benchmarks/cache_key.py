@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "neuroevo_sparse"
 
 def _file_of(module: str) -> Path | None:
     """neuroevo_sparse.a.b -> its source file, or None if it is not a module of the package
-    (a C extension's source, neuroevo_sparse/_kernels.c, counts: it decides the arithmetic)."""
+    (a C extension's source, neuroevo_sparse/train/_kernels.c, counts: it decides the arithmetic)."""
     parts = module.split(".")[1:]
     base = PACKAGE.joinpath(*parts)
     for candidate in (base.with_suffix(".py"), base / "__init__.py", base.with_suffix(".c")):
@@ -75,7 +75,7 @@ def _is_type_checking(test: ast.expr) -> bool:
 
 @lru_cache(maxsize=None)
 def modules_of(entry: str) -> tuple[str, ...]:
-    """The package modules `entry` (e.g. "neuroevo_sparse.dst") needs, itself included, sorted.
+    """The package modules `entry` (e.g. "neuroevo_sparse.train.single") needs, itself included, sorted.
     Parent packages' __init__ files count too, since Python runs them on import, with what they
     import at module level (neuroevo_sparse/__init__.py imports its API lazily, on first use)."""
     seen, todo = set(), [(entry, False)]

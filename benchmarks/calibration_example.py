@@ -1,4 +1,4 @@
-"""What `auto` measures (neuroevo_sparse/calibration.py) on the reference's work
+"""What `auto` measures (neuroevo_sparse/train/calibration.py) on the reference's work
 (benchmarks/experiments/ga_work.toml) at the given densities, with an empty cache of its own:
 the log a run prints before its first generation, also written to --out.
 
@@ -25,9 +25,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "calibration_example.txt")
     args = ap.parse_args()
     os.environ["NEUROEVO_SPARSE_CACHE"] = tempfile.mkdtemp(prefix="calibration-example-")
-    from neuroevo_sparse import config, data
-    from neuroevo_sparse.calibration import plan_for
-    from neuroevo_sparse.models import Architecture
+    from neuroevo_sparse import config
+    from neuroevo_sparse.problem import data
+    from neuroevo_sparse.train.calibration import plan_for
+    from neuroevo_sparse.problem.models import Architecture
 
     text = io.StringIO()
     for stream in (sys.stdout, text):

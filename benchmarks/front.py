@@ -131,7 +131,8 @@ def stored(kind: str, *args) -> dict | None:
 # ------------------------------------------------------------------ one run (in a child process)
 
 def run_baseline(method: str, density: float, seed: int) -> dict:
-    from neuroevo_sparse import data, dst
+    from neuroevo_sparse.problem import data
+    from neuroevo_sparse.train import single as dst
 
     exp = baseline_experiment(method, density, seed)
     splits = data.load(exp.data, seed)
@@ -143,7 +144,8 @@ def run_baseline(method: str, density: float, seed: int) -> dict:
 
 
 def run_ga(seed: int) -> dict:
-    from neuroevo_sparse import report, runs
+    from neuroevo_sparse.report.tables import tables as report
+    from neuroevo_sparse import launch as runs
 
     exp = ga_experiment(seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,7 +161,8 @@ def run_ga(seed: int) -> dict:
 
 
 def run_alloc(name: str, seed: int) -> dict:
-    from neuroevo_sparse import report, runs
+    from neuroevo_sparse.report.tables import tables as report
+    from neuroevo_sparse import launch as runs
 
     exp = allocation_experiment(name, seed)
     with tempfile.TemporaryDirectory() as tmp:

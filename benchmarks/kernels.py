@@ -31,8 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from neuroevo_sparse import kernels  # noqa: E402
-from neuroevo_sparse.sparse import Pattern, _sampled  # noqa: E402
+from neuroevo_sparse.train import kernels  # noqa: E402
+from neuroevo_sparse.train.sparse import Pattern, _sampled  # noqa: E402
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 LAYERS = [(300, 784), (100, 300), (10, 100)]

@@ -54,8 +54,10 @@ sys.path.insert(0, str(ROOT))
 from cache_key import run_key  # noqa: E402
 import machine  # noqa: E402
 
-from neuroevo_sparse import config, data, dst  # noqa: E402
-from neuroevo_sparse.data import DatasetNotFound  # noqa: E402
+from neuroevo_sparse import config
+from neuroevo_sparse.problem import data
+from neuroevo_sparse.train import single as dst  # noqa: E402
+from neuroevo_sparse.problem.data import DatasetNotFound  # noqa: E402
 
 PAPER = ROOT / "experiments" / "paper"
 OUT = ROOT / "benchmarks" / "results" / "paper"
@@ -122,7 +124,7 @@ def matched_widths(suite: str) -> tuple[int, int]:
     return h, max(1, round(h / 3))
 
 
-DST, GA = "neuroevo_sparse.dst", "neuroevo_sparse.runs"  # the entry points that train each kind of run
+DST, GA = "neuroevo_sparse.train.single", "neuroevo_sparse.launch"  # the entry points that train each kind of run
 
 
 @dataclass(frozen=True)
@@ -790,7 +792,7 @@ def report(seeds: list[int], docs: Path) -> None:
               "The library holds only the abstract and introduction of the paper (arXiv 2103.07674), not its "
               "method section. Method 1 and method 2 here are our reading of what those pages state: connections "
               "die by magnitude during training, new ones are born, the structure converges. See "
-              "`neuroevo_sparse/structure.py` and the README for exactly what each does and which config key "
+              "`neuroevo_sparse/topology/structure.py` and the README for exactly what each does and which config key "
               "holds each choice.", ""]
     docs.parent.mkdir(parents=True, exist_ok=True)
     docs.write_text("\n".join(lines) + "\n")

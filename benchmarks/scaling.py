@@ -43,11 +43,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from neuroevo_sparse.models import Architecture
-from neuroevo_sparse import config, data  # noqa: E402
+from neuroevo_sparse.problem.models import Architecture
+from neuroevo_sparse import config
+from neuroevo_sparse.problem import data  # noqa: E402
 from neuroevo_sparse.evaluators import make as make_evaluator  # noqa: E402
-from neuroevo_sparse.evolution import Evolution  # noqa: E402
-from neuroevo_sparse.jobs import TrainSpec  # noqa: E402
+from neuroevo_sparse.evolve.loop import Evolution  # noqa: E402
+from neuroevo_sparse.train.paths import spec_for  # noqa: E402
 from neuroevo_sparse.store import RunDir  # noqa: E402
 
 
@@ -74,7 +75,7 @@ def measure(exp: config.Experiment, splits, workers: int, generations: int, root
                   output=replace(exp.output, progress="none"))
     run = RunDir.create(exp, root / f"workers-{workers}")
     arch = Architecture.of(exp, splits.input_shape, splits.num_classes)
-    evaluator = _Timed(make_evaluator(exp, TrainSpec.of(exp, arch), splits))
+    evaluator = _Timed(make_evaluator(exp, spec_for(exp, arch), splits))
     try:
         evo = Evolution(exp, arch, evaluator, run)
         state = evo.run(generations=0)  # generation 0: warms the workers up, not timed

@@ -118,9 +118,10 @@ def _workload(name: str, density: float, seed: int = 0):
     """(experiment, splits, jobs) for a workload: the same for every path."""
     import numpy as np
 
-    from neuroevo_sparse import config, data, models
-    from neuroevo_sparse.genome import Init, random_genome, target_counts
-    from neuroevo_sparse.jobs import TrainJob
+    from neuroevo_sparse import config
+    from neuroevo_sparse.problem import data, models
+    from neuroevo_sparse.topology.genome import Init, random_genome, target_counts
+    from neuroevo_sparse.train.jobs import TrainJob
 
     w = WORKLOADS[name]
     if name == "resnet":
@@ -155,10 +156,10 @@ def _workload(name: str, density: float, seed: int = 0):
 def _generation(path: str, exp, splits, jobs, steps: int, device_data) -> list[float]:
     import torch
 
-    from neuroevo_sparse.jobs import TrainSpec
-    from neuroevo_sparse.training import train
-    from neuroevo_sparse.vectorised import train_many
-    from neuroevo_sparse.worker import groups, train_group
+    from neuroevo_sparse.train.paths import spec_for
+    from neuroevo_sparse.train.core import train
+    from neuroevo_sparse.train.vectorised import train_many
+    from neuroevo_sparse.train.worker import groups, train_group
 
     threads = torch.get_num_threads()
     if path == "reference":
@@ -171,9 +172,9 @@ def _generation(path: str, exp, splits, jobs, steps: int, device_data) -> list[f
         training.update(vectorise="off", sparse_kernels="on" if path == "sparse" else "off")
     exp = replace(exp, training=replace(exp.training, **training),
                   resources=replace(exp.resources, torch_threads=threads))
-    from neuroevo_sparse.models import Architecture
+    from neuroevo_sparse.problem.models import Architecture
 
-    spec = TrainSpec.of(exp, Architecture.of(exp, splits.input_shape, splits.num_classes))
+    spec = spec_for(exp, Architecture.of(exp, splits.input_shape, splits.num_classes))
     if path == "vectorised":
         results = [r for g in groups(jobs, replace(spec, vectorise=True)) for r in train_many(g, spec, device_data)]
     elif path == "auto":
@@ -187,7 +188,7 @@ def _generation(path: str, exp, splits, jobs, steps: int, device_data) -> list[f
 
 
 def run_cell(workload: str, path: str, density: float) -> dict:
-    from neuroevo_sparse.training import DeviceData
+    from neuroevo_sparse.train.core import DeviceData
 
     exp, splits, jobs = _workload(workload, density)
     device_data = DeviceData(splits)

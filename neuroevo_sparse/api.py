@@ -30,10 +30,12 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 from torch import nn
 
-from . import config, report, runs
-from .config import Experiment
-from .evolution import Callback, GenerationInfo
-from .export import Individual, load_individual
+from .config import schema as config
+from .report import tables as report
+from . import launch as runs
+from .config.schema import Experiment
+from .evolve.loop import Callback, GenerationInfo
+from .report.export import Individual, load_individual
 from .store import RunDir
 
 __all__ = ["Experiment", "GenerationInfo", "Run", "evolve", "load_experiment", "load_run", "resume"]
@@ -57,7 +59,7 @@ def evolve(experiment: Experiment, run_dir: str | Path | None = None, callbacks:
     `model` and `data` set `model.factory` and `data.factory` to these callables."""
     from dataclasses import replace
 
-    from .plugins import name_of
+    from .config.plugins import name_of
 
     if model is not None:
         experiment = replace(experiment, model=replace(experiment.model, factory=name_of(model, "model")))

@@ -64,11 +64,11 @@ def _dispatch(args) -> int:
         if args.debug:
             raise
         # Imported here, not before the command: evolution imports torch, report pandas.
-        from .config import ConfigError
-        from .data import DatasetError
+        from .config.schema import ConfigError
+        from .problem.data import DatasetError
         from .evaluators import ClusterLost
-        from .evolution import AllFailed
-        from .report import HistoryError
+        from .evolve.loop import AllFailed
+        from .report.tables import HistoryError
         from .store.checkpoint import NoValidCheckpoint
 
         if isinstance(e, (ConfigError, DatasetError, NoValidCheckpoint, HistoryError, FileExistsError,
@@ -250,11 +250,11 @@ def _address_overrides(args) -> list[str]:
 
 
 def cmd_run(args) -> int:
-    from . import config
+    from .config import schema as config
 
     exp = config.load(args.experiment, args.overrides + _address_overrides(args))
     loading = _load_in_background(exp)
-    from . import runs  # torch, pandas, Ray's client: 2-3 s of imports, while the data loads
+    from . import launch as runs  # torch, pandas, Ray's client: 2-3 s of imports, while the data loads
 
     stop = StopFlag()
     run, state = runs.start(exp, args.run_dir, should_stop=stop, on_created=report_run_dir, splits=loading)
@@ -270,7 +270,7 @@ def _load_in_background(exp):
         return None
     from concurrent.futures import ThreadPoolExecutor
 
-    from . import data
+    from .problem import data
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="neuroevo-data")
     loading = pool.submit(data.load, exp.data, exp.experiment.seed)
@@ -282,7 +282,9 @@ def cmd_train(args) -> int:
     import dataclasses
     import json
 
-    from . import config, data, dst
+    from .config import schema as config
+    from .problem import data
+    from .train import single as dst
 
     exp = config.load(args.experiment, args.overrides)
     splits = data.load(exp.data, exp.experiment.seed)
@@ -308,7 +310,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from . import runs
+    from . import launch as runs
 
     stop = StopFlag()
     report_run_dir(args.run_dir)
@@ -322,7 +324,7 @@ def cmd_inspect(args) -> int:
 
     import pandas as pd
 
-    from . import report
+    from .report import tables as report
 
     history = report.load(args.run_dir)
     tables = {"generations": report.generations(history).reset_index(),
@@ -342,7 +344,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from . import plots
+    from .report import plots
 
     try:
         figures = plots.all_figures(args.run_dir, args.out, args.baselines)
@@ -355,14 +357,14 @@ def cmd_plot(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from . import config_doc
+    from .config import doc as config_doc
 
     print(config_doc.markdown(), end="")
     return 0
 
 
 def cmd_export(args) -> int:
-    from .export import export
+    from .report.export import export
 
     try:
         print(export(args.run_dir, args.out, args.individual, args.max_params))

@@ -44,7 +44,7 @@ def test_evolve_gives_the_cli_history_and_calls_back_every_generation(tiny_toml,
 
 def test_module_is_the_network_the_history_scored(tiny_toml, tmp_path):
     """The best network out of a run, evaluated here, has the test accuracy the run recorded."""
-    from neuroevo_sparse import data
+    from neuroevo_sparse.problem import data
 
     exp = load_experiment(tiny_toml)
     run = evolve(exp, tmp_path / "run")

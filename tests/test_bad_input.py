@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 import torch
 
-from neuroevo_sparse.models import Architecture
-from neuroevo_sparse import config, data, runs
+from neuroevo_sparse.problem.models import Architecture
+from neuroevo_sparse import config, launch as runs
+from neuroevo_sparse.problem import data
 from neuroevo_sparse.config import ConfigError
 from neuroevo_sparse.store import RunDir
 
@@ -226,16 +227,16 @@ def test_no_mutation_and_no_crossover_gives_new_individuals(tiny, tmp_path):
 
 
 def test_layer_crossover_with_masked_biases_keeps_weights_inside_masks(tiny, tmp_path):
-    from neuroevo_sparse import operators
+    from neuroevo_sparse.evolve import operators
     from neuroevo_sparse.evaluators.local import LocalEvaluator
-    from neuroevo_sparse.evolution import Evolution
-    from neuroevo_sparse.genome import Init, random_genome, target_counts
-    from neuroevo_sparse.jobs import TrainSpec
+    from neuroevo_sparse.evolve.loop import Evolution
+    from neuroevo_sparse.topology.genome import Init, random_genome, target_counts
+    from neuroevo_sparse.train.paths import spec_for
 
     exp = replace(tiny, model=replace(tiny.model, mask_biases=True))
     splits = data.load(exp.data, 0)
     arch = Architecture.of(exp, splits.input_shape, splits.num_classes)
-    evo = Evolution(exp, arch, LocalEvaluator(TrainSpec.of(exp, arch), splits), RunDir(tmp_path))
+    evo = Evolution(exp, arch, LocalEvaluator(spec_for(exp, arch), splits), RunDir(tmp_path))
     rng = np.random.default_rng(0)
     var = operators.Variation(evo.info, Init(), "random")
     counts = target_counts(evo.info, evo.maskable, 0.3, "uniform")
@@ -247,9 +248,9 @@ def test_layer_crossover_with_masked_biases_keeps_weights_inside_masks(tiny, tmp
 
 
 def test_failed_individuals_get_the_worst_value_in_each_direction(tiny):
-    from neuroevo_sparse.fitness import Objectives
-    from neuroevo_sparse.genome import Genome
-    from neuroevo_sparse.models import LayerInfo
+    from neuroevo_sparse.evolve.fitness import Objectives
+    from neuroevo_sparse.topology.genome import Genome
+    from neuroevo_sparse.problem.models import LayerInfo
 
     info = {"w": LayerInfo((4, 5), 5, 4, 1)}
     g = Genome(0, {"w": np.ones((4, 5), bool)}, {"w": np.ones((4, 5), np.float32), "b": np.zeros(4, np.float32)},
@@ -269,9 +270,9 @@ def test_retrained_survivors_resume_exactly(tiny, tmp_path):
 
 
 def test_baldwinian_export_holds_the_trained_network(tiny, tmp_path):
-    from neuroevo_sparse import models
-    from neuroevo_sparse.export import export
-    from neuroevo_sparse.training import evaluate
+    from neuroevo_sparse.problem import models
+    from neuroevo_sparse.report.export import export
+    from neuroevo_sparse.train.core import evaluate
 
     exp = replace(tiny, evolution=replace(tiny.evolution, inheritance="baldwinian"))
     run, _ = runs.start(exp, tmp_path / "run")

@@ -65,32 +65,33 @@ def test_a_changed_default_invalidates_the_runs_that_left_it_alone(tmp_path, mon
 
 
 def test_the_code_hash_follows_what_the_entry_point_imports(tmp_path, monkeypatch):
-    dst_modules = cache_key.modules_of("neuroevo_sparse.dst")
-    assert {"neuroevo_sparse.structure", "neuroevo_sparse.training", "neuroevo_sparse.sparse",
-            "neuroevo_sparse.models", "neuroevo_sparse.config", "neuroevo_sparse",
-            "neuroevo_sparse._kernels"} <= set(dst_modules)  # the C kernels' source counts too
-    assert not {"neuroevo_sparse.cli", "neuroevo_sparse.plots", "neuroevo_sparse.operators",
-                "neuroevo_sparse.evolution"} & set(dst_modules)
-    assert {"neuroevo_sparse.operators", "neuroevo_sparse.evolution", "neuroevo_sparse.evaluators.ray",
-            "neuroevo_sparse.store.history", "neuroevo_sparse.calibration"
-            } <= set(cache_key.modules_of("neuroevo_sparse.runs"))
-    # jobs.py names calibration.Plan under `if TYPE_CHECKING:` only: an import that never runs.
-    assert "TYPE_CHECKING" in (cache_key.PACKAGE / "jobs.py").read_text()
-    assert "neuroevo_sparse.calibration" not in dst_modules
+    dst_modules = cache_key.modules_of("neuroevo_sparse.train.single")
+    assert {"neuroevo_sparse.topology.structure", "neuroevo_sparse.train.core", "neuroevo_sparse.train.sparse",
+            "neuroevo_sparse.problem.models", "neuroevo_sparse.config", "neuroevo_sparse",
+            "neuroevo_sparse.train._kernels"} <= set(dst_modules)  # the C kernels' source counts too
+    assert not {"neuroevo_sparse.cli", "neuroevo_sparse.report.plots", "neuroevo_sparse.evolve.operators",
+                "neuroevo_sparse.evolve.loop"} & set(dst_modules)
+    assert {"neuroevo_sparse.evolve.operators", "neuroevo_sparse.evolve.loop", "neuroevo_sparse.evaluators.ray",
+            "neuroevo_sparse.store.history", "neuroevo_sparse.train.calibration"
+            } <= set(cache_key.modules_of("neuroevo_sparse.launch"))
+    # The job types carry a path's decision but import nothing that makes it.
+    assert not {"neuroevo_sparse.train.paths", "neuroevo_sparse.train.calibration"} & set(
+        cache_key.modules_of("neuroevo_sparse.train.jobs"))
+    assert "neuroevo_sparse.train.calibration" not in dst_modules
 
     copy = tmp_path / "neuroevo_sparse"
     shutil.copytree(cache_key.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(cache_key, "PACKAGE", copy)
-    before = {e: cache_key.code_hash(e) for e in ("neuroevo_sparse.dst", "neuroevo_sparse.runs")}
+    before = {e: cache_key.code_hash(e) for e in ("neuroevo_sparse.train.single", "neuroevo_sparse.launch")}
     (copy / "cli.py").write_text((copy / "cli.py").read_text() + "\n# an edit outside training\n")
     assert {e: cache_key.code_hash(e) for e in before} == before
-    (copy / "operators.py").write_text((copy / "operators.py").read_text() + "\n# a GA edit\n")
-    assert cache_key.code_hash("neuroevo_sparse.dst") == before["neuroevo_sparse.dst"]
-    assert cache_key.code_hash("neuroevo_sparse.runs") != before["neuroevo_sparse.runs"]
-    (copy / "calibration.py").write_text((copy / "calibration.py").read_text() + "\n# a run's edit\n")
-    assert cache_key.code_hash("neuroevo_sparse.dst") == before["neuroevo_sparse.dst"]
-    (copy / "structure.py").write_text((copy / "structure.py").read_text() + "\n# a training edit\n")
-    assert cache_key.code_hash("neuroevo_sparse.dst") != before["neuroevo_sparse.dst"]
+    (copy / "evolve" / "operators.py").write_text((copy / "evolve" / "operators.py").read_text() + "\n# a GA edit\n")
+    assert cache_key.code_hash("neuroevo_sparse.train.single") == before["neuroevo_sparse.train.single"]
+    assert cache_key.code_hash("neuroevo_sparse.launch") != before["neuroevo_sparse.launch"]
+    (copy / "train" / "calibration.py").write_text((copy / "train" / "calibration.py").read_text() + "\n# a run's edit\n")
+    assert cache_key.code_hash("neuroevo_sparse.train.single") == before["neuroevo_sparse.train.single"]
+    (copy / "topology" / "structure.py").write_text((copy / "topology" / "structure.py").read_text() + "\n# a training edit\n")
+    assert cache_key.code_hash("neuroevo_sparse.train.single") != before["neuroevo_sparse.train.single"]
 
 
 def test_stale_runs_are_rekeyed_only_when_they_reproduce(tmp_path, capsys):

@@ -7,13 +7,15 @@ import logging
 
 import pytest
 
-from neuroevo_sparse import calibration, config, data, jobs, runs
-from neuroevo_sparse.calibration import Plan, plan_for
+from neuroevo_sparse.train import calibration, paths
+from neuroevo_sparse import config, launch as runs
+from neuroevo_sparse.problem import data
+from neuroevo_sparse.train.calibration import Plan, plan_for
 from neuroevo_sparse.config import ConfigError
-from neuroevo_sparse.jobs import TrainSpec
-from neuroevo_sparse.models import Architecture
-from neuroevo_sparse.training import DeviceData
-from neuroevo_sparse.vectorised import train_many
+from neuroevo_sparse.train.paths import spec_for
+from neuroevo_sparse.problem.models import Architecture
+from neuroevo_sparse.train.core import DeviceData
+from neuroevo_sparse.train.vectorised import train_many
 
 
 @pytest.fixture
@@ -32,16 +34,16 @@ def problem(exp, generations=1000):
 def test_the_measurement_overrules_rules_that_are_clearly_wrong_and_says_why(tiny, cache, monkeypatch, caplog):
     # A rule that sends this small MLP down the one-by-one path, about 5x slower here than a
     # vectorised group (benchmarks/throughput.py): the measurement must see it.
-    monkeypatch.setattr(jobs, "VECTORISE_CPU_MAX_PARAMS", 0)
+    monkeypatch.setattr(paths, "VECTORISE_CPU_MAX_PARAMS", 0)
     exp, arch, splits = problem(tiny)
-    assert not TrainSpec.of(exp, arch).vectorise
+    assert not spec_for(exp, arch).vectorise
     with caplog.at_level(logging.INFO, logger="neuroevo_sparse"):
         plan = plan_for(exp, arch, splits)
     assert plan is not None and plan.vectorise
-    rule = calibration.label(False, TrainSpec.of(exp, arch).sparse_layers or ())
+    rule = calibration.label(False, spec_for(exp, arch).sparse_layers or ())
     assert plan.seconds[plan.label] * (1 + calibration.MARGIN) < plan.seconds[rule]
     assert "faster than the rules' choice" in caplog.text
-    assert TrainSpec.of(exp, arch, plan).vectorise
+    assert spec_for(exp, arch, plan).vectorise
 
 
 def test_a_plan_is_cached_by_machine_and_problem_and_a_damaged_cache_is_measured_again(tiny, cache, caplog):
@@ -86,7 +88,7 @@ def uniform(exp, density=0.1):
 def test_the_candidates_turn_each_large_eligible_layer_and_put_the_rules_first(tiny, cache):
     exp = uniform(tiny)
     exp, arch, splits = problem(exp)
-    rules = TrainSpec.of(exp, arch)
+    rules = spec_for(exp, arch)
     job = calibration._jobs(exp, arch)[0]
     got = calibration._candidates(exp, arch, rules, job)
     layers = sorted(n for n in arch.maskable if n.endswith("weight"))
@@ -102,7 +104,7 @@ def test_a_plan_chooses_the_sparse_layers_of_a_vectorised_group(tiny):
     group = calibration._jobs(exp, arch)[:3]
     d = DeviceData(splits)
     for chosen in [(), ("fc1.weight",), tuple(n for n in arch.maskable)]:
-        spec = TrainSpec.of(exp, arch, Plan(True, chosen))
+        spec = spec_for(exp, arch, Plan(True, chosen))
         results = train_many(group, spec, d)
         assert [r.extra["sparse_layers"] for r in results] == [float(len(chosen))] * 3
 
@@ -129,7 +131,7 @@ def test_a_run_stores_its_plan_and_resume_uses_it_whatever_the_cache_says(tiny_t
 
 def test_no_path_is_timed_past_the_budget_of_the_run_s_predicted_time(tiny, cache, monkeypatch, caplog):
     exp, arch, splits = problem(uniform(tiny), generations=2)
-    rules = TrainSpec.of(exp, arch)
+    rules = spec_for(exp, arch)
     candidates = calibration._candidates(exp, arch, rules, calibration._jobs(exp, arch)[0])
     assert len(candidates) > 2
     monkeypatch.setattr(calibration, "BUDGET", 0.0)   # nothing is worth more than the rules' own timing

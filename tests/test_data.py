@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neuroevo_sparse import data
+from neuroevo_sparse.problem import data
 from neuroevo_sparse.config import DataConfig
 
 FASHION = Path(data.DEFAULT_PATHS["fashion_mnist"])

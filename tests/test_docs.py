@@ -3,7 +3,7 @@ config without its page regenerated, or without a comment saying what it means, 
 
 from pathlib import Path
 
-from neuroevo_sparse import config_doc
+from neuroevo_sparse.config import doc as config_doc
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,14 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from neuroevo_sparse.models import Architecture
-from neuroevo_sparse import data, kernels, models
-from neuroevo_sparse.genome import Init, random_genome, target_counts
-from neuroevo_sparse.jobs import TrainJob, TrainSpec
-from neuroevo_sparse.sparse import SparseLinear, dense_state_dict, layers_to_sparsify, sparsify
-from neuroevo_sparse.training import DeviceData, score_test, train
-from neuroevo_sparse.vectorised import score_many, train_many
-from neuroevo_sparse.worker import groups, train_group
+from neuroevo_sparse.problem.models import Architecture
+from neuroevo_sparse.problem import data, models
+from neuroevo_sparse.train import kernels
+from neuroevo_sparse.topology.genome import Init, random_genome, target_counts
+from neuroevo_sparse.train.jobs import TrainJob
+from neuroevo_sparse.train.paths import spec_for
+from neuroevo_sparse.train.sparse import SparseLinear, dense_state_dict, layers_to_sparsify, sparsify
+from neuroevo_sparse.train.core import DeviceData, score_test, train
+from neuroevo_sparse.train.vectorised import score_many, train_many
+from neuroevo_sparse.train.worker import groups, train_group
 
 
 def setup(exp, n=4, density=0.3, vectorise="on", **training):
@@ -28,7 +30,7 @@ def setup(exp, n=4, density=0.3, vectorise="on", **training):
     rng = np.random.default_rng(0)
     jobs = [TrainJob(i, 0, 100 + i, g.masks, g.weights)
             for i, g in enumerate(random_genome(i, template, info, counts, Init(), rng) for i in range(n))]
-    return jobs, TrainSpec.of(exp, Architecture.of(exp, splits.input_shape, splits.num_classes)), DeviceData(splits)
+    return jobs, spec_for(exp, Architecture.of(exp, splits.input_shape, splits.num_classes)), DeviceData(splits)
 
 
 def assert_same(a, b, atol):

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from neuroevo_sparse import models
+from neuroevo_sparse.problem import models
 from neuroevo_sparse.config import ModelConfig, SparsityConfig
-from neuroevo_sparse.genome import Genome, Init, layer_densities, random_genome, target_counts
+from neuroevo_sparse.topology.genome import Genome, Init, layer_densities, random_genome, target_counts
 
 
 def mlp_info(hidden=(300, 100), shape=(1, 28, 28)):
@@ -58,8 +58,8 @@ def test_cnn_flops_count_positions():
 
 
 def test_newborns_follow_structure_new_weights():
-    from neuroevo_sparse.genome import newborn
-    from neuroevo_sparse.models import LayerInfo
+    from neuroevo_sparse.topology.genome import newborn
+    from neuroevo_sparse.problem.models import LayerInfo
 
     info = LayerInfo((300, 784), 784, 300, 1)
     rng = np.random.default_rng(0)

@@ -13,12 +13,15 @@ import pandas as pd
 import pytest
 
 from conftest import histories_over_layouts
-from neuroevo_sparse import config, data, kernels, runs
-from neuroevo_sparse.genome import Init, random_genome, target_counts
-from neuroevo_sparse.jobs import TrainJob, TrainSpec
-from neuroevo_sparse.models import Architecture
-from neuroevo_sparse.training import DeviceData
-from neuroevo_sparse.worker import train_group
+from neuroevo_sparse import config, launch as runs
+from neuroevo_sparse.problem import data
+from neuroevo_sparse.train import kernels
+from neuroevo_sparse.topology.genome import Init, random_genome, target_counts
+from neuroevo_sparse.train.jobs import TrainJob
+from neuroevo_sparse.train.paths import spec_for
+from neuroevo_sparse.problem.models import Architecture
+from neuroevo_sparse.train.core import DeviceData
+from neuroevo_sparse.train.worker import train_group
 from test_fast_paths import setup
 
 
@@ -77,7 +80,7 @@ def test_a_resumed_training_keeps_the_networks_own_randomness(tiny, tmp_path):
     rng = np.random.default_rng(0)
     jobs = [TrainJob(i, 0, 100 + i, g.masks, g.weights)
             for i, g in enumerate(random_genome(i, arch.template, arch.info, counts, Init(), rng) for i in range(2))]
-    spec, d = TrainSpec.of(exp, arch), DeviceData(splits)
+    spec, d = spec_for(exp, arch), DeviceData(splits)
     whole = train_group(jobs, spec, d)
     _, resumed = _in_two_parts(jobs, spec, d, until=0.5)
     for a, b in zip(whole, resumed):
@@ -109,9 +112,9 @@ def test_halving_trains_the_best_on_and_stops_the_others(tiny, tmp_path):
 def test_the_progress_ends_at_its_total_when_first_parts_fail(tiny, tmp_path, monkeypatch):
     """The total counts every halving generation's second part at its planned size; where first
     parts fail, fewer go on, and the total shrinks by as many."""
-    from neuroevo_sparse import evolution
+    from neuroevo_sparse.evolve import loop as evolution
     from neuroevo_sparse.evaluators import local
-    from neuroevo_sparse.jobs import TrainResult
+    from neuroevo_sparse.train.jobs import TrainResult
 
     class FailAllButOne(local.LocalEvaluator):
         def evaluate(self, jobs, on_result=None):

@@ -1,4 +1,4 @@
-"""The C kernels (neuroevo_sparse/_kernels.c) against dense torch products, over the shapes
+"""The C kernels (neuroevo_sparse/train/_kernels.c) against dense torch products, over the shapes
 their vector loops split differently (batches below, at and past 8 and 64 samples, empty rows)."""
 
 import dataclasses
@@ -8,10 +8,11 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from neuroevo_sparse import config, kernels
+from neuroevo_sparse import config
+from neuroevo_sparse.train import kernels
 from neuroevo_sparse.config import ConfigError
-from neuroevo_sparse.jobs import TrainSpec
-from neuroevo_sparse.sparse import Pattern, sparse_matmul_t
+from neuroevo_sparse.train.paths import spec_for
+from neuroevo_sparse.train.sparse import Pattern, sparse_matmul_t
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason=kernels.status())
 
@@ -121,8 +122,8 @@ def test_kernels_refuse_what_they_cannot_read():
 
 
 def test_cpu_kernels_resolves_on_the_driver(monkeypatch):
-    from neuroevo_sparse import data
-    from neuroevo_sparse.models import Architecture
+    from neuroevo_sparse.problem import data
+    from neuroevo_sparse.problem.models import Architecture
 
     exp = config.from_dict({"data": {"dataset": "digits"}})
     splits = data.load(exp.data, 0)
@@ -130,14 +131,14 @@ def test_cpu_kernels_resolves_on_the_driver(monkeypatch):
     with_ = lambda mode, **res: dataclasses.replace(  # noqa: E731
         exp, training=dataclasses.replace(exp.training, cpu_kernels=mode),
         resources=dataclasses.replace(exp.resources, **res))
-    assert TrainSpec.of(with_("auto"), arch).native_kernels
-    assert not TrainSpec.of(with_("torch"), arch).native_kernels
-    assert not TrainSpec.of(with_("native", gpus_per_job=1.0), arch).native_kernels  # GPUs: torch's
+    assert spec_for(with_("auto"), arch).native_kernels
+    assert not spec_for(with_("torch"), arch).native_kernels
+    assert not spec_for(with_("native", gpus_per_job=1.0), arch).native_kernels  # GPUs: torch's
     monkeypatch.setattr(kernels, "_library", lambda: None)
-    assert not TrainSpec.of(with_("auto"), arch).native_kernels
+    assert not spec_for(with_("auto"), arch).native_kernels
     with pytest.raises(ConfigError, match="training.cpu_kernels: 'native', but torch CSR ops: the C kernels "
                                           "were not built"):
-        TrainSpec.of(with_("native"), arch)
+        spec_for(with_("native"), arch)
 
 
 def test_a_damaged_library_is_named_as_such(tmp_path):

@@ -32,10 +32,11 @@ def _jobs(tiny: config.Experiment, n: int):
     """(experiment, splits, spec, n single training jobs) of the tiny experiment."""
     import numpy as np
 
-    from neuroevo_sparse import data
-    from neuroevo_sparse.genome import Init, random_genome, target_counts
-    from neuroevo_sparse.jobs import TrainJob, TrainSpec
-    from neuroevo_sparse.models import Architecture
+    from neuroevo_sparse.problem import data
+    from neuroevo_sparse.topology.genome import Init, random_genome, target_counts
+    from neuroevo_sparse.train.jobs import TrainJob
+    from neuroevo_sparse.train.paths import spec_for
+    from neuroevo_sparse.problem.models import Architecture
 
     exp = _threaded(tiny, 3, 1)
     splits = data.load(exp.data, exp.experiment.seed)
@@ -44,7 +45,7 @@ def _jobs(tiny: config.Experiment, n: int):
     rng = np.random.default_rng(0)
     jobs = [TrainJob(i, 0, 100 + i, g.masks, g.weights) for i, g in enumerate(
         random_genome(i, arch.template, arch.info, counts, Init.of(exp.training), rng) for i in range(n))]
-    return exp, splits, TrainSpec.of(exp, arch), jobs
+    return exp, splits, spec_for(exp, arch), jobs
 
 
 @pytest.mark.parametrize("group", [1, 2])
@@ -60,7 +61,7 @@ def test_threads_give_the_history_of_one_group_after_another(tiny, tmp_path, gro
 def test_results_come_in_job_order_and_callbacks_on_the_calling_thread(tiny, monkeypatch):
     """Every result once, in the order of its job, although groups finish in any order; the
     progress callback never runs on a training thread."""
-    from neuroevo_sparse import worker
+    from neuroevo_sparse.train import worker
 
     exp, splits, spec, jobs = _jobs(tiny, 7)
 
@@ -95,7 +96,7 @@ def test_threads_leave_torchs_thread_count_as_they_found_it(tiny, monkeypatch):
     later training computed on another count, and rounded differently)."""
     import torch
 
-    from neuroevo_sparse import training
+    from neuroevo_sparse.train import core as training
 
     _, splits, spec, jobs = _jobs(tiny, 3)
     first_has_set, first_is_back = threading.Event(), threading.Event()
@@ -140,9 +141,9 @@ def test_threads_leave_torchs_thread_count_as_they_found_it(tiny, monkeypatch):
 def test_a_users_network_trains_one_group_at_a_time(tiny, tmp_path, caplog):
     """Its layers may draw from torch's one global generator (dropout here): threads would
     interleave the draws, so it keeps to one thread, and the log says why."""
-    from neuroevo_sparse import data
-    from neuroevo_sparse.jobs import TrainSpec
-    from neuroevo_sparse.models import Architecture
+    from neuroevo_sparse.problem import data
+    from neuroevo_sparse.train.paths import spec_for
+    from neuroevo_sparse.problem.models import Architecture
 
     (tmp_path / "dropout_net.py").write_text(
         "import math\n"
@@ -154,7 +155,7 @@ def test_a_users_network_trains_one_group_at_a_time(tiny, tmp_path, caplog):
     splits = data.load(exp.data, exp.experiment.seed)
     arch = Architecture.of(exp, splits.input_shape, splits.num_classes)
     with caplog.at_level(logging.INFO, logger="neuroevo_sparse"):
-        evaluator = LocalEvaluator(TrainSpec.of(exp, arch), splits, slots=2)
+        evaluator = LocalEvaluator(spec_for(exp, arch), splits, slots=2)
     evaluator.close()
     assert evaluator.slots == 1
     assert "model.factory" in caplog.text and 'resources.backend = "ray"' in caplog.text

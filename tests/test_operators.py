@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from neuroevo_sparse import models, operators
+from neuroevo_sparse.problem import models
+from neuroevo_sparse.evolve import operators
 from neuroevo_sparse.config import ModelConfig, SparsityConfig
-from neuroevo_sparse.genome import Init, random_genome, target_counts
-from neuroevo_sparse.operators import Variation
+from neuroevo_sparse.topology.genome import Init, random_genome, target_counts
+from neuroevo_sparse.evolve.operators import Variation
 
 SHAPE = (1, 8, 8)
 

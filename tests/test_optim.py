@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import example, given, settings, strategies as st
 
-from neuroevo_sparse import optim
+from neuroevo_sparse.train import optim
 
 
 def _run(make, steps: int, seed: int, lrs: list[float]) -> list[torch.Tensor]:
@@ -65,7 +65,7 @@ def test_state_uses_torch_key_names(make, keys):
 
 def test_training_never_imports_torch_dynamo():
     code = ("import sys, torch\n"
-            "from neuroevo_sparse.training import optimiser_for\n"
+            "from neuroevo_sparse.train.core import optimiser_for\n"
             "from types import SimpleNamespace as N\n"
             "m = torch.nn.Linear(3, 2)\n"
             "for kind in ('sgd', 'adam'):\n"

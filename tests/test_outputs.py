@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from conftest import neuroevo_cmd
-from neuroevo_sparse import data, runs
-from neuroevo_sparse.training import DeviceData, evaluate
+from neuroevo_sparse.problem import data
+from neuroevo_sparse import launch as runs
+from neuroevo_sparse.train.core import DeviceData, evaluate
 
 
 @pytest.fixture(scope="module")

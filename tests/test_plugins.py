@@ -19,10 +19,11 @@ import torch
 from torch import nn
 
 from conftest import ROOT, TINY, comparable_history, neuroevo_cmd
-from neuroevo_sparse import config, data, evolve, load_experiment, load_run, resume
+from neuroevo_sparse import config, evolve, load_experiment, load_run, resume
+from neuroevo_sparse.problem import data
 from neuroevo_sparse.config import ConfigError
-from neuroevo_sparse.data import DatasetError
-from neuroevo_sparse.models import Architecture
+from neuroevo_sparse.problem.data import DatasetError
+from neuroevo_sparse.problem.models import Architecture
 
 RESNET = f"{ROOT / 'experiments' / 'custom' / 'resnet.py'}:ResidualCNN"
 
@@ -173,15 +174,16 @@ def test_batchnorm_statistics_are_inherited_checkpointed_and_resumed(tmp_path):
 # --------------------------------------------------------------------- vectorised path
 
 def test_vectorised_residual_network_equals_one_by_one(tmp_path):
-    from neuroevo_sparse.genome import Init, random_genome, target_counts
-    from neuroevo_sparse.jobs import TrainJob, TrainSpec
-    from neuroevo_sparse.training import DeviceData, train
-    from neuroevo_sparse.vectorised import train_many
+    from neuroevo_sparse.topology.genome import Init, random_genome, target_counts
+    from neuroevo_sparse.train.jobs import TrainJob
+    from neuroevo_sparse.train.paths import spec_for
+    from neuroevo_sparse.train.core import DeviceData, train
+    from neuroevo_sparse.train.vectorised import train_many
 
     exp = res_exp(tmp_path, "training.vectorise='on'", "training.optimizer='sgd'")
     splits = data.load(exp.data, exp.experiment.seed)
     arch = Architecture.of(exp, splits.input_shape, splits.num_classes)
-    spec = TrainSpec.of(exp, arch)
+    spec = spec_for(exp, arch)
     assert spec.vectorise  # vmappable: BatchNorm buffers stacked with the parameters
     rng = np.random.default_rng(0)
     counts = target_counts(arch.info, arch.maskable, 0.3, "uniform")
@@ -200,7 +202,7 @@ def test_vectorised_residual_network_equals_one_by_one(tmp_path):
 
 
 def test_a_network_vmap_cannot_run_is_trained_one_by_one_and_said_once(tmp_path, caplog):
-    from neuroevo_sparse.jobs import TrainSpec
+    from neuroevo_sparse.train.paths import spec_for
 
     module = write_model_module(tmp_path, """
         from torch import nn
@@ -210,7 +212,7 @@ def test_a_network_vmap_cannot_run_is_trained_one_by_one_and_said_once(tmp_path,
     """)
     exp = res_exp(tmp_path, f"model.factory={module!r}", "model.args={}", "training.vectorise='on'")
     with caplog.at_level("WARNING", logger="neuroevo_sparse"):
-        spec = TrainSpec.of(exp, arch_of(exp))
+        spec = spec_for(exp, arch_of(exp))
     assert not spec.vectorise
     assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
     assert "cannot be trained under torch.func.vmap" in caplog.records[0].message

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from neuroevo_sparse import config, runs
 from neuroevo_sparse.config import ConfigError
-from neuroevo_sparse.evolution import Evolution
+from neuroevo_sparse.evolve.loop import Evolution
 
 from conftest import ROOT, TINY, comparable_history
 
@@ -81,7 +81,7 @@ class Watch(Evolution):
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(exp=experiments())
 def test_random_configurations_keep_the_invariants(exp, tmp_path_factory, monkeypatch):
-    monkeypatch.setattr("neuroevo_sparse.runs.Evolution", Watch)
+    monkeypatch.setattr("neuroevo_sparse.launch.Evolution", Watch)
     root = tmp_path_factory.mktemp("prop")
     whole, state = runs.start(exp, root / "whole")
     h = pd.read_parquet(whole.path / "history")

@@ -14,10 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import TINY, comparable_history, neuroevo_cmd
-from neuroevo_sparse import config, models, operators, report, runs
+from neuroevo_sparse import config, launch as runs
+from neuroevo_sparse.problem import models
+from neuroevo_sparse.evolve import operators
+from neuroevo_sparse.report.tables import tables as report
 from neuroevo_sparse.config import ConfigError, ModelConfig, SparsityConfig, StructureConfig
-from neuroevo_sparse.genome import Init, random_genome, target_counts
-from neuroevo_sparse.operators import Variation
+from neuroevo_sparse.topology.genome import Init, random_genome, target_counts
+from neuroevo_sparse.evolve.operators import Variation
 
 SHAPE = (1, 8, 8)
 DATA = Path(__file__).parent / "data" / "fixed_density"
@@ -197,7 +200,7 @@ def test_hypervolume_is_moocores_of_the_archive(pareto_run):
     recomputed here from the history alone."""
     import moocore
 
-    from neuroevo_sparse import data
+    from neuroevo_sparse.problem import data
 
     exp, run = pareto_run
     h = report.load(run)

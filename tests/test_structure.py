@@ -9,11 +9,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from neuroevo_sparse.models import Architecture
-from neuroevo_sparse import config, data, dst, structure
-from neuroevo_sparse.evolution import Evolution
+from neuroevo_sparse.problem.models import Architecture
+from neuroevo_sparse import config
+from neuroevo_sparse.problem import data
+from neuroevo_sparse.train import single as dst
+from neuroevo_sparse.topology import structure
+from neuroevo_sparse.evolve.loop import Evolution
 from neuroevo_sparse.evaluators import make as make_evaluator
-from neuroevo_sparse.jobs import TrainSpec
+from neuroevo_sparse.train.paths import spec_for
 from neuroevo_sparse.store import RunDir
 
 
@@ -225,7 +228,7 @@ def test_gradual_pruning_follows_the_cubic_schedule_to_the_target_counts(digits)
     assert run.converged_epoch == 6 and run.final.test_accuracy > 0.8
     counts = {n: int(m.sum()) for n, m in run.masks.items()}
     arch = Architecture.of(exp, splits.input_shape, splits.num_classes)
-    from neuroevo_sparse.genome import target_counts
+    from neuroevo_sparse.topology.genome import target_counts
     assert counts == target_counts(arch.info, arch.maskable, 0.3, exp.sparsity.init)  # what the sparse methods hold
     w, m = run.state["fc1.weight"], run.masks["fc1.weight"]
     assert (w[~m] == 0).all()
@@ -249,7 +252,7 @@ def test_methods_as_mutations_run_in_the_ga(tiny, tmp_path):
     splits = data.load(exp.data, exp.experiment.seed)
     run = RunDir.create(exp, tmp_path / "run")
     arch = Architecture.of(exp, splits.input_shape, splits.num_classes)
-    evaluator = make_evaluator(exp, TrainSpec.of(exp, arch), splits)
+    evaluator = make_evaluator(exp, spec_for(exp, arch), splits)
     try:
         Evolution(exp, arch, evaluator, run).run()
     finally:

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from neuroevo_sparse.models import Architecture
-from neuroevo_sparse import data, models
-from neuroevo_sparse.genome import Init, random_genome, target_counts
-from neuroevo_sparse.jobs import TrainJob, TrainSpec
-from neuroevo_sparse.training import DeviceData, score_test, train
+from neuroevo_sparse.problem.models import Architecture
+from neuroevo_sparse.problem import data, models
+from neuroevo_sparse.topology.genome import Init, random_genome, target_counts
+from neuroevo_sparse.train.jobs import TrainJob
+from neuroevo_sparse.train.paths import spec_for
+from neuroevo_sparse.train.core import DeviceData, score_test, train
 
 
 def make(exp, density=0.3, **training):
@@ -20,7 +21,7 @@ def make(exp, density=0.3, **training):
     template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     g = random_genome(0, template, info, target_counts(info, names, density, "uniform"),
                       Init(), np.random.default_rng(0))
-    spec = TrainSpec.of(exp, Architecture.of(exp, splits.input_shape, splits.num_classes))
+    spec = spec_for(exp, Architecture.of(exp, splits.input_shape, splits.num_classes))
     return g, spec, DeviceData(splits)
 
 
@@ -89,7 +90,7 @@ def test_step_budget(tiny, steps, epochs):
 
 
 def test_batches_are_epochs_of_the_seeds_permutations_and_a_group_draws_each_members_own():
-    from neuroevo_sparse.training import batches, batches_of
+    from neuroevo_sparse.train.core import batches, batches_of
 
     n, size, steps = 10, 4, 7  # 3 batches an epoch (4, 4, 2): the last one partial
     def expected(seed):

@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import histories_over_layouts
-from neuroevo_sparse import kernels
-from neuroevo_sparse.models import Architecture
-from neuroevo_sparse.jobs import FIXED_GROUP, TrainJob, TrainSpec, _group
-from neuroevo_sparse.worker import MAX_GROUP, groups
+from neuroevo_sparse.train import kernels
+from neuroevo_sparse.problem.models import Architecture
+from neuroevo_sparse.train.jobs import TrainJob, TrainSpec
+from neuroevo_sparse.train.paths import FIXED_GROUP, _group
+from neuroevo_sparse.train.worker import MAX_GROUP, groups
 
 
 def _spec(group: int | None, vectorise: bool = True) -> TrainSpec:

@@ -4,15 +4,19 @@
 Ray to start); `ray` spreads jobs over Ray workers on one machine or a cluster. Both run the
 same `worker.train_group` on the same groups, with the same thread count, so they give
 bit-identical results for the same jobs.
+
+Owns: where jobs run, how they are grouped onto slots, retries, timeouts and a lost cluster.
+
+May import: train, problem, config, faults.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Protocol
 
-from ..config import Experiment
-from ..data import Splits
-from ..jobs import TrainJob, TrainResult, TrainSpec
+from ..config.schema import Experiment
+from ..problem.data import Splits
+from ..train.jobs import TrainJob, TrainResult, TrainSpec
 
 OnResult = Callable[[TrainResult], None]
 

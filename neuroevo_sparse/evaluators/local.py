@@ -19,10 +19,10 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import torch
 
-from ..data import Splits
-from ..jobs import TrainJob, TrainResult, TrainSpec
-from ..training import DeviceData, pick_device
-from ..worker import groups, train_group
+from ..problem.data import Splits
+from ..train.jobs import TrainJob, TrainResult, TrainSpec
+from ..train.core import DeviceData, pick_device
+from ..train.worker import groups, train_group
 from . import OnResult
 
 log = logging.getLogger("neuroevo_sparse")

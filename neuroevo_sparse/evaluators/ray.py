@@ -20,11 +20,11 @@ import os
 import threading
 import time
 
-from ..config import ConfigError, ResourcesConfig
-from ..data import Splits
-from ..jobs import TrainJob, TrainResult, TrainSpec
-from ..training import DeviceData, pick_device
-from ..worker import groups, train_group
+from ..config.schema import ConfigError, ResourcesConfig
+from ..problem.data import Splits
+from ..train.jobs import TrainJob, TrainResult, TrainSpec
+from ..train.core import DeviceData, pick_device
+from ..train.worker import groups, train_group
 from .. import faults
 from . import ClusterLost, OnResult
 
@@ -133,7 +133,7 @@ def _check_fits(nodes: list[dict], cpus: float, gpus: float) -> None:
 def runtime_env(resources: ResourcesConfig, factory) -> dict:
     """Ray's runtime environment for the training tasks: the user's model code that is not
     installed (resources.ship_code), and what resources.py_modules / working_dir add."""
-    from ..plugins import shipped_modules
+    from ..config.plugins import shipped_modules
 
     modules: list = shipped_modules(factory) if resources.ship_code else []
     modules += [p for p in resources.py_modules]

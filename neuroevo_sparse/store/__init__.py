@@ -6,6 +6,12 @@
     RUN_DIR/checkpoints/         atomic checkpoints (see checkpoint.py)
     RUN_DIR/best/                the best individual: model.pt (plain state_dict, masks applied),
                                  masks.npz and metrics.json
+
+Owns: the layout of a run directory, its atomic writes, the history parts (history.py) and
+the checkpoints with their checksums (checkpoint.py).
+
+May import: config, faults. It stores plain data (numpy arrays, JSON); what the data means
+is the GA's (evolve) and the reports' (report) business.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ConfigError, Experiment, load as load_config, to_toml
-from . import checkpoint, history
+from ..config.schema import ConfigError, Experiment, load as load_config, to_toml
+from . import checkpoint
+from . import history
 
 
 class RunDirExists(FileExistsError):

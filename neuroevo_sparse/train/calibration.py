@@ -2,7 +2,7 @@
 
 Which path trains an individual fastest (one at a time or in vectorised groups; each masked
 Linear layer dense, weight * mask, or truly sparse) depends on the machine, the layer shapes,
-the density and the batch size. The rules (jobs.py, sparse.layers_to_sparsify) are thresholds
+the density and the batch size. The rules (paths.py, sparse.layers_to_sparsify) are thresholds
 measured on one machine. So when a run starts, each candidate trains a few steps of the run's
 own network at its density and batch size on its data, and the fastest is used. The rules'
 own choice is kept unless another path is more than MARGIN faster: a closer call is within
@@ -33,14 +33,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, kernels
-from .config import ConfigError, Experiment
-from .data import Splits
-from .genome import Init, layer_densities, random_genome, target_counts
+from .. import __version__
+from . import kernels
+from ..config.schema import ConfigError, Experiment
+from ..problem.data import Splits
+from ..topology.genome import Init, layer_densities, random_genome, target_counts
 from .jobs import TrainJob, TrainSpec
-from .models import Architecture
+from .paths import Plan, label, spec_for
+from ..problem.models import Architecture
 from .sparse import layers_to_sparsify
-from .training import DeviceData, total_steps
+from .core import DeviceData, total_steps
 from .worker import train_group
 
 log = logging.getLogger("neuroevo_sparse")
@@ -66,53 +68,12 @@ FLIP_SHARE = 0.02
 BUDGET = 0.05
 
 
-@dataclass(frozen=True)
-class Plan:
-    """A measured path: vectorised or not, and which masked Linear layers run truly sparse."""
-
-    vectorise: bool
-    sparse_layers: tuple[str, ...]
-    # Seconds an individual takes on each candidate (by its label), as measured.
-    seconds: dict[str, float] = field(default_factory=dict, compare=False)
-    # Where BUDGET stopped the timing: the evaluations of the run it was measured for. A run
-    # at least twice as long measures again, further.
-    limited_to: int | None = field(default=None, compare=False)
-
-    @property
-    def label(self) -> str:
-        return label(self.vectorise, self.sparse_layers)
-
-    def to_json(self) -> dict:
-        return {"vectorise": self.vectorise, "sparse_layers": list(self.sparse_layers), "seconds": self.seconds,
-                "limited_to": self.limited_to}
-
-    @classmethod
-    def from_json(cls, d: object, source: str) -> "Plan":
-        """A stored plan; anything else is refused, naming `source` and how to mend it."""
-        ok = (isinstance(d, dict) and isinstance(d.get("vectorise"), bool)
-              and isinstance(d.get("sparse_layers"), list) and all(isinstance(n, str) for n in d["sparse_layers"])
-              and isinstance(d.get("seconds", {}), dict)
-              and (d.get("limited_to") is None or type(d.get("limited_to")) is int))
-        if not ok:
-            raise ConfigError([f"not a training plan ({{'vectorise': bool, 'sparse_layers': [names], optional "
-                               f"'seconds': {{label: seconds}} and 'limited_to': int or null}}): {d!r:.200}; "
-                               f"delete it to measure the paths again (the run may then round differently)"],
-                              source=source)
-        return cls(d["vectorise"], tuple(d["sparse_layers"]),
-                   {str(k): float(v) for k, v in d.get("seconds", {}).items()}, d.get("limited_to"))
-
-
-def label(vectorise: bool, sparse_layers: tuple[str, ...] | list[str]) -> str:
-    way = "vectorised groups" if vectorise else "one by one"
-    return f"{way}, sparse: {', '.join(n.removesuffix('.weight') for n in sparse_layers) or 'none'}"
-
-
 def plan_for(exp: Experiment, arch: Architecture, splits: Splits) -> Plan | None:
     """The measured path for this run (from the cache, or measured now and cached), or None
     where the rules decide: training.auto_by = "rules", a GPU, or nothing left to choose."""
     if exp.training.auto_by == "rules" or exp.resources.gpus_per_job > 0:
         return None
-    rules = TrainSpec.of(exp, arch)
+    rules = spec_for(exp, arch)
     jobs = _jobs(exp, arch)
     candidates = _candidates(exp, arch, rules, jobs[0])
     if len(candidates) < 2:
@@ -156,7 +117,7 @@ def _candidates(exp: Experiment, arch: Architecture, rules: TrainSpec, job: Trai
     tell."""
     cfg = exp.training
     modes = [rules.vectorise]
-    # Other networks than the built-in MLP are vmapped whole in fixed groups (jobs.FIXED_GROUP):
+    # Other networks than the built-in MLP are vmapped whole in fixed groups (paths.FIXED_GROUP):
     # on a cluster with more slots than groups, a step faster per individual could make a
     # generation slower. Their way of training stays the rules'.
     if cfg.vectorise == "auto" and (rules.vectorise or arch.is_chain()):

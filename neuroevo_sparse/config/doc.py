@@ -17,12 +17,12 @@ import types
 import typing
 from typing import Any, Literal
 
-from . import config
+from . import schema as config
 
 HEADER = """# Configuration reference
 
 Every key of an experiment TOML, by section. Generated from the config dataclasses
-(`neuroevo_sparse/config.py`) by `neuroevo config --doc > docs/configuration.md`; do not edit
+(`neuroevo_sparse/config/schema.py`) by `neuroevo config --doc > docs/configuration.md`; do not edit
 by hand. A key left out takes its default; "unset" means the key is absent (TOML has no
 null). Any key can be overridden from the command line: `--set section.key=value`.
 """

@@ -20,11 +20,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import models, optim, seeds, structure
-from .config import Experiment
-from .data import Splits
-from .genome import Init, newborn, random_genome, target_counts
-from .training import DeviceData, Diverged, batches, evaluate, optimiser_for, train_steps
+from ..problem import models
+from . import optim
+from .. import seeds
+from ..topology import structure
+from ..config.schema import Experiment
+from ..problem.data import Splits
+from ..topology.genome import Init, newborn, random_genome, target_counts
+from .core import DeviceData, Diverged, batches, evaluate, optimiser_for, train_steps
 
 
 class DivergedError(RuntimeError):

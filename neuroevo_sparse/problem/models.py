@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ConfigError, ModelConfig, SparsityConfig
+from ..config.schema import ConfigError, ModelConfig, SparsityConfig
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -35,7 +35,7 @@ def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int,
     """A fresh model; its initial weights are irrelevant (genomes carry their own).
     `factory` is `cfg.factory` already resolved (workers get it so and never import by name)."""
     if factory is None and cfg.factory is not None:
-        from . import plugins
+        from ..config import plugins
         factory = plugins.resolve(cfg.factory, "model.factory")
     if factory is not None:
         return _from_factory(factory, cfg, input_shape, num_classes)
@@ -63,7 +63,7 @@ def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int,
 
 def _from_factory(factory: Callable[..., Any], cfg: ModelConfig, input_shape: tuple[int, ...],
                   num_classes: int) -> nn.Module:
-    from . import plugins
+    from ..config import plugins
     model = plugins.call(factory, dict(cfg.args), "model.factory", input_shape=tuple(input_shape),
                          num_classes=num_classes)
     if not isinstance(model, nn.Module):
@@ -214,7 +214,7 @@ class Architecture:
     start as built (norms, a user's own parameters) are the same on every machine."""
 
     def __init__(self, builder: Builder, sparsity: SparsityConfig, seed: int):
-        from .seeds import derive
+        from ..seeds import derive
 
         self.builder = builder
         with torch.random.fork_rng(devices=[]):
@@ -233,7 +233,7 @@ class Architecture:
         """The network of `exp`; its `model.factory` (if any) imported here, once, unless the
         caller passes it already imported."""
         if factory is None and exp.model.factory is not None:
-            from . import plugins
+            from ..config import plugins
             factory = plugins.resolve(exp.model.factory, "model.factory")
         return cls(Builder(exp.model, tuple(input_shape), num_classes, factory), exp.sparsity, exp.experiment.seed)
 

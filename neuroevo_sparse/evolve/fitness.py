@@ -23,9 +23,9 @@ import moocore
 import numpy as np
 from deap import base, tools
 
-from .config import FitnessConfig
-from .genome import Genome
-from .models import LayerInfo
+from ..config.schema import FitnessConfig
+from ..topology.genome import Genome
+from ..problem.models import LayerInfo
 
 
 class Objectives:

@@ -24,16 +24,18 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import __version__, faults, seeds
-from .config import Experiment
-from .evaluators import Evaluator
+from .. import __version__
+from .. import faults
+from .. import seeds
+from ..config.schema import Experiment
+from ..evaluators import Evaluator
 from .fitness import Objectives
-from .genome import Genome, Init, random_genome, target_counts
-from .jobs import TrainJob, TrainResult
-from .models import Architecture
+from ..topology.genome import Genome, Init, random_genome, target_counts
+from ..train.jobs import TrainJob, TrainResult
+from ..problem.models import Architecture
 from .operators import Variation, clone, make_toolbox
 from .progress import Progress
-from .store import RunDir
+from ..store import RunDir
 
 log = logging.getLogger("neuroevo_sparse")
 

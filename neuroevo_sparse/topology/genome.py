@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import ConfigError
-from .models import LayerInfo
+from ..config.schema import ConfigError
+from ..problem.models import LayerInfo
 
 
 @dataclass

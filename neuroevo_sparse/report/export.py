@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import models, report
-from .store import RunDir
+from ..problem import models
+from . import tables as report
+from ..store import RunDir
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Individual:
 
     def module(self) -> nn.Module:
         """The network, built and loaded: `module(x)` gives the logits this individual was scored on."""
-        from .config import ModelConfig
+        from ..config.schema import ModelConfig
 
         cfg = ModelConfig(**{k: v for k, v in self.model.items() if k not in ("input_shape", "num_classes")})
         net = models.build(cfg, tuple(self.model["input_shape"]), int(self.model["num_classes"]))

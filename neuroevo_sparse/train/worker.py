@@ -10,7 +10,7 @@ evaluator gets one group, and the results are the same on a laptop and on a clus
 from __future__ import annotations
 
 from .jobs import TrainJob, TrainResult, TrainSpec
-from .training import DeviceData, score_test, train
+from .core import DeviceData, score_test, train
 from .vectorised import score_many, train_many
 
 # The most jobs in one "auto" group: a Ray task that is retried redoes its whole group, and a

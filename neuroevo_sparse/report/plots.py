@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import report
+from . import tables as report
 
 
 def _plt():

@@ -7,19 +7,15 @@ one callable is a user's model factory in the spec, which Ray pickles by referen
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import ConfigError, Experiment, TrainingConfig
+from ..config.schema import TrainingConfig
 
 if TYPE_CHECKING:
-    from .calibration import Plan
-    from .models import Architecture, Builder
-
-log = logging.getLogger("neuroevo_sparse")
+    from ..problem.models import Builder
 
 
 @dataclass(frozen=True)
@@ -44,72 +40,6 @@ class TrainSpec:
     # The masked Linear layers a measured plan (calibration.py) runs truly sparse, wherever
     # they are below training.sparse_below; None: the rules decide (sparse.layers_to_sparsify).
     sparse_layers: tuple[str, ...] | None = None
-
-    @classmethod
-    def of(cls, exp: Experiment, arch: Architecture, plan: Plan | None = None) -> "TrainSpec":
-        """What every worker is told; `plan`, a measured choice of path, replaces the rules'."""
-        return cls(arch.builder, exp.training, exp.resources.torch_threads, exp.resources.job_timeout_s,
-                   _vectorise(exp, arch) if plan is None else plan.vectorise, exp.output.test_accuracy == "all",
-                   _native_kernels(exp), _group(exp, arch), None if plan is None else plan.sparse_layers)
-
-
-# training.vectorise_group = "auto" on a GPU, and for networks other than the built-in MLP
-# (vmapped whole). Fixed, not by slot: batched matmuls there may round by batch size, and
-# results must not depend on how many GPUs or slots there are.
-FIXED_GROUP = 8
-
-
-def _group(exp: Experiment, arch: Architecture) -> int | None:
-    size = exp.training.vectorise_group
-    if size != "auto":
-        return size
-    return FIXED_GROUP if exp.resources.gpus_per_job > 0 or not arch.is_chain() else None
-
-
-def _native_kernels(exp: Experiment) -> bool:
-    from . import kernels
-
-    mode = exp.training.cpu_kernels
-    if mode == "torch" or exp.resources.gpus_per_job > 0:
-        return False
-    if mode == "native" and not kernels.available():
-        raise ConfigError([f"training.cpu_kernels: 'native', but {kernels.status()}; or set it to 'auto' or 'torch'"])
-    return kernels.available()
-
-# Below this many parameters a CPU step is dominated by per-call overhead, which batching
-# removes (5x on the quickstart MLP); above it a dense step is bound by the matmuls and
-# batching them gains little on a CPU. Measured by benchmarks/throughput.py.
-VECTORISE_CPU_MAX_PARAMS = 100_000
-
-
-def _vectorise(exp: Experiment, arch: Architecture) -> bool:
-    """"auto": MLPs on a GPU; on a CPU, small MLPs and MLPs with a layer that starts truly
-    sparse (its block-diagonal sparse matmul over the group beats one sparse matmul per
-    individual, 1.3x at 784-300-100-10 / 10%); other networks (CNNs, your own) on a GPU only,
-    where they can be vmapped (grouped convolutions are slower on a CPU). "on" for a network
-    that cannot be vmapped trains one by one, and says why once."""
-    mode = exp.training.vectorise
-    if mode == "off":
-        return False
-    gpu = exp.resources.gpus_per_job > 0
-    if not arch.is_chain():
-        if mode == "auto" and not (gpu and arch.builder.factory is not None):
-            return False
-        from .vectorised import unvectorisable  # torch.func only on the driver, once
-        why = unvectorisable(arch.builder)
-        if why:
-            log.warning("training.vectorise: this network cannot be trained under torch.func.vmap (%s): "
-                        "training one individual at a time", why)
-        return why is None
-    if mode == "on":
-        return True
-    from . import genome  # only when a spec is made, never when jobs are unpickled
-    density = genome.layer_densities(arch.info, arch.maskable, exp.sparsity.density, exp.sparsity.init)
-    cfg = exp.training
-    sparse = cfg.sparse_kernels == "on" or (cfg.sparse_kernels == "auto" and any(
-        len(arch.info[n].shape) == 2 and arch.info[n].size >= cfg.sparse_min_size and density[n] < cfg.sparse_below
-        for n in arch.maskable))
-    return gpu or arch.parameters <= VECTORISE_CPU_MAX_PARAMS or sparse
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Structure-update rules: which connections of one masked tensor die and which are born.
 
-One rule, two uses: `neuroevo_sparse.dst` applies it inside a single network's training run
+One rule, two uses: `neuroevo_sparse.train.single` applies it inside a single network's training run
 (every epoch or every `update_every` steps), and `operators` applies it as a GA mutation (the
 update index is then the generation). A rule sees one tensor at a time as flat numpy arrays
 and returns the positions it removed and added; the caller edits mask and weights. Every

@@ -154,7 +154,7 @@ void ne_gather_t(int64_t K, int64_t B, int64_t F, const int64_t *idx, const floa
 }
 
 /* A Python extension module only so that setuptools builds and installs the library beside
- * the package; its functions are called through ctypes (neuroevo_sparse/kernels.py). */
+ * the package; its functions are called through ctypes (neuroevo_sparse/train/kernels.py). */
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels",
                                     "CPU sparse kernels, called through ctypes by neuroevo_sparse.kernels", -1, NULL};
 PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }

@@ -31,10 +31,10 @@ from typing import Callable
 import numpy as np
 from deap import base
 
-from . import structure
-from .config import Experiment, StructureConfig
-from .genome import Genome, Init, newborn
-from .models import LayerInfo
+from ..topology import structure
+from ..config.schema import Experiment, StructureConfig
+from ..topology.genome import Genome, Init, newborn
+from ..problem.models import LayerInfo
 
 Operator = Callable[..., Genome]
 

@@ -50,7 +50,7 @@ def available() -> bool:
 
 def status() -> str:
     if available():
-        return "native (neuroevo_sparse/_kernels.c, built at install time)"
+        return "native (neuroevo_sparse/train/_kernels.c, built at install time)"
     error = _loaded()[1]
     if error is not None:
         return (f"torch CSR ops: the C kernels were built but could not be loaded ({error}); "

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ConfigError, DataConfig
-from .seeds import derive
+from ..config.schema import ConfigError, DataConfig
+from ..seeds import derive
 
 DEFAULT_PATHS = {
     "fashion_mnist": "/usr/share/datasets/fashion-mnist",
@@ -109,7 +109,7 @@ def _normalise(x: np.ndarray, mean: np.floating, std: np.floating, own: bool = F
 def from_factory(cfg: DataConfig, seed: int) -> Splits:
     """Splits from the user's `data.factory`, checked: every problem is a DatasetError that
     names the factory, the split and what is wrong."""
-    from . import plugins
+    from ..config import plugins
 
     factory = plugins.resolve(cfg.factory, "data.factory")
     where = f"data.factory {cfg.factory!r}"

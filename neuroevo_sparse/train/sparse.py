@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import kernels
-from .config import TrainingConfig
+from ..config.schema import TrainingConfig
 
 # CSR matmuls used here (CSR x dense, sampled_addmm) are stable on CPU and CUDA; the beta notice
 # would print once per worker process.
@@ -111,7 +111,7 @@ def sparse_matmul_t(h: torch.Tensor, values: torch.Tensor, pattern: Pattern, nat
     """The sparse (out, in) matrix `values` at `pattern` times h (in, B): activations held
     feature-major (one row per feature, one column per sample), as the vectorised MLP path
     holds them, so that neither pass nor the weight gradient needs a transposed copy. `native`:
-    the C kernels of neuroevo_sparse.kernels (CPU, float32) instead of torch's CSR ops."""
+    the C kernels of neuroevo_sparse.train.kernels (CPU, float32) instead of torch's CSR ops."""
     return _SparseMatmulT.apply(h, values, pattern, native)
 
 

@@ -12,8 +12,8 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, Experiment, flatten
-from .evolution import GenerationInfo
+from ..config.schema import ConfigError, Experiment, flatten
+from ..evolve.loop import GenerationInfo
 
 
 def _require(module: str, key: str, package: str):

@@ -8,13 +8,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import __version__, data, plugins, tracking
-from .calibration import Plan, plan_for
-from .config import RESUME_SAFE_KEYS, ConfigError, Experiment, diff, to_toml
+from . import __version__
+from .problem import data
+from .config import plugins
+from .report import tracking
+from .train.calibration import Plan, plan_for
+from .config.schema import RESUME_SAFE_KEYS, ConfigError, Experiment, diff, to_toml
 from .evaluators import ClusterLost, Cluster, connect, make as make_evaluator
-from .evolution import Callback, Evolution, State
-from .jobs import TrainSpec
-from .models import Architecture
+from .evolve.loop import Callback, Evolution, State
+from .train.jobs import TrainSpec
+from .train.paths import spec_for
+from .problem.models import Architecture
 from .store import RunDir
 
 log = logging.getLogger("neuroevo_sparse")
@@ -61,7 +65,7 @@ def _prepare(exp: Experiment, splits: Future[data.Splits] | None = None, plan: P
             # Once the cluster is up: its start-up would slow some timings and not others.
             if measure:
                 plan = plan_for(exp, arch, splits)
-            spec = TrainSpec.of(exp, arch, plan)
+            spec = spec_for(exp, arch, plan)
         except BaseException:
             _close(cluster)
             raise

@@ -208,7 +208,7 @@ class TrainingConfig:
     init_fan: Literal["dense", "sparse"] = "dense"
     # Train individuals of one generation together, `vectorise_group` at a time, in one
     # batched pass (torch.func.vmap). "auto": for MLPs on GPU, and on CPU for MLPs small
-    # enough that vmap is faster there (jobs.VECTORISE_CPU_MAX_PARAMS, measured by
+    # enough that vmap is faster there (paths.VECTORISE_CPU_MAX_PARAMS, measured by
     # benchmarks/throughput.py); never for CNNs. A group is also the unit a Ray task carries.
     vectorise: Literal["auto", "on", "off"] = "auto"
     # Individuals per group: a number, or "auto": on CPUs one group per slot (the cores over
@@ -229,7 +229,7 @@ class TrainingConfig:
     sparse_below: float = _range(0.0, 1.0, default=0.3)
     sparse_min_size: int = _range(0, default=100_000)
     # Kernels of those truly sparse layers on a CPU in vectorised groups (where activations are
-    # feature-major): "native", the C kernels built at install time (neuroevo_sparse/_kernels.c,
+    # feature-major): "native", the C kernels built at install time (neuroevo_sparse/train/_kernels.c,
     # about 2.5x torch's CSR forward on one core, benchmarks/kernels.py); "torch", torch's CSR
     # ops; "auto": native where they were built. Resolved once on the driver, so that every
     # worker does the same arithmetic; GPUs always use torch's.

@@ -32,8 +32,7 @@ from torch.func import functional_call, vmap
 from . import kernels
 from .jobs import Resume, TrainJob, TrainResult, TrainSpec
 from .sparse import Pattern, layers_to_sparsify, sparse_matmul_t
-from .training import (DeviceData, batches_of, evaluate, masked_step, optimiser_for, run_jobs, to_numpy,
-                       total_steps)
+from .core import DeviceData, batches_of, evaluate, masked_step, optimiser_for, run_jobs, to_numpy, total_steps
 
 
 def train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list[TrainResult]:
@@ -254,7 +253,7 @@ class _ChainForward:
     one is one sparse matmul whose matrix has the K masks on the diagonal of a block matrix,
     applied to the K inputs stacked as (K * features, batch), which that layout already is, so
     no layer needs a transposed copy. `native`: those sparse matmuls, and the gathering of the
-    inputs, on the C kernels (neuroevo_sparse.kernels). Logits come out as (K, classes, batch).
+    inputs, on the C kernels (neuroevo_sparse.train.kernels). Logits come out as (K, classes, batch).
 
     An input that all K share (an evaluation split) enters once, (features, batch): the first
     layer's K masks are then stacked (K * out, in) instead of placed on a diagonal, in the same

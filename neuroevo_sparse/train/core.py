@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import optim, sparse
-from .data import Splits
+from . import optim
+from . import sparse
+from ..problem.data import Splits
 from .jobs import Resume, TrainJob, TrainResult, TrainSpec
 
 
