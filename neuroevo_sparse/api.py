@@ -16,7 +16,7 @@ config.py), both defined at the top level of a module or of your script. They ar
 the run's config by name (`model.factory = "module:make_net"`), so `resume`, `export` and
 `Run.module` find them again, and Ray ships the module to the workers.
 
-`neuroevo run`/`resume` and `evolve`/`resume` run the same code (`runs.start`/`runs.resume`)
+`neuroevo run`/`resume` and `evolve`/`resume` run the same code (`launch.start`/`launch.resume`)
 and give the same history for the same experiment. A run is a directory on disk: `load_run`
 opens one that any of them wrote, finished or not, here or on a cluster.
 """
@@ -32,7 +32,7 @@ from torch import nn
 
 from .config import schema as config
 from .report import tables as report
-from . import launch as runs
+from . import launch
 from .config.schema import Experiment
 from .evolve.loop import Callback, GenerationInfo
 from .report.export import Individual, load_individual
@@ -65,7 +65,7 @@ def evolve(experiment: Experiment, run_dir: str | Path | None = None, callbacks:
         experiment = replace(experiment, model=replace(experiment.model, factory=name_of(model, "model")))
     if data is not None:
         experiment = replace(experiment, data=replace(experiment.data, factory=name_of(data, "data")))
-    run, _ = runs.start(experiment, run_dir, should_stop=should_stop, callbacks=callbacks)
+    run, _ = launch.start(experiment, run_dir, should_stop=should_stop, callbacks=callbacks)
     return Run(run.path)
 
 
@@ -73,7 +73,7 @@ def resume(run_dir: str | Path, generations: int | None = None, overrides: Seque
            callbacks: Sequence[Callback] = (), should_stop: Callable[[], bool] = lambda: False) -> "Run":
     """Continue a run from its newest valid checkpoint, as if it had never stopped; `generations`
     is the new total. Only keys that cannot change results may be overridden."""
-    run, _ = runs.resume(run_dir, list(overrides), generations, should_stop=should_stop, callbacks=callbacks)
+    run, _ = launch.resume(run_dir, list(overrides), generations, should_stop=should_stop, callbacks=callbacks)
     return Run(run.path)
 
 

@@ -254,10 +254,10 @@ def cmd_run(args) -> int:
 
     exp = config.load(args.experiment, args.overrides + _address_overrides(args))
     loading = _load_in_background(exp)
-    from . import launch as runs  # torch, pandas, Ray's client: 2-3 s of imports, while the data loads
+    from . import launch  # torch, pandas, Ray's client: 2-3 s of imports, while the data loads
 
     stop = StopFlag()
-    run, state = runs.start(exp, args.run_dir, should_stop=stop, on_created=report_run_dir, splits=loading)
+    run, state = launch.start(exp, args.run_dir, should_stop=stop, on_created=report_run_dir, splits=loading)
     return _finished(run, state, exp.evolution.generations, stop)
 
 
@@ -265,7 +265,7 @@ def _load_in_background(exp):
     """A built-in dataset loading in a thread, started before the training code is imported:
     reading, decompressing and normalising release the GIL, so on two cores the load and the
     imports take the time of the longer one. A `data.factory` is the user's code, which may
-    import what the main thread is importing: it is loaded where it always was (runs.start)."""
+    import what the main thread is importing: it is loaded where it always was (launch.start)."""
     if exp.data.factory is not None:
         return None
     from concurrent.futures import ThreadPoolExecutor
@@ -310,11 +310,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from . import launch as runs
+    from . import launch
 
     stop = StopFlag()
     report_run_dir(args.run_dir)
-    run, state = runs.resume(args.run_dir, args.overrides + _address_overrides(args), args.generations,
+    run, state = launch.resume(args.run_dir, args.overrides + _address_overrides(args), args.generations,
                              should_stop=stop)
     return _finished(run, state, run.config().evolution.generations, stop)
 

@@ -88,12 +88,12 @@ def histories_over_layouts(base: config.Experiment, tmp_path: Path, layouts: lis
     of `layouts`: what results that must not depend on the workers are compared on."""
     from dataclasses import replace
 
-    from neuroevo_sparse import runs
+    from neuroevo_sparse import launch
 
     histories = []
     for cpus, size in layouts:
         exp = replace(base, training=replace(base.training, vectorise_group=size),
                       resources=replace(base.resources, num_cpus=cpus))
-        run, _ = runs.start(exp, tmp_path / f"cpus{cpus}-{size}")
+        run, _ = launch.start(exp, tmp_path / f"cpus{cpus}-{size}")
         histories.append(comparable_history(run.path))
     return histories

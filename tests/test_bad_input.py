@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from neuroevo_sparse.problem.models import Architecture
-from neuroevo_sparse import config, launch as runs
+from neuroevo_sparse import config, launch
 from neuroevo_sparse.problem import data
 from neuroevo_sparse.config import ConfigError
 from neuroevo_sparse.store import RunDir
@@ -84,13 +84,13 @@ def test_unreadable_experiment_files(tmp_path):
 def test_a_density_that_leaves_a_layer_empty_is_an_error(tiny, tmp_path):
     exp = replace(tiny, sparsity=replace(tiny.sparsity, density=1e-5, init="uniform"))
     with pytest.raises(ConfigError, match=r"leaves .* with no connection .* use a density of at least"):
-        runs.start(exp, tmp_path / "run")
+        launch.start(exp, tmp_path / "run")
 
 
 def test_dense_layers_must_name_a_layer(tiny, tmp_path):
     exp = replace(tiny, sparsity=replace(tiny.sparsity, dense_layers=["fc9.weight"]))
     with pytest.raises(ConfigError, match=r"'fc9.weight' name\(s\) no maskable tensor .* fc1.weight"):
-        runs.start(exp, tmp_path / "run")
+        launch.start(exp, tmp_path / "run")
 
 
 # ------------------------------------------------------------------ files and directories
@@ -106,7 +106,7 @@ def test_a_foreign_directory_is_never_written(tiny_toml, tmp_path):
     assert "is not empty and holds no run" in p.stderr and "Traceback" not in p.stderr
     assert tree_digest(foreign) == before
     (tmp_path / "empty").mkdir()
-    runs.start(config.load(tiny_toml), tmp_path / "empty")  # an empty directory is fine
+    launch.start(config.load(tiny_toml), tmp_path / "empty")  # an empty directory is fine
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -158,7 +158,7 @@ def test_damaged_dataset_through_the_cli(tiny_toml, idx_dir, tmp_path):
 @pytest.fixture
 def finished(tiny, tmp_path) -> Path:
     exp = replace(tiny, output=replace(tiny.output, keep_checkpoints=5))
-    run, _ = runs.start(exp, tmp_path / "run")
+    run, _ = launch.start(exp, tmp_path / "run")
     return run.path
 
 
@@ -191,7 +191,7 @@ def test_no_valid_checkpoint_is_one_clear_line(finished):
 def test_checkpoint_state_is_strict_json(tiny, tmp_path, monkeypatch):
     """A failed individual's NaN loss is stored as null: state.json is standard JSON."""
     monkeypatch.setattr("neuroevo_sparse.evaluators.local.LocalEvaluator", PoisonOne)
-    run, _ = runs.start(replace(tiny, output=replace(tiny.output, keep_checkpoints=5)), tmp_path / "run")
+    run, _ = launch.start(replace(tiny, output=replace(tiny.output, keep_checkpoints=5)), tmp_path / "run")
     states = list((run.path / "checkpoints").glob("gen-*/state.json"))
     assert states and "diverged" in states[0].read_text()
     for state in states:
@@ -218,7 +218,7 @@ def test_a_run_where_every_individual_fails_exits_non_zero(tiny_toml, tmp_path):
 def test_no_mutation_and_no_crossover_gives_new_individuals(tiny, tmp_path):
     exp = replace(tiny, evolution=replace(tiny.evolution, mutations=[], crossover="neuron", crossover_prob=0.3,
                                           generations=3))
-    run, state = runs.start(exp, tmp_path / "run")
+    run, state = launch.start(exp, tmp_path / "run")
     h = pd.read_parquet(run.path / "history")
     born = h[h.evaluated & (h.generation > 0)]
     assert born.individual_id.is_unique and (born.born == born.generation).all()
@@ -263,9 +263,9 @@ def test_failed_individuals_get_the_worst_value_in_each_direction(tiny):
 
 def test_retrained_survivors_resume_exactly(tiny, tmp_path):
     exp = replace(tiny, evolution=replace(tiny.evolution, retrain_survivors=True, generations=4))
-    whole, _ = runs.start(exp, tmp_path / "whole")
-    part, _ = runs.start(replace(exp, evolution=replace(exp.evolution, generations=2)), tmp_path / "part")
-    runs.resume(part.path, generations=4)
+    whole, _ = launch.start(exp, tmp_path / "whole")
+    part, _ = launch.start(replace(exp, evolution=replace(exp.evolution, generations=2)), tmp_path / "part")
+    launch.resume(part.path, generations=4)
     same_history(whole.path, part.path)
 
 
@@ -275,7 +275,7 @@ def test_baldwinian_export_holds_the_trained_network(tiny, tmp_path):
     from neuroevo_sparse.train.core import evaluate
 
     exp = replace(tiny, evolution=replace(tiny.evolution, inheritance="baldwinian"))
-    run, _ = runs.start(exp, tmp_path / "run")
+    run, _ = launch.start(exp, tmp_path / "run")
     saved = torch.load(export(run.path), weights_only=True)
     splits = data.load(exp.data, exp.experiment.seed)
     model = models.build(exp.model, splits.input_shape, splits.num_classes)
@@ -308,7 +308,7 @@ def test_a_job_no_node_can_hold_fails_fast(tiny, tmp_path):
 
     exp = replace(tiny, resources=replace(tiny.resources, backend="ray", num_cpus=1, cpus_per_job=2.0))
     with pytest.raises(ConfigError, match="cpus_per_job: 2 CPUs per job, but the largest node .* has 1"):
-        runs.start(exp, tmp_path / "run")
+        launch.start(exp, tmp_path / "run")
     assert not ray.is_initialized()  # the Ray it started is stopped again
 
 
@@ -476,7 +476,7 @@ def test_results_must_answer_their_jobs(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr("neuroevo_sparse.evaluators.local.LocalEvaluator", Shuffled)
     with pytest.raises(RuntimeError, match="returned results for individuals"):
-        runs.start(tiny, tmp_path / "run")
+        launch.start(tiny, tmp_path / "run")
 
 
 def test_a_port_where_something_else_listens_fails_in_seconds(tiny_toml, tmp_path):

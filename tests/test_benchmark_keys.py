@@ -176,10 +176,11 @@ def test_stale_stored_runs_are_named_by_the_report_and_block_nothing(tmp_path, m
     assert paper_claims.stale_groups(jobs) == {"suite/threshold-f1": [1]}
     monkeypatch.setattr(paper_claims, "jobs_of", lambda name, seeds: jobs if name == "small" else [])
     lines = "\n".join(paper_claims.staleness_lines([0, 1]))
-    assert "`suite/threshold-f1` (seeds 1)" in lines
+    assert "`suite/threshold-f1` (seeds 1)" in lines  # part of a suite: named run by run
     assert "python benchmarks/paper_claims.py --suites small" in lines
     _stale(jobs[:1])
     assert paper_claims.stale_groups(jobs) == {"suite/threshold-f1": [0, 1]}
+    assert "- small: every stored run (2 runs)" in "\n".join(paper_claims.staleness_lines([0, 1]))
     paper_claims.rekey(jobs)  # re-keyed by proof: nothing stale any more
     assert "Every stored run carries the key" in "\n".join(paper_claims.staleness_lines([0, 1]))
 
@@ -195,4 +196,27 @@ def test_the_machine_line_names_the_cpu_where_recorded_and_reads_older_records(t
     paper_claims.MACHINE.write_text(json.dumps(record))
     assert paper_claims.machine_line().startswith("Machine: 2 CPU cores (x86_64, AMD EPYC 7B13, AVX2), no GPU")
     paper_claims.record_machine()
-    assert paper_claims.machine_line().startswith(f"Machine: 2 CPU cores (x86_64, {paper_claims.machine.cpu()['model']}")
+    assert paper_claims.machine_line().startswith(f"Machine: 2 CPU cores (x86_64, {paper_claims.harness.cpu()['model']}")
+
+
+def test_a_stored_result_names_its_code_and_an_edit_makes_it_stale_not_failing(tmp_path, monkeypatch):
+    """harness.stamp records what made a result; after an edit to the C kernels or to the
+    structure rules the result is reported stale, with its refresh command, and still reads."""
+    import harness
+    monkeypatch.setattr(sys, "argv", ["benchmarks/kernels.py", "--repeats", "1"])
+    result = {"rows": [1, 2], **harness.stamp("neuroevo_sparse.train.single")}
+    harness.write(tmp_path / "r.json", result)
+    stored = harness.read(tmp_path / "r.json")
+    assert stored["rows"] == [1, 2] and harness.staleness(stored) is None
+    assert stored["made_with"]["machine"]["cpu"]["cores"] >= 1
+
+    copy = tmp_path / "neuroevo_sparse"
+    shutil.copytree(cache_key.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    monkeypatch.setattr(cache_key, "PACKAGE", copy)
+    for edited in (copy / "train" / "_kernels.c", copy / "topology" / "structure.py"):
+        edited.write_text(edited.read_text() + "\n/* an edit */\n" if edited.suffix == ".c" else
+                          edited.read_text() + "\n# an edit\n")
+        line = harness.staleness(stored)
+        assert line is not None and line.startswith("stale: made") and \
+            "refresh with `python benchmarks/kernels.py --repeats 1`" in line
+    assert "before results were stamped" in harness.staleness({"rows": []})

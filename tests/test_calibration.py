@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from neuroevo_sparse.train import calibration, paths
-from neuroevo_sparse import config, launch as runs
+from neuroevo_sparse import config, launch
 from neuroevo_sparse.problem import data
 from neuroevo_sparse.train.calibration import Plan, plan_for
 from neuroevo_sparse.config import ConfigError
@@ -112,19 +112,19 @@ def test_a_plan_chooses_the_sparse_layers_of_a_vectorised_group(tiny):
 def test_a_run_stores_its_plan_and_resume_uses_it_whatever_the_cache_says(tiny_toml, tmp_path, cache,
                                                                            monkeypatch, caplog):
     exp = config.load(tiny_toml, [f'output.root="{tmp_path}"', "evolution.generations=1"])
-    run, _ = runs.start(exp)
+    run, _ = launch.start(exp)
     stored = json.loads(run.plan_path.read_text())
     assert Plan.from_json(stored, "plan.json").label in json.dumps(stored["seconds"])
     cache.write_text("{}")                     # a later measurement might choose otherwise
     def measuring(*args):
         raise AssertionError("a resumed run measured its path again")
-    monkeypatch.setattr(runs, "plan_for", measuring)
+    monkeypatch.setattr(launch, "plan_for", measuring)
     with caplog.at_level(logging.INFO, logger="neuroevo_sparse"):
-        runs.resume(run.path, generations=2)
+        launch.resume(run.path, generations=2)
     assert "(as the run started:" in caplog.text
     run.plan_path.write_text('{"vectorise": "yes"}')
     with pytest.raises(ConfigError, match="not a training plan") as bad:
-        runs.resume(run.path, generations=3)
+        launch.resume(run.path, generations=3)
     assert str(run.plan_path) in str(bad.value)
     assert run.has_checkpoint() and len(run.read_history().generation.unique()) == 3
 

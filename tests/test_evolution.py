@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neuroevo_sparse import runs
+from neuroevo_sparse import launch
 from neuroevo_sparse.evaluators.local import LocalEvaluator
 from neuroevo_sparse.store.history import NONDETERMINISTIC
 
@@ -14,7 +14,7 @@ METRICS_ONLY = lambda df: df.drop(columns=["run_id", *NONDETERMINISTIC])  # noqa
 
 
 def test_end_to_end_history(tiny, tmp_path):
-    run, state = runs.start(tiny, tmp_path / "run")
+    run, state = launch.start(tiny, tmp_path / "run")
     df = pd.read_parquet(run.path / "history")
     mu, lam, G = tiny.evolution.population, tiny.n_offspring, tiny.evolution.generations
     assert len(df) == mu + G * (mu + lam)
@@ -34,18 +34,18 @@ def test_end_to_end_history(tiny, tmp_path):
 
 
 def test_density_stays_at_target(tiny, tmp_path):
-    run, _ = runs.start(tiny, tmp_path / "run")
+    run, _ = launch.start(tiny, tmp_path / "run")
     df = pd.read_parquet(run.path / "history")
     assert np.allclose(df.density, tiny.sparsity.density, atol=0.005)
 
 
 def test_same_seed_same_history(tiny, tmp_path):
-    a, _ = runs.start(tiny, tmp_path / "a")
-    b, _ = runs.start(tiny, tmp_path / "b")
+    a, _ = launch.start(tiny, tmp_path / "a")
+    b, _ = launch.start(tiny, tmp_path / "b")
     ha, hb = pd.read_parquet(a.path / "history"), pd.read_parquet(b.path / "history")
     pd.testing.assert_frame_equal(METRICS_ONLY(ha), METRICS_ONLY(hb))
     other = dataclasses.replace(tiny, experiment=dataclasses.replace(tiny.experiment, seed=8))
-    c, _ = runs.start(other, tmp_path / "c")
+    c, _ = launch.start(other, tmp_path / "c")
     assert not METRICS_ONLY(ha).equals(METRICS_ONLY(pd.read_parquet(c.path / "history")))
 
 
@@ -53,7 +53,7 @@ def test_same_seed_same_history(tiny, tmp_path):
 def test_fitness_modes(tiny, tmp_path, mode):
     exp = dataclasses.replace(tiny, fitness=dataclasses.replace(
         tiny.fitness, mode=mode, objectives=["val_accuracy", "active_params"], weights=[1.0, -1e-5]))
-    run, state = runs.start(exp, tmp_path / "run")
+    run, state = launch.start(exp, tmp_path / "run")
     df = pd.read_parquet(run.path / "history")
     assert df.fitness.map(len).eq(1 if mode == "weighted" else 2).all()
 
@@ -71,7 +71,7 @@ class PoisonOne(LocalEvaluator):
 
 def test_nan_individual_does_not_stop_the_run(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr("neuroevo_sparse.evaluators.local.LocalEvaluator", PoisonOne)
-    run, state = runs.start(tiny, tmp_path / "run")
+    run, state = launch.start(tiny, tmp_path / "run")
     df = pd.read_parquet(run.path / "history")
     bad = df[df.status == "diverged"]
     assert len(bad.individual_id.unique()) == tiny.evolution.generations + 1
@@ -95,7 +95,7 @@ def test_test_split_scores_only_the_chosen_and_changes_nothing_else(tiny, tmp_pa
     for which in ("all", "chosen"):
         exp = dataclasses.replace(tiny, fitness=fitness, sparsity=sparsity,
                                   output=dataclasses.replace(tiny.output, test_accuracy=which))
-        run, _ = runs.start(exp, tmp_path / which)
+        run, _ = launch.start(exp, tmp_path / which)
         runs_by[which] = pd.read_parquet(run.path / "history")
     full, chosen = runs_by["all"], runs_by["chosen"]
     assert full.test_accuracy.notna().all()
@@ -118,7 +118,7 @@ def test_final_scores_the_test_split_once_in_the_last_generation(tiny, tmp_path)
     by = {}
     for which in ("chosen", "final"):
         exp = dataclasses.replace(tiny, output=dataclasses.replace(tiny.output, test_accuracy=which))
-        run, _ = runs.start(exp, tmp_path / which)
+        run, _ = launch.start(exp, tmp_path / which)
         by[which] = pd.read_parquet(run.path / "history")
     chosen, final = by["chosen"], by["final"]
     last = tiny.evolution.generations

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import histories_over_layouts
-from neuroevo_sparse import config, launch as runs
+from neuroevo_sparse import config, launch
 from neuroevo_sparse.problem import data
 from neuroevo_sparse.train import kernels
 from neuroevo_sparse.topology.genome import Init, random_genome, target_counts
@@ -95,7 +95,7 @@ def _halving(tiny, **evolution):
 
 def test_halving_trains_the_best_on_and_stops_the_others(tiny, tmp_path):
     exp = _halving(tiny)
-    run, _ = runs.start(exp, tmp_path / "run")
+    run, _ = launch.start(exp, tmp_path / "run")
     h = pd.read_parquet(run.path / "history")
     trained = h[h.evaluated]
     total, stop = exp.training.steps, round(0.25 * exp.training.steps)
@@ -135,7 +135,7 @@ def test_the_progress_ends_at_its_total_when_first_parts_fail(tiny, tmp_path, mo
     monkeypatch.setattr(local, "LocalEvaluator", FailAllButOne)
     monkeypatch.setattr(evolution, "Progress", Recorded)
     exp = _halving(tiny)
-    runs.start(replace(exp, resources=replace(exp.resources, backend="local")), tmp_path / "run")
+    launch.start(replace(exp, resources=replace(exp.resources, backend="local")), tmp_path / "run")
     bar, = bars
     # Generation 0 trains 6, generations 1 and 2 7 each, and 3, 4 and 4 were planned to go on;
     # one goes on in each.
@@ -152,7 +152,7 @@ def test_halving_does_not_depend_on_the_workers(tiny, tmp_path):
 
 
 def test_without_halving_nothing_stops(tiny, tmp_path):
-    run, _ = runs.start(replace(tiny, evolution=replace(tiny.evolution, population=4)), tmp_path / "run")
+    run, _ = launch.start(replace(tiny, evolution=replace(tiny.evolution, population=4)), tmp_path / "run")
     h = pd.read_parquet(run.path / "history")
     assert set(h[h.evaluated].steps) == {tiny.training.steps}
 

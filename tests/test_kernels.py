@@ -165,11 +165,11 @@ def test_a_damaged_library_is_named_as_such(tmp_path):
 
 
 def test_native_kernels_missing_is_refused_before_the_run_dir_exists(tmp_path, monkeypatch):
-    from neuroevo_sparse import runs
+    from neuroevo_sparse import launch
 
     exp = config.from_dict({"data": {"dataset": "digits"}, "training": {"cpu_kernels": "native"},
                             "resources": {"backend": "local"}, "evolution": {"generations": 1}})
     monkeypatch.setattr(kernels, "_library", lambda: None)
     with pytest.raises(ConfigError, match="training.cpu_kernels: 'native'"):
-        runs.start(exp, tmp_path / "run")
+        launch.start(exp, tmp_path / "run")
     assert not (tmp_path / "run").exists()

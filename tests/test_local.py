@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import comparable_history
-from neuroevo_sparse import config, runs
+from neuroevo_sparse import config, launch
 from neuroevo_sparse.evaluators.local import LocalEvaluator, local_slots
 
 
@@ -52,7 +52,7 @@ def _jobs(tiny: config.Experiment, n: int):
 def test_threads_give_the_history_of_one_group_after_another(tiny, tmp_path, group):
     histories = {}
     for cpus in (1, 3):
-        run, _ = runs.start(_threaded(tiny, cpus, group), tmp_path / f"cpus{cpus}")
+        run, _ = launch.start(_threaded(tiny, cpus, group), tmp_path / f"cpus{cpus}")
         histories[cpus] = comparable_history(run.path)
     pd.testing.assert_frame_equal(histories[1], histories[3])
     assert histories[3].evaluated.sum() == 6 + 2 * 7  # several groups in every generation

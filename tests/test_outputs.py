@@ -10,7 +10,7 @@ from torch import nn
 
 from conftest import neuroevo_cmd
 from neuroevo_sparse.problem import data
-from neuroevo_sparse import launch as runs
+from neuroevo_sparse import launch
 from neuroevo_sparse.train.core import DeviceData, evaluate
 
 
@@ -21,7 +21,7 @@ def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("out")
     (root / "t.toml").write_text(TINY)
     exp = config.load(root / "t.toml", ["evolution.generations=3"])
-    run, _ = runs.start(exp, root / "run")
+    run, _ = launch.start(exp, root / "run")
     return exp, run.path
 
 

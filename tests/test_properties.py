@@ -12,7 +12,7 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from neuroevo_sparse import config, runs
+from neuroevo_sparse import config, launch
 from neuroevo_sparse.config import ConfigError
 from neuroevo_sparse.evolve.loop import Evolution
 
@@ -83,7 +83,7 @@ class Watch(Evolution):
 def test_random_configurations_keep_the_invariants(exp, tmp_path_factory, monkeypatch):
     monkeypatch.setattr("neuroevo_sparse.launch.Evolution", Watch)
     root = tmp_path_factory.mktemp("prop")
-    whole, state = runs.start(exp, root / "whole")
+    whole, state = launch.start(exp, root / "whole")
     h = pd.read_parquet(whole.path / "history")
     assert len(h) == exp.evolution.population + 2 * (exp.evolution.population + exp.n_offspring)
     born = h[h.born == h.generation]
@@ -92,8 +92,8 @@ def test_random_configurations_keep_the_invariants(exp, tmp_path_factory, monkey
         for name, m in g.masks.items():
             assert not g.weights[name][~m].any()
     # stopped after generation 1 and resumed == never stopped
-    part, _ = runs.start(replace(exp, evolution=replace(exp.evolution, generations=1)), root / "part")
-    runs.resume(part.path, generations=2)
+    part, _ = launch.start(replace(exp, evolution=replace(exp.evolution, generations=1)), root / "part")
+    launch.resume(part.path, generations=2)
     pd.testing.assert_frame_equal(comparable_history(whole.path), comparable_history(part.path))
 
 
@@ -155,6 +155,6 @@ def local_ray():
 @given(exp=experiments())
 def test_random_configurations_give_the_same_history_on_ray(exp, local_ray, tmp_path_factory):
     root = tmp_path_factory.mktemp("backends")
-    local, _ = runs.start(exp, root / "local")
-    on_ray, _ = runs.start(replace(exp, resources=replace(exp.resources, backend="ray")), root / "ray")
+    local, _ = launch.start(exp, root / "local")
+    on_ray, _ = launch.start(replace(exp, resources=replace(exp.resources, backend="ray")), root / "ray")
     pd.testing.assert_frame_equal(comparable_history(local.path), comparable_history(on_ray.path))

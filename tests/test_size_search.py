@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import TINY, comparable_history, neuroevo_cmd
-from neuroevo_sparse import config, launch as runs
+from neuroevo_sparse import config, launch
 from neuroevo_sparse.problem import models
 from neuroevo_sparse.evolve import operators
 from neuroevo_sparse.report.tables import tables as report
@@ -163,7 +163,7 @@ def test_fixed_size_runs_give_the_stored_histories(case, tmp_path):
                         "evolution.crossover_prob=0.9", "evolution.mutation_prob=0.5"],
     }[case]
     (tmp_path / "t.toml").write_text(TINY)
-    run, _ = runs.start(config.load(tmp_path / "t.toml", sets + ['output.test_accuracy="all"']), tmp_path / "run")
+    run, _ = launch.start(config.load(tmp_path / "t.toml", sets + ['output.test_accuracy="all"']), tmp_path / "run")
     want = pd.read_parquet(DATA / f"{case}.parquet")
     got = comparable_history(run.path)
     assert set(got.columns) - set(want.columns) <= {"hypervolume"}
@@ -175,7 +175,7 @@ def pareto_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pareto")
     (root / "t.toml").write_text(TINY)
     exp = config.load(root / "t.toml", PARETO + ["evolution.generations=5"])
-    run, _ = runs.start(exp, root / "run")
+    run, _ = launch.start(exp, root / "run")
     return exp, run.path
 
 
@@ -276,7 +276,7 @@ def test_size_keys_are_checked(tmp_path):
         config.load(tmp_path / "t.toml", ["evolution.resize_fraction=1.0"])
     exp = config.load(tmp_path / "t.toml", PARETO + ["sparsity.min_density=0.0001", 'sparsity.init="uniform"'])
     with pytest.raises(ConfigError, match="sparsity.min_density: 0.0001 leaves"):
-        runs.start(exp, tmp_path / "run")
+        launch.start(exp, tmp_path / "run")
 
 
 def test_every_member_of_the_front_carries_its_test_accuracy(pareto_run):
