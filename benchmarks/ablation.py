@@ -88,12 +88,12 @@ def apply_patch(patch: str | None) -> None:
 
 
 def run_one(row: str, density: float, seed: int) -> dict:
-    from neuroevo_sparse import runs
+    from neuroevo_sparse import launch
 
     apply_patch(ROWS[row][2])
     exp = experiment(row, density, seed)
     with tempfile.TemporaryDirectory() as tmp:
-        run, _ = runs.start(exp, Path(tmp) / "run")
+        run, _ = launch.start(exp, Path(tmp) / "run")
         h = run.read_history()
     e = h[h.evaluated]
     best = e.sort_values(["val_accuracy", "individual_id"], ascending=[False, True]).iloc[0]

@@ -51,7 +51,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import machine  # benchmarks/machine.py: the script's own directory is on sys.path
+import harness  # benchmarks/harness.py: the script's own directory is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "experiments" / "ga_work.toml"
@@ -234,7 +234,7 @@ def described(sets: list[str]) -> str:
 def summarise(runs: list[dict], dense: list[dict], peak: float, sets: list[str]) -> str:
     how = described(sets)
     lines = [f"End to end: the framework ({how}) against the hand-written GA, same work; "
-             f"medians over seeds ({machine.described()}, dense matmul peak {peak:.1f} GFLOP/s)",
+             f"medians over seeds ({harness.described()}, dense matmul peak {peak:.1f} GFLOP/s)",
              f"{'density':>7} {'ref wall s':>10} {'fw wall s':>9} {'fw/ref':>6} {'ref GF/s':>8} {'fw GF/s':>7} "
              f"{'time to ref acc':>15} {'ref test':>15} {'fw test':>15} {'fw - ref':>8} {'p':>5}"]
     for d in sorted({r["density"] for r in runs}):
@@ -352,7 +352,7 @@ def main() -> None:
         print(text)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"command": "python benchmarks/end_to_end.py " + " ".join(sys.argv[1:]),
-                                        "machine": platform.machine(), "cpu": machine.cpu(), "sets": args.sets,
+                                        "machine": platform.machine(), "cpu": harness.cpu(), "sets": args.sets,
                                         "paths": rows,
                                         "table": text}, indent=1))
         return
@@ -388,7 +388,7 @@ def main() -> None:
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": "python benchmarks/end_to_end.py " + " ".join(sys.argv[1:]),
-                                    "machine": platform.machine(), "cpu": machine.cpu(), "peak_gflops": peak,
+                                    "machine": platform.machine(), "cpu": harness.cpu(), "peak_gflops": peak,
                                     "sets": args.sets,
                                     "runs": runs, "dense": dense, "table": text}, indent=1))
 

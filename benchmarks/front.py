@@ -145,11 +145,11 @@ def run_baseline(method: str, density: float, seed: int) -> dict:
 
 def run_ga(seed: int) -> dict:
     from neuroevo_sparse.report.tables import tables as report
-    from neuroevo_sparse import launch as runs
+    from neuroevo_sparse import launch
 
     exp = ga_experiment(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        run, _ = runs.start(exp, Path(tmp) / "run")
+        run, _ = launch.start(exp, Path(tmp) / "run")
         h = report.load(run.path)
     ev = report.evaluations(h)
     front = report.pareto_front(h)
@@ -162,11 +162,11 @@ def run_ga(seed: int) -> dict:
 
 def run_alloc(name: str, seed: int) -> dict:
     from neuroevo_sparse.report.tables import tables as report
-    from neuroevo_sparse import launch as runs
+    from neuroevo_sparse import launch
 
     exp = allocation_experiment(name, seed)
     with tempfile.TemporaryDirectory() as tmp:
-        run, _ = runs.start(exp, Path(tmp) / "run")
+        run, _ = launch.start(exp, Path(tmp) / "run")
         h = report.load(run.path)
     best = report.by_validation(report.evaluations(h).assign(generation=0)).iloc[0]
     layers = {c.removeprefix("density."): float(best[c]) for c in h.columns if c.startswith("density.")}

@@ -31,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import harness  # noqa: E402  (benchmarks/, the script's own folder, is on sys.path)
 from neuroevo_sparse.train import kernels  # noqa: E402
 from neuroevo_sparse.train.sparse import Pattern, _sampled  # noqa: E402
 
@@ -104,10 +105,8 @@ def main() -> None:
     text = table(rows)
     print(f"kernels: {kernels.status()}; {platform.processor() or platform.machine()}, torch {torch.__version__}")
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": " ".join(sys.argv), "kernels": kernels.status(),
-                                    "torch": torch.__version__, "machine": platform.machine(),
-                                    "rows": rows, "table": text}, indent=1))
+    harness.write(args.out, {"kernels": kernels.status(), "rows": rows, "table": text,
+                             **harness.stamp("neuroevo_sparse.train.kernels")})
 
 
 if __name__ == "__main__":

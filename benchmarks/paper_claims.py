@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cache_key import run_key  # noqa: E402
-import machine  # noqa: E402
+import harness  # noqa: E402
 
 from neuroevo_sparse import config
 from neuroevo_sparse.problem import data
@@ -181,11 +181,15 @@ def staleness_lines(seeds: list[int]) -> list[str]:
     if not stale:
         return ["Every stored run carries the key of the current code and config.", ""]
     lines = ["**Stale results.** These stored runs were made by other code, config or versions than the "
-             "current ones; their numbers are shown as stored and may differ from what the current code "
-             "gives:", ""]
+             "current ones (an edit to any module a run imports makes it stale); their numbers are shown as "
+             "stored and may differ from what the current code gives:", ""]
     for name, groups in stale.items():
-        cells = ", ".join(f"`{g}` (seeds {' '.join(map(str, sorted(s)))})" for g, s in sorted(groups.items()))
-        lines.append(f"- {name}: {cells}")
+        stored = sum(j.path.is_file() for j in jobs_of(name, seeds))
+        if sum(map(len, groups.values())) == stored:
+            lines.append(f"- {name}: every stored run ({sum(map(len, groups.values()))} runs)")
+        else:
+            lines.append(f"- {name}: " + ", ".join(f"`{g}` (seeds {' '.join(map(str, sorted(s)))})"
+                                                   for g, s in sorted(groups.items())))
     lines += ["", "Refresh them with `python benchmarks/paper_claims.py --suites " + " ".join(stale)
               + "` (retrains the stale runs), or `--rekey` to re-key the groups whose lowest seed "
               "reproduces exactly.", ""]
@@ -201,10 +205,10 @@ def execute(job: Job) -> dict:
                 "train_fraction": job.exp.data.train_fraction, "dataset": job.exp.data.dataset,
                 "converged_epoch": run.converged_epoch, "wall_s": time.perf_counter() - start,
                 "records": [dataclasses.asdict(r) for r in run.records]}
-    from neuroevo_sparse import runs
+    from neuroevo_sparse import launch
 
     with tempfile.TemporaryDirectory() as tmp:
-        run, _ = runs.start(replace(job.exp, output=replace(job.exp.output, root=tmp)))
+        run, _ = launch.start(replace(job.exp, output=replace(job.exp.output, root=tmp)))
         h = run.read_history()
     per_gen = []
     for g, rows in h[h.selected].groupby("generation"):  # the best survivor by validation
@@ -406,8 +410,7 @@ def load_stored(name: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+mean_sd = harness.mean_sd
 
 
 def summarise(results: list[dict]) -> dict[tuple[str, float], dict]:
@@ -807,7 +810,7 @@ def record_machine() -> None:
     page rebuilt elsewhere or on another day is the same page."""
     import torch
     MACHINE.parent.mkdir(parents=True, exist_ok=True)
-    MACHINE.write_text(json.dumps({"cpus": os.cpu_count(), "machine": platform.machine(), "cpu": machine.cpu(),
+    MACHINE.write_text(json.dumps({"cpus": os.cpu_count(), "machine": platform.machine(), "cpu": harness.cpu(),
                                    "gpu": torch.cuda.is_available(), "python": platform.python_version(),
                                    "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}, indent=1))
 
@@ -818,7 +821,7 @@ def machine_line() -> str:
     except (OSError, ValueError):
         return "Machine: not recorded (runs made before benchmarks/results/paper/machine.json existed)."
     cpu = m.get("cpu")  # machine.json written before 2026-12-03 has no "cpu"
-    model = f", {machine.label(cpu)}" if isinstance(cpu, dict) else ""
+    model = f", {harness.label(cpu)}" if isinstance(cpu, dict) else ""
     return (f"Machine: {m['cpus']} CPU cores ({m['machine']}{model}), {'a GPU' if m['gpu'] else 'no GPU'}, Python "
             f"{m['python']}, torch {m['torch']}; runs last made {m['date']}.")
 

@@ -53,6 +53,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import harness  # noqa: E402  (benchmarks/, the script's own folder, is on sys.path)
+
 PATHS = ["reference", "per-individual", "vectorised", "sparse", "auto"]
 WORKLOADS = {
     # individuals, steps of the short and the long generation, vmap group size
@@ -278,11 +280,8 @@ def main() -> None:
     for workload in [w for w in args.workloads if "sparse" in APPLIES.get(w, PATHS)]:
         below = [d for d in args.densities if _step(rows, workload, "sparse", d) < _step(rows, workload, "per-individual", d)]
         print(f"{workload}: the sparse step is faster than the dense masked step at densities {below or 'none'}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "benchmark": "throughput", "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
-        "machine": machine, "python": platform.python_version(), "workloads": WORKLOADS, "batch": BATCH,
-        "rows": rows}, indent=1))
+    harness.write(args.json, {"benchmark": "throughput", "workloads": WORKLOADS, "batch": BATCH, "rows": rows,
+                              **harness.stamp("neuroevo_sparse.train.worker")})
     print(f"wrote {args.json}")
 
 
