@@ -115,13 +115,13 @@ PATHS = {AGAIN: [],
          "one-by-one, dense-masked": ['training.vectorise="off"', 'training.sparse_kernels="off"'],
          "vectorised, sparse, native": ['training.vectorise="on"', 'training.sparse_kernels="on"',
                                         'training.cpu_kernels="native"'],
-         # the group size 0.4.2 fixed; "auto" (0.4.3) makes one group per slot
+         # a fixed group size, against "auto"'s one group per slot
          "vectorised, sparse, native, groups of 4": ['training.vectorise="on"', 'training.sparse_kernels="on"',
                                                      'training.cpu_kernels="native"', 'training.vectorise_group=4'],
          "vectorised, sparse, torch": ['training.vectorise="on"', 'training.sparse_kernels="on"',
                                        'training.cpu_kernels="torch"'],
          "vectorised, dense-masked": ['training.vectorise="on"', 'training.sparse_kernels="off"'],
-         # what "auto" chose before 0.4.5, by the thresholds alone
+         # what "auto" chooses by the thresholds alone, without measuring
          RULES: ['training.auto_by="rules"']}
 
 

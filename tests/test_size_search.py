@@ -1,6 +1,6 @@
 """Size is searched (sparsity.fixed = false): grow / prune / move, crossover without repair,
 bounds, the initial spread of sizes, the Pareto archive's hypervolume, picking a point of the
-front; and fixed size keeps the stored histories (0.2.0's where SET is not involved)."""
+front; and fixed size keeps the stored histories in tests/data/fixed_density."""
 
 import json
 import subprocess

@@ -203,8 +203,7 @@ class TrainingConfig:
     init: Literal["kaiming_uniform", "xavier_uniform"] = "kaiming_uniform"
     # What the init counts as a neuron's fan-in: "dense", every position of the layer (as
     # torch initialises a dense layer); "sparse", only its active connections (bound wider by
-    # 1/sqrt(density)). "sparse" was the only behaviour before 0.2; at low density it trains
-    # worse under brief SGD (docs/ABLATION.md).
+    # 1/sqrt(density)). At low density "sparse" trains worse under brief SGD (docs/ABLATION.md).
     init_fan: Literal["dense", "sparse"] = "dense"
     # Train individuals of one generation together, `vectorise_group` at a time, in one
     # batched pass (torch.func.vmap). "auto": for MLPs on GPU, and on CPU for MLPs small
@@ -230,7 +229,7 @@ class TrainingConfig:
     sparse_min_size: int = _range(0, default=100_000)
     # Kernels of those truly sparse layers on a CPU in vectorised groups (where activations are
     # feature-major): "native", the C kernels built at install time (neuroevo_sparse/train/_kernels.c,
-    # about 2.5x torch's CSR forward on one core, benchmarks/kernels.py); "torch", torch's CSR
+    # faster than torch's CSR ops on small layers: benchmarks/kernels.py); "torch", torch's CSR
     # ops; "auto": native where they were built. Resolved once on the driver, so that every
     # worker does the same arithmetic; GPUs always use torch's.
     cpu_kernels: Literal["auto", "native", "torch"] = "auto"
@@ -285,8 +284,8 @@ class StructureConfig:
     # "threshold", "strength"), by the density repair after crossover, and by the structure
     # rules inside `neuroevo train`. "zero": it starts silent and the gradient grows it (RigL);
     # "random": a fresh draw from the layer's init (training.init / init_fan), as SET's
-    # reference code does; the default since 0.2 (better for the GA at 2% and 10% density,
-    # docs/ABLATION.md); "glorot": Glorot/Xavier-uniform on the layer's dense fans whatever
+    # reference code does, and the default, better for the GA at 2% and 10% density
+    # (docs/ABLATION.md); "glorot": Glorot/Xavier-uniform on the layer's dense fans whatever
     # training.init says, the scale SET's reference code draws newborns at. One key for every
     # context, so a GA and a single network compared side by side grow connections the same way.
     new_weights: Literal["zero", "random", "glorot"] = "random"
@@ -371,7 +370,7 @@ class OutputConfig:
     # reaches (evolution.generations, or the one a stop request ends it after): one test pass
     # at the end, as a hand-written GA does, instead of one per generation's newcomers to the
     # archive; earlier generations' rows hold null. "all": every evaluated individual, in its
-    # training job (as before 0.3). Test accuracy never steers the search, so this changes no
+    # training job. Test accuracy never steers the search, so this changes no
     # other column.
     test_accuracy: Literal["chosen", "final", "all"] = "chosen"
 

@@ -4,9 +4,8 @@ sparse layers of the vectorised MLP path on a CPU.
 Activations there are feature-major, so a sparse product is, per active weight, a multiply-add
 of two contiguous rows of the batch: forward `W h`, input gradient `W^T dy` (the same kernel on
 the transposed pattern) and the sampled weight gradient `(dy h^T)` at the active positions.
-On one core, against torch's CSR ops (MKL) on a group of 4 of the 784x300 layer at 2-10%, batch
-128: forward 2.6-2.7x, input gradient 2.8-5.3x, sampled weight gradient 1.1-2.1x
-(benchmarks/kernels.py, benchmarks/results/kernels.json). Without the built library
+They exist because torch's CSR ops pay a per-call cost that groups of small layers do not
+repay (how much faster: benchmarks/kernels.py, docs/performance.md). Without the built library
 everything falls back to torch's CSR ops: same results up to float rounding.
 """
 

@@ -62,7 +62,7 @@ VECTORISE_CPU_MAX_PARAMS = 100_000
 def _vectorise(exp: Experiment, arch: Architecture) -> bool:
     """"auto": MLPs on a GPU; on a CPU, small MLPs and MLPs with a layer that starts truly
     sparse (its block-diagonal sparse matmul over the group beats one sparse matmul per
-    individual, 1.3x at 784-300-100-10 / 10%); other networks (CNNs, your own) on a GPU only,
+    individual: benchmarks/throughput.py); other networks (CNNs, your own) on a GPU only,
     where they can be vmapped (grouped convolutions are slower on a CPU). "on" for a network
     that cannot be vmapped trains one by one, and says why once."""
     mode = exp.training.vectorise
