@@ -144,7 +144,7 @@ def run_baseline(method: str, density: float, seed: int) -> dict:
 
 
 def run_ga(seed: int) -> dict:
-    from neuroevo_sparse.report.tables import tables as report
+    from neuroevo_sparse.report import tables as report
     from neuroevo_sparse import launch
 
     exp = ga_experiment(seed)
@@ -161,7 +161,7 @@ def run_ga(seed: int) -> dict:
 
 
 def run_alloc(name: str, seed: int) -> dict:
-    from neuroevo_sparse.report.tables import tables as report
+    from neuroevo_sparse.report import tables as report
     from neuroevo_sparse import launch
 
     exp = allocation_experiment(name, seed)

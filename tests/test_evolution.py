@@ -131,6 +131,6 @@ def test_final_scores_the_test_split_once_in_the_last_generation(tiny, tmp_path)
     assert np.array_equal(scored.test_accuracy, chosen.loc[scored.index, "test_accuracy"])
     # Reports read an individual's metrics from the row of its training; "final" put the test
     # accuracy on its last-generation rows, and the report finds it there.
-    from neuroevo_sparse.report.tables import tables as report
+    from neuroevo_sparse.report import tables as report
     assert report.top(final, 1).test_accuracy.iloc[0] == report.top(chosen, 1).test_accuracy.iloc[0]
     assert pd.notna(report.top(final, 1).test_accuracy.iloc[0])
