@@ -74,7 +74,7 @@ ROWS: dict[str, tuple[str, list[str], str | None, str | None]] = {
 # ------------------------------------------------------------------ one run, in its own process
 
 def apply_patch(patch: str | None) -> None:
-    from neuroevo_sparse.evolve import operators
+    from neuroevo_sparse.evolution import operators
 
     if patch == "no-repair":
         operators.Variation.repair = lambda self, child, targets, rng: child

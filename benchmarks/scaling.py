@@ -47,7 +47,7 @@ from neuroevo_sparse.problem.models import Architecture
 from neuroevo_sparse import config
 from neuroevo_sparse.problem import data  # noqa: E402
 from neuroevo_sparse.evaluators import make as make_evaluator  # noqa: E402
-from neuroevo_sparse.evolve.loop import Evolution  # noqa: E402
+from neuroevo_sparse.evolution.loop import Evolution  # noqa: E402
 from neuroevo_sparse.train.paths import spec_for  # noqa: E402
 from neuroevo_sparse.store import RunDir  # noqa: E402
 

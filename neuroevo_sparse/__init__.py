@@ -1,6 +1,9 @@
 """neuroevo_sparse: genetic-algorithm neuroevolution over sparse topologies.
 
-Data flows one way: config -> evolution -> evaluators -> training -> results -> store.
+Data flows one way, and the subpackages follow it (imports only go down this list):
+api / cli / launch -> report -> evolution -> evaluators -> store -> train -> topology ->
+problem -> config (docs/architecture.md).
+
 The public API (see `neuroevo_sparse.api`):
 
     from neuroevo_sparse import load_experiment, evolve, resume, load_run

@@ -34,7 +34,7 @@ from .config import schema as config
 from .report import tables as report
 from . import launch
 from .config.schema import Experiment
-from .evolve.loop import Callback, GenerationInfo
+from .evolution.loop import Callback, GenerationInfo
 from .report.export import Individual, load_individual
 from .store import RunDir
 

@@ -67,7 +67,7 @@ def _dispatch(args) -> int:
         from .config.schema import ConfigError
         from .problem.data import DatasetError
         from .evaluators import ClusterLost
-        from .evolve.loop import AllFailed
+        from .evolution.loop import AllFailed
         from .report.tables import HistoryError
         from .store.checkpoint import NoValidCheckpoint
 

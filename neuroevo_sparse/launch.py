@@ -15,7 +15,7 @@ from .report import tracking
 from .train.calibration import Plan, plan_for
 from .config.schema import RESUME_SAFE_KEYS, ConfigError, Experiment, diff, to_toml
 from .evaluators import ClusterLost, Cluster, connect, make as make_evaluator
-from .evolve.loop import Callback, Evolution, State
+from .evolution.loop import Callback, Evolution, State
 from .train.jobs import TrainSpec
 from .train.paths import spec_for
 from .problem.models import Architecture

@@ -227,9 +227,9 @@ def test_no_mutation_and_no_crossover_gives_new_individuals(tiny, tmp_path):
 
 
 def test_layer_crossover_with_masked_biases_keeps_weights_inside_masks(tiny, tmp_path):
-    from neuroevo_sparse.evolve import operators
+    from neuroevo_sparse.evolution import operators
     from neuroevo_sparse.evaluators.local import LocalEvaluator
-    from neuroevo_sparse.evolve.loop import Evolution
+    from neuroevo_sparse.evolution.loop import Evolution
     from neuroevo_sparse.topology.genome import Init, random_genome, target_counts
     from neuroevo_sparse.train.paths import spec_for
 
@@ -248,7 +248,7 @@ def test_layer_crossover_with_masked_biases_keeps_weights_inside_masks(tiny, tmp
 
 
 def test_failed_individuals_get_the_worst_value_in_each_direction(tiny):
-    from neuroevo_sparse.evolve.fitness import Objectives
+    from neuroevo_sparse.evolution.fitness import Objectives
     from neuroevo_sparse.topology.genome import Genome
     from neuroevo_sparse.problem.models import LayerInfo
 

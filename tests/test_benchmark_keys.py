@@ -69,9 +69,9 @@ def test_the_code_hash_follows_what_the_entry_point_imports(tmp_path, monkeypatc
     assert {"neuroevo_sparse.topology.structure", "neuroevo_sparse.train.core", "neuroevo_sparse.train.sparse",
             "neuroevo_sparse.problem.models", "neuroevo_sparse.config", "neuroevo_sparse",
             "neuroevo_sparse.train._kernels"} <= set(dst_modules)  # the C kernels' source counts too
-    assert not {"neuroevo_sparse.cli", "neuroevo_sparse.report.plots", "neuroevo_sparse.evolve.operators",
-                "neuroevo_sparse.evolve.loop"} & set(dst_modules)
-    assert {"neuroevo_sparse.evolve.operators", "neuroevo_sparse.evolve.loop", "neuroevo_sparse.evaluators.ray",
+    assert not {"neuroevo_sparse.cli", "neuroevo_sparse.report.plots", "neuroevo_sparse.evolution.operators",
+                "neuroevo_sparse.evolution.loop"} & set(dst_modules)
+    assert {"neuroevo_sparse.evolution.operators", "neuroevo_sparse.evolution.loop", "neuroevo_sparse.evaluators.ray",
             "neuroevo_sparse.store.history", "neuroevo_sparse.train.calibration"
             } <= set(cache_key.modules_of("neuroevo_sparse.launch"))
     # The job types carry a path's decision but import nothing that makes it.

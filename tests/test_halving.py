@@ -112,7 +112,7 @@ def test_halving_trains_the_best_on_and_stops_the_others(tiny, tmp_path):
 def test_the_progress_ends_at_its_total_when_first_parts_fail(tiny, tmp_path, monkeypatch):
     """The total counts every halving generation's second part at its planned size; where first
     parts fail, fewer go on, and the total shrinks by as many."""
-    from neuroevo_sparse.evolve import loop as evolution
+    from neuroevo_sparse.evolution import loop as evolution
     from neuroevo_sparse.evaluators import local
     from neuroevo_sparse.train.jobs import TrainResult
 

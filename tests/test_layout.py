@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "neuroevo_sparse"
 LAYERS = [
     {"neuroevo_sparse", "api", "cli", "__main__", "launch"},
     {"report"},
-    {"evolve"},
+    {"evolution"},
     {"evaluators"},
     {"store"},
     {"train"},
@@ -103,3 +103,11 @@ def test_every_subpackage_says_what_it_owns_and_may_import():
     for init in PACKAGE.glob("*/__init__.py"):
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
         assert "May import" in doc and ("Owns" in doc or "owns" in doc), f"{init}: docstring"
+
+
+def test_no_subpackage_shadows_a_name_of_the_public_api():
+    """`from neuroevo_sparse import evolve` is the API's function: a subpackage of that name
+    would replace it as soon as anything imported the subpackage."""
+    import neuroevo_sparse
+    subpackages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")} | {p.stem for p in PACKAGE.glob("*.py")}
+    assert not set(neuroevo_sparse.__all__) & subpackages

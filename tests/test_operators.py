@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from neuroevo_sparse.problem import models
-from neuroevo_sparse.evolve import operators
+from neuroevo_sparse.evolution import operators
 from neuroevo_sparse.config import ModelConfig, SparsityConfig
 from neuroevo_sparse.topology.genome import Init, random_genome, target_counts
-from neuroevo_sparse.evolve.operators import Variation
+from neuroevo_sparse.evolution.operators import Variation
 
 SHAPE = (1, 8, 8)
 

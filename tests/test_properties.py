@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from neuroevo_sparse import config, launch
 from neuroevo_sparse.config import ConfigError
-from neuroevo_sparse.evolve.loop import Evolution
+from neuroevo_sparse.evolution.loop import Evolution
 
 from conftest import ROOT, TINY, comparable_history
 

@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from conftest import TINY, comparable_history, neuroevo_cmd
 from neuroevo_sparse import config, launch
 from neuroevo_sparse.problem import models
-from neuroevo_sparse.evolve import operators
+from neuroevo_sparse.evolution import operators
 from neuroevo_sparse.report import tables as report
 from neuroevo_sparse.config import ConfigError, ModelConfig, SparsityConfig, StructureConfig
 from neuroevo_sparse.topology.genome import Init, random_genome, target_counts
-from neuroevo_sparse.evolve.operators import Variation
+from neuroevo_sparse.evolution.operators import Variation
 
 SHAPE = (1, 8, 8)
 DATA = Path(__file__).parent / "data" / "fixed_density"

@@ -14,7 +14,7 @@ from neuroevo_sparse import config
 from neuroevo_sparse.problem import data
 from neuroevo_sparse.train import single as dst
 from neuroevo_sparse.topology import structure
-from neuroevo_sparse.evolve.loop import Evolution
+from neuroevo_sparse.evolution.loop import Evolution
 from neuroevo_sparse.evaluators import make as make_evaluator
 from neuroevo_sparse.train.paths import spec_for
 from neuroevo_sparse.store import RunDir

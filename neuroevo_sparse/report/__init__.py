@@ -4,6 +4,6 @@ Owns: the tables of `neuroevo inspect` (tables.py), the figures of `neuroevo plo
 (plots.py), networks out of a run (export.py: `neuroevo export`, `Run.module`) and
 per-generation tracking to TensorBoard and MLflow (tracking.py).
 
-May import: evolve (for the callback's GenerationInfo), store, problem, config. Reading a run
+May import: evolution (for the callback's GenerationInfo), store, problem, config. Reading a run
 never trains anything.
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.schema import ConfigError, Experiment, flatten
-from ..evolve.loop import GenerationInfo
+from ..evolution.loop import GenerationInfo
 
 
 def _require(module: str, key: str, package: str):

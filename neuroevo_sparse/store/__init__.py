@@ -11,7 +11,7 @@ Owns: the layout of a run directory, its atomic writes, the history parts (histo
 the checkpoints with their checksums (checkpoint.py).
 
 May import: config, faults. It stores plain data (numpy arrays, JSON); what the data means
-is the GA's (evolve) and the reports' (report) business.
+is the GA's (evolution) and the reports' (report) business.
 """
 
 from __future__ import annotations

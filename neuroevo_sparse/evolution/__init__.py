@@ -1,4 +1,4 @@
-"""evolve: the genetic algorithm.
+"""evolution: the genetic algorithm.
 
 Owns: the generational loop (loop.py: variation, evaluation through an evaluator,
 Lamarckian write-back, selection, successive halving, history rows and checkpoint state),
