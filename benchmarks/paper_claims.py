@@ -743,7 +743,7 @@ def report(seeds: list[int], docs: Path) -> None:
         if not s:
             if name in ("mnist", "cifar10"):
                 lines += [f"## {title}", "", f"Not run: the dataset is not on this machine. With its files in "
-                          f"place (`data.path`, see README), `python benchmarks/paper_claims.py --suites {name}`.", ""]
+                          f"place (`data.path`, see docs/experiments.md#datasets), `python benchmarks/paper_claims.py --suites {name}`.", ""]
             continue
         methods = [m for m in METHODS if (m, 1.0) in s]
         lines += [f"## {title}", ""] + table(s, methods) + [""]
@@ -795,7 +795,7 @@ def report(seeds: list[int], docs: Path) -> None:
               "The library holds only the abstract and introduction of the paper (arXiv 2103.07674), not its "
               "method section. Method 1 and method 2 here are our reading of what those pages state: connections "
               "die by magnitude during training, new ones are born, the structure converges. See "
-              "`neuroevo_sparse/topology/structure.py` and the README for exactly what each does and which config key "
+              "`neuroevo_sparse/topology/structure.py` and docs/operators.md#structure-rules for exactly what each does and which config key "
               "holds each choice.", ""]
     docs.parent.mkdir(parents=True, exist_ok=True)
     docs.write_text("\n".join(lines) + "\n")

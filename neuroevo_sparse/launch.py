@@ -144,7 +144,7 @@ def _check_checkpoint(run: RunDir, loaded, original: Experiment, exp: Experiment
     written_by = str(loaded.state.get("versions", {}).get("neuroevo_sparse", "unknown"))
     if written_by.split(".")[:2] != __version__.split(".")[:2]:
         raise ConfigError([f"its checkpoints were written by neuroevo_sparse {written_by}; this is {__version__}, "
-                           f"whose defaults and operators differ (see the README), so resuming would not continue "
+                           f"whose defaults and operators differ (see CHANGELOG.md), so resuming would not continue "
                            f"the same run: finish it with {written_by}, or start a new run"],
                           source=f"resuming {run.path}")
     done = loaded.state["generation"]
