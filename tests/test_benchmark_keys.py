@@ -85,7 +85,7 @@ def test_the_code_hash_follows_what_the_entry_point_imports(tmp_path, monkeypatc
     before = {e: cache_key.code_hash(e) for e in ("neuroevo_sparse.train.single", "neuroevo_sparse.launch")}
     (copy / "cli.py").write_text((copy / "cli.py").read_text() + "\n# an edit outside training\n")
     assert {e: cache_key.code_hash(e) for e in before} == before
-    (copy / "evolve" / "operators.py").write_text((copy / "evolve" / "operators.py").read_text() + "\n# a GA edit\n")
+    (copy / "evolution" / "operators.py").write_text((copy / "evolution" / "operators.py").read_text() + "\n# a GA edit\n")
     assert cache_key.code_hash("neuroevo_sparse.train.single") == before["neuroevo_sparse.train.single"]
     assert cache_key.code_hash("neuroevo_sparse.launch") != before["neuroevo_sparse.launch"]
     (copy / "train" / "calibration.py").write_text((copy / "train" / "calibration.py").read_text() + "\n# a run's edit\n")
