@@ -122,13 +122,23 @@ def key_of(row: str, density: float, seed: int) -> str:
 
 # ------------------------------------------------------------------ the table
 
-def stored(row: str, density: float, seed: int) -> dict | None:
+def stored(row: str, density: float, seed: int, stale_ok: bool = False) -> dict | None:
+    """The stored run, if its key is the current one (or, with `stale_ok`, whatever made it:
+    the report shows stale runs, marked, rather than hide them)."""
     path = OUT / f"{row}-d{density:g}-s{seed}.json"
     try:
         r = json.loads(path.read_text())
     except (OSError, ValueError):  # not run yet, or a damaged file: run it again
         return None
-    return r if isinstance(r, dict) and r.get("key") == key_of(row, density, seed) else None
+    if not isinstance(r, dict):
+        return None
+    return r if stale_ok or r.get("key") == key_of(row, density, seed) else None
+
+
+def stale_runs() -> list[str]:
+    """Stored runs that another version or config made: shown, and named on the page."""
+    return sorted(f"{row}-d{d:g}-s{s}" for row in ["reference", *ROWS] for d in DENSITIES for s in SEEDS
+                  if stored(row, d, s, stale_ok=True) is not None and stored(row, d, s) is None)
 
 
 def run_and_store(row: str, density: float, seed: int) -> dict:
@@ -157,7 +167,7 @@ def run_and_store(row: str, density: float, seed: int) -> dict:
 
 def report(rows: list[str], densities: list[float]) -> str:
     def cell(row, d):
-        tests = [r["test"] for s in SEEDS if (r := stored(row, d, s)) is not None]
+        tests = [r["test"] for s in SEEDS if (r := stored(row, d, s, stale_ok=True)) is not None]
         if len(tests) < len(SEEDS):
             return None
         return statistics.mean(tests), statistics.stdev(tests)
@@ -195,6 +205,11 @@ def report(rows: list[str], densities: list[float]) -> str:
                 effects.append((c[0] - b[0], row))
         effects.sort(key=lambda e: -abs(e[0]))
         lines.append(f"- {d:.0%}: " + ", ".join(f"`{row}` {delta:+.4f}" for delta, row in effects))
+    stale = stale_runs()
+    if stale:
+        lines += ["", f"**Stale results.** {len(stale)} of the stored runs were made by another version or config "
+                  "than the current ones and are shown as stored; `python benchmarks/ablation.py` retrains them: "
+                  + ", ".join(f"`{n}`" for n in stale[:12]) + (" ..." if len(stale) > 12 else "") + "."]
     return "\n".join(lines) + "\n"
 
 
