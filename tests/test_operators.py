@@ -65,6 +65,25 @@ def test_mutation_preserves_layer_density(kind, mutate):
         g = child
 
 
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("method,threshold,regrow_ratio,max_fraction", [
+    ("threshold", 0.5, 0.5, 0.3), ("strength", 0.5, 0.0, 0.3), ("threshold", 8.0, 0.0, 1.0)])
+def test_structure_mutations_keep_a_fixed_size(kind, method, threshold, regrow_ratio, max_fraction):
+    """Issue 38, 6: with sparsity.fixed = true the seed paper's rules, whose regrow_ratio < 1
+    regrows fewer than died, still leave every layer at its count (density fell 0.200 -> 0.188
+    in four generations; threshold 8 with no regrowth emptied every layer)."""
+    from neuroevo_sparse.config import StructureConfig
+
+    var, template, info, counts = setup(kind)
+    params = StructureConfig(threshold=threshold, regrow_ratio=regrow_ratio, max_fraction=max_fraction)
+    rng = np.random.default_rng(11)
+    g = population(template, info, counts, 1, rng)[0]
+    for generation in range(4):
+        child = operators.mut_structure(var, g, 100 + generation, generation, rng, method=method, params=params)
+        check_invariants(child, counts)
+        g = child
+
+
 def test_parents_are_never_modified():
     var, template, info, counts = setup()
     rng = np.random.default_rng(2)

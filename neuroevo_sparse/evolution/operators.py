@@ -270,7 +270,11 @@ def mut_structure(var: Variation, g: Genome, gid: int, generation: int, rng: np.
                                   max_fraction=params.max_fraction, regrow_ratio=params.regrow_ratio)
         if len(change.added):
             w[change.added] = var.born(name, len(change.added), int(mask.sum()), rng)
-    if var.bounds is not None:  # regrow_ratio < 1 shrinks: never below min_density
+    # regrow_ratio < 1 regrows fewer than died: with sizes searched that is a smaller network,
+    # never below min_density; at a fixed size every layer gets back its parent's count.
+    if var.bounds is None:
+        var.resize(masks, weights, {n: g.active(n) for n in masks}, rng)
+    else:
         var.resize(masks, weights, var.fit({n: int(m.sum()) for n, m in masks.items()}), rng)
     return _child(gid, (g,), generation, f"mut_{method}", masks, weights)
 
