@@ -166,3 +166,31 @@ def test_halving_out_of_range_is_a_config_error(tiny_toml, key, value):
 
 def test_halving_is_part_of_the_config_hash(tiny):
     assert replace(tiny, evolution=replace(tiny.evolution, halving_at=0.5)).hash() != tiny.hash()
+
+
+def test_an_individual_failing_in_the_second_part_is_one_failure_not_the_end_of_the_run(tiny, tmp_path,
+                                                                                      monkeypatch):
+    """Issue 38, 1: the kept individual diverges in the second part while the others trained
+    fine in the first; the run records it as failed and goes on (it used to stop with AllFailed,
+    on every resume too)."""
+    from neuroevo_sparse.evaluators import local
+    from neuroevo_sparse.jobs import TrainResult
+
+    class SecondPartsDiverge(local.LocalEvaluator):
+        def evaluate(self, jobs, on_result=None):
+            if not jobs or jobs[0].resume is None:
+                return super().evaluate(jobs, on_result)
+            out = [TrainResult(j.individual_id, j.weights, status="diverged", steps=13,
+                               error="loss became nan at step 13 of 60") for j in jobs]
+            for r in out if on_result else ():
+                on_result(r)
+            return out
+
+    monkeypatch.setattr(local, "LocalEvaluator", SecondPartsDiverge)
+    exp = _halving(tiny, halving_keep=0.1)
+    run, state = runs.start(exp, tmp_path / "run")
+    assert state.generation == exp.evolution.generations
+    h = pd.read_parquet(run.path / "history")
+    for g, rows in h[h.evaluated].groupby("generation"):
+        assert (rows.status == "diverged").sum() == 1, g          # the one kept on
+        assert (rows.status == "ok").sum() == len(rows) - 1, g    # the others, from their first part

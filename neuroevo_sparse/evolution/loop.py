@@ -212,9 +212,27 @@ class Evolution:
         jobs = [TrainJob(g.id, generation, seeds.derive(self.seed, "train", generation, g.id),
                          g.masks, g.weights, until=ev.halving_at or 1.0) for g in genomes]
         results = self._train(jobs, generation, progress)
+        self._all_failed(generation, [(r.status, r.error) for r in results])  # before any write-back
         self._write_back(genomes, jobs, results)
-        if ev.halving_at is None:
+        if ev.halving_at is not None:
+            self._train_on(genomes, jobs, results, generation, progress)
+            # Judged on the whole generation once both parts trained: one that fails in the
+            # second part is one failed individual, as it would be in the first.
+            self._all_failed(generation, [(g.metrics.get("status"), g.metrics.get("error")) for g in genomes])
+
+    @staticmethod
+    def _all_failed(generation: int, outcomes: list[tuple[str | None, str | None]]) -> None:
+        """AllFailed if every individual of the generation failed: nothing is left to select."""
+        if not outcomes or any(status == "ok" for status, _ in outcomes):
             return
+        errors = sorted({f"{status}: {error}" for status, error in outcomes})
+        raise AllFailed(f"every individual of generation {generation} failed ({len(outcomes)}), e.g. "
+                        + "; ".join(e[:300] for e in errors[:3])
+                        + ("; check training.lr and the data" if any("diverged" in e for e in errors) else ""))
+
+    def _train_on(self, genomes: list[Genome], jobs: list[TrainJob], results: list[TrainResult],
+                  generation: int, progress: Progress) -> None:
+        """Successive halving's second part: the best of those that stopped part-way go on."""
         # Those that stopped part-way and are among the best go on from where they stopped.
         partial = {r.individual_id: (job, r) for job, r in zip(jobs, results) if r.status == "ok" and r.resume}
         planned = self.exp.trained_on(len(genomes))  # counted in the progress's total
@@ -235,11 +253,6 @@ class Evolution:
         if [r.individual_id for r in results] != [j.individual_id for j in jobs]:
             raise RuntimeError(f"the evaluator returned results for individuals "
                                f"{[r.individual_id for r in results]} for jobs {[j.individual_id for j in jobs]}")
-        if results and all(r.status != "ok" for r in results):
-            errors = sorted({f"{r.status}: {r.error}" for r in results})
-            raise AllFailed(f"every individual of generation {generation} failed ({len(results)}), e.g. "
-                            + "; ".join(e[:300] for e in errors[:3])
-                            + ("; check training.lr and the data" if any("diverged" in e for e in errors) else ""))
         return results
 
     def _write_back(self, genomes: list[Genome], jobs: list[TrainJob], results: list[TrainResult]) -> None:
