@@ -17,6 +17,7 @@ moocore (which DEAP itself uses), not by hand.
 
 from __future__ import annotations
 
+from copy import deepcopy
 from typing import Any, Sequence
 
 import moocore
@@ -128,3 +129,15 @@ class Objectives:
     def make_archive(self, size: int = 10) -> tools.HallOfFame:
         same = lambda a, b: a.id == b.id  # noqa: E731
         return tools.HallOfFame(size, similar=same) if self.cfg.mode == "weighted" else tools.ParetoFront(same)
+
+
+def restore_archive(archive: tools.HallOfFame, members: Sequence[Genome]) -> None:
+    """Put `members` back into an empty `archive` in the order they were listed.
+
+    Not by `update`: DEAP's `insert` places an individual after those of equal fitness, so
+    re-inserting a list reverses its ties, and a full hall of fame would later evict another
+    tied member than the run that never stopped. The archive keeps copies, as `insert` does;
+    its keys are its members' fitnesses in ascending order (the members' order reversed)."""
+    archive.clear()
+    archive.items.extend(deepcopy(g) for g in members)
+    archive.keys.extend(g.fitness for g in reversed(archive.items))

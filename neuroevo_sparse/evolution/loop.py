@@ -29,7 +29,7 @@ from .. import faults
 from .. import seeds
 from ..config.schema import Experiment
 from ..evaluators import Evaluator
-from .fitness import Objectives
+from .fitness import Objectives, restore_archive
 from ..topology.genome import Genome, Init, random_genome, target_counts
 from ..train.jobs import TrainJob, TrainResult
 from ..problem.models import Architecture
@@ -419,7 +419,7 @@ class Evolution:
         copies = {gm["id"]: load(gm, f"a{gm['id']}/") for gm in meta.get("archive_copies", [])}
         state = State(meta["generation"], [genomes[i] for i in meta["population"]],
                       [copies.get(i, genomes[i]) for i in meta["archive"]], meta["next_id"])
-        self.archive.update(state.archive)
+        restore_archive(self.archive, state.archive)
         self._saved_generation = state.generation
         return state
 
