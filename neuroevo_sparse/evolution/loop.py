@@ -270,9 +270,13 @@ class Evolution:
         best by validation, and the archive; each scored once, by test-only jobs on the
         evaluator (the training jobs skipped the split). The value goes to every object of
         that individual: the archive's copies, and the survivor or this generation's trained
-        individual whose row the history gets."""
+        individual whose row the history gets.
+
+        "final" means the configured last generation, never the one a stop request ends in:
+        scores taken there would stay in the individuals' metrics and reach the rows of later
+        generations after a resume, which the run that never stopped does not have."""
         mode = self.exp.output.test_accuracy
-        if mode == "all" or (mode == "final" and generation < self._last and not self.should_stop()):
+        if mode == "all" or (mode == "final" and generation < self._last):
             return
         ok = [g for g in survivors if g.metrics.get("status") == "ok"]
         chosen = [self.objectives.best(survivors)]
