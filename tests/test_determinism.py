@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from conftest import comparable_history
-from neuroevo_sparse import faults, runs
+from neuroevo_sparse import api, faults, runs
 from neuroevo_sparse.config import Experiment
 from neuroevo_sparse.store import checkpoint
 from neuroevo_sparse.store.history import NONDETERMINISTIC
@@ -76,3 +77,26 @@ def test_the_hall_of_fame_keeps_its_order_across_a_resume(tiny, tmp_path):
                   evolution=replace(tiny.evolution, population=4, generations=12))
     whole, _ = runs.start(exp, tmp_path / "whole")
     assert_same_run(whole.path, stopped_and_resumed(exp, tmp_path / "stopped", 4))
+
+
+@pytest.mark.parametrize("mode", ["weighted", "pareto"])
+def test_every_point_of_the_front_can_be_exported(tiny, tmp_path, mode):
+    """Issue 38, 5: the front is read from the history, over every individual ever evaluated;
+    weights used to be kept for the population and the archive only, so `Run.module(max_params=)`
+    and `export --id` failed on points the front showed."""
+    fitness = (dict(mode="weighted", objectives=["val_accuracy", "density"], weights=[1.0, -0.5])
+               if mode == "weighted" else dict(mode="pareto", objectives=["val_accuracy", "flops"], weights=[1.0, -1.0]))
+    exp = replace(tiny, sparsity=replace(tiny.sparsity, fixed=False, min_density=0.02, max_density=0.6),
+                  evolution=replace(tiny.evolution, population=4, generations=6, mutations=["grow", "prune", "set"]),
+                  training=replace(tiny.training, steps=3),  # short: accuracies spread, so the front does
+                  fitness=replace(tiny.fitness, **fitness))
+    path = stopped_and_resumed(exp, tmp_path / "run", 3)
+    run = api.load_run(path)
+    front = run.front()
+    assert len(front) >= 2
+    for row in front.itertuples():
+        ind = run.individual(max_params=int(row.active_params))
+        assert ind.id == row.individual_id
+        assert run.individual(int(row.individual_id)).masks.keys() == ind.masks.keys()
+        assert sum(int(m.sum()) for m in ind.masks.values()) <= row.active_params
+        run.module(int(row.individual_id))

@@ -53,6 +53,9 @@ class State:
     population: list[Genome]
     archive: list[Genome]
     next_id: int
+    # Every individual that is, or may yet be, on the front the history offers (`Front`):
+    # kept so that each point `inspect`, `Run.front` and `export --max-params` name can be exported.
+    front: list[Genome] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class Evolution:
         if not exp.sparsity.fixed:  # the smallest network allowed must still connect every layer
             target_counts(self.info, self.maskable, exp.sparsity.min_density, exp.sparsity.init, "sparsity.min_density")
         self.archive = self.objectives.make_archive()
+        self.front = Front(exp.evolution.retrain_survivors)
 
     # ------------------------------------------------------------------------ the loop
     def run(self, state: State | None = None, generations: int | None = None) -> State:
@@ -139,7 +143,8 @@ class Evolution:
         self.archive.update(population)
         self._score_test(population, 0)
         self._record(0, parents=[], offspring=population, survivors=population, progress=progress)
-        return State(0, population, list(self.archive), ev.population)
+        self.front.update(0, population, population)
+        return State(0, population, list(self.archive), ev.population, self.front.members())
 
     def _initial_counts(self) -> list[dict[str, int]]:
         """Per individual, its active connections per layer: all at `sparsity.density`, or with
@@ -176,7 +181,9 @@ class Evolution:
         self.archive.update(trained + survivors if self.exp.fitness.mode == "pareto" else survivors)
         self._score_test(survivors, g, trained)
         self._record(g, state.population, offspring, survivors, progress)
-        return State(g, survivors, list(self.archive), state.next_id + len(offspring))
+        # In the order of the history's rows: the parents, then the offspring.
+        self.front.update(g, [p for p in state.population if any(p is t for t in trained)] + offspring, survivors)
+        return State(g, survivors, list(self.archive), state.next_id + len(offspring), self.front.members())
 
     def _vary(self, parents: list[Genome], next_id: int, g: int, rng: np.random.Generator) -> list[Genome]:
         """Pairs of parents -> pairs of new children: crossover with probability crossover_prob,
@@ -383,13 +390,21 @@ class Evolution:
         copies = [g for g in state.archive if g.id in population and g.meta() != population[g.id].meta()]
         genomes = {g.id: g for g in state.archive if g.id not in population}
         genomes.update(population)
+        # A point of the front that is also stored above may be another version of it (the
+        # archive's copy got a test accuracy it did not): stored apart too, as the archive's are.
+        front_copies = [g for g in state.front if g.id in genomes and genomes[g.id] is not g
+                        and g.meta() != genomes[g.id].meta()]
+        for g in state.front:
+            genomes.setdefault(g.id, g)
         arrays = {f"g{gid}/{k}": v for gid, g in genomes.items() for k, v in g.to_arrays().items()}
         arrays.update({f"a{g.id}/{k}": v for g in copies for k, v in g.to_arrays().items()})
+        arrays.update({f"f{g.id}/{k}": v for g in front_copies for k, v in g.to_arrays().items()})
         meta = {
             "generation": state.generation, "next_id": state.next_id,
             "population": [g.id for g in state.population], "archive": [g.id for g in state.archive],
             "genomes": [g.meta() for g in genomes.values()],
             "archive_copies": [g.meta() for g in copies],
+            "front": self.front.to_json(), "front_copies": [g.meta() for g in front_copies],
             "config_hash": self.exp.hash(), "seed": self.seed,
             "input_shape": list(self.input_shape), "num_classes": self.num_classes,
             # Every random draw is derived from (seed, purpose, generation, id): the RNG state
@@ -421,8 +436,11 @@ class Evolution:
 
         genomes = {gm["id"]: load(gm, f"g{gm['id']}/") for gm in meta["genomes"]}
         copies = {gm["id"]: load(gm, f"a{gm['id']}/") for gm in meta.get("archive_copies", [])}
-        state = State(meta["generation"], [genomes[i] for i in meta["population"]],
-                      [copies.get(i, genomes[i]) for i in meta["archive"]], meta["next_id"])
+        population = [genomes[i] for i in meta["population"]]
+        front_copies = {gm["id"]: load(gm, f"f{gm['id']}/") for gm in meta.get("front_copies", [])}
+        self.front.restore(meta.get("front", []), {**genomes, **front_copies}, population)
+        state = State(meta["generation"], population, [copies.get(i, genomes[i]) for i in meta["archive"]],
+                      meta["next_id"], self.front.members())
         restore_archive(self.archive, state.archive)
         self._saved_generation = state.generation
         return state
@@ -434,6 +452,60 @@ class Evolution:
                 "density": g.density(), "active_params": g.active_params(), "flops": g.flops(self.info),
                 "layer_density": g.layer_density(), "model": self.exp.to_dict()["model"],
                 **{k: v for k, v in g.metrics.items() if k != "worker"}}
+
+
+class Front:
+    """The individuals a history's front (report.pareto_front: fewest active parameters, highest
+    validation accuracy, among every individual evaluated with status ok, each by its latest
+    record) can show, kept by the driver so that their weights are in the checkpoints.
+
+    An individual leaves only when it can never be on that front again: another one whose
+    record is final (it cannot be trained again: not a survivor while survivors are retrained)
+    strictly dominates it, or equals it on both and comes earlier in the history (where the
+    report keeps the first). Anything less certain keeps it: storing one more is cheap,
+    exporting one that is missing is impossible."""
+
+    def __init__(self, retrain_survivors: bool):
+        self.retrain = retrain_survivors
+        self.kept: dict[int, Genome] = {}
+        self.order: dict[int, tuple[int, int]] = {}  # id -> (generation, row) of its latest record
+        self.alive: set[int] = set()
+
+    def update(self, generation: int, evaluated: list[Genome], population: list[Genome]) -> None:
+        """After generation `generation`: `evaluated`, in the order of its history rows, and the
+        population that survived it."""
+        for row, g in enumerate(evaluated):
+            self.kept.pop(g.id, None)
+            self.order.pop(g.id, None)
+            if g.metrics.get("status") == "ok":
+                self.kept[g.id] = g
+                self.order[g.id] = (generation, row)
+        self.alive = {g.id for g in population} if self.retrain else set()
+        point = {i: (g.active_params(), float(g.metrics["val_accuracy"])) for i, g in self.kept.items()}
+
+        def beaten(i: int) -> bool:
+            (p, v), first = point[i], self.order[i]
+            for j, (q, w) in point.items():
+                if j == i or j in self.alive:
+                    continue
+                if q <= p and w >= v and (q < p or w > v or self.order[j] < first):
+                    return True
+            return False
+
+        for i in [i for i in self.kept if beaten(i)]:
+            del self.kept[i], self.order[i]
+
+    def members(self) -> list[Genome]:
+        return list(self.kept.values())
+
+    def to_json(self) -> list[list[int]]:
+        return [[i, *self.order[i]] for i in self.kept]
+
+    def restore(self, entries: list[list[int]], genomes: dict[int, Genome], population: list[Genome]) -> None:
+        """From a checkpoint's `to_json`, with its individuals, after the generation it holds."""
+        self.kept = {i: genomes[i] for i, _, _ in entries}
+        self.order = {i: (g, row) for i, g, row in entries}
+        self.alive = {g.id for g in population} if self.retrain else set()
 
 
 class _Background:

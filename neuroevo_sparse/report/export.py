@@ -55,8 +55,8 @@ def load_individual(run_dir: str | Path, individual: int | None = None, max_para
         individual = json.loads((run.best / "metrics.json").read_text())["id"]
     if individual not in metas:
         raise KeyError(f"individual {individual} is not in the newest checkpoint of {run.path} "
-                       f"(weights are kept for the population and the archive: the hall of fame, or in a "
-                       f"Pareto run every non-dominated individual); "
+                       f"(weights are kept for the population, the archive and every individual the "
+                       f"history's front shows); "
                        f"available: {sorted(metas)}")
     prefix = f"g{individual}/"
     # A Baldwinian individual's trained weights (what its metrics measured) if it has them.
