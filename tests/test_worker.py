@@ -73,7 +73,24 @@ def test_a_members_results_do_not_depend_on_its_group(tiny, tmp_path, cpu_kernel
     base = replace(tiny, evolution=replace(tiny.evolution, population=6, offspring=9),
                    training=replace(tiny.training, vectorise="on", sparse_kernels="on", sparse_min_size=0,
                                     cpu_kernels=cpu_kernels))
-    histories = histories_over_layouts(base, tmp_path, [(1, "auto"), (4, "auto"), (1, 3)])
+    # 9 offspring in groups of 4 leave one alone: a group of one takes the group's path too.
+    histories = histories_over_layouts(base, tmp_path, [(1, "auto"), (4, "auto"), (1, 3), (1, 4)])
     for other in histories[1:]:
-        pd.testing.assert_frame_equal(histories[0], other)
+        pd.testing.assert_frame_equal(histories[0], other, check_exact=True)
     assert histories[0].evaluated.sum() == 6 + 2 * 9
+
+
+def test_a_members_results_do_not_depend_on_its_group_when_sizes_differ(tiny, tmp_path):
+    """Issue 38, 2: with sizes searched, a layer was truly sparse in a group only if it was
+    for every member, so a member's arithmetic depended on who shared its group; and a group
+    of one took the per-individual path. Both made results depend on the number of workers."""
+    base = replace(tiny, sparsity=replace(tiny.sparsity, fixed=False, density=0.2, min_density=0.05,
+                                          max_density=0.6),
+                   evolution=replace(tiny.evolution, population=6, offspring=7,
+                                     mutations=["grow", "prune", "set", "move"]),
+                   training=replace(tiny.training, vectorise="on", sparse_kernels="auto", sparse_min_size=0,
+                                    sparse_below=0.3, auto_by="rules"),
+                   output=replace(tiny.output, test_accuracy="chosen"))
+    histories = histories_over_layouts(base, tmp_path, [(1, "auto"), (2, "auto"), (1, 7), (1, 1)])
+    for other in histories[1:]:
+        pd.testing.assert_frame_equal(histories[0], other, check_exact=True)

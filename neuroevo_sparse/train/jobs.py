@@ -40,6 +40,11 @@ class TrainSpec:
     # The masked Linear layers a measured plan (calibration.py) runs truly sparse, wherever
     # they are below training.sparse_below; None: the rules decide (sparse.layers_to_sparsify).
     sparse_layers: tuple[str, ...] | None = None
+    # Each masked tensor's density at the run's reference size (sparsity.density): what decides
+    # which layers a vectorised group runs truly sparse, for every member whatever its own
+    # density, so that who shares a group never changes a member's arithmetic. None (a spec
+    # made by hand): a layer is sparse where it qualifies for every member of the group.
+    reference_density: tuple[tuple[str, float], ...] | None = None
 
 
 @dataclass(frozen=True)

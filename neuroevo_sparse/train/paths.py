@@ -24,9 +24,12 @@ log = logging.getLogger("neuroevo_sparse")
 
 def spec_for(exp: Experiment, arch: Architecture, plan: Plan | None = None) -> TrainSpec:
     """What every worker is told; `plan`, a measured choice of path, replaces the rules'."""
+    from ..topology import genome  # only when a spec is made, never when jobs are unpickled
+    density = genome.layer_densities(arch.info, arch.maskable, exp.sparsity.density, exp.sparsity.init)
     return TrainSpec(arch.builder, exp.training, exp.resources.torch_threads, exp.resources.job_timeout_s,
                      _vectorise(exp, arch) if plan is None else plan.vectorise, exp.output.test_accuracy == "all",
-                     _native_kernels(exp), _group(exp, arch), None if plan is None else plan.sparse_layers)
+                     _native_kernels(exp), _group(exp, arch), None if plan is None else plan.sparse_layers,
+                     tuple((n, float(density[n])) for n in arch.maskable))
 
 
 # training.vectorise_group = "auto" on a GPU, and for networks other than the built-in MLP

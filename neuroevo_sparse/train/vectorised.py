@@ -44,11 +44,27 @@ def train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list[
     return results
 
 
+def _group_sparse(jobs: list[TrainJob], spec: TrainSpec, min_size: int | None) -> list[str]:
+    """The masked Linear layers a group runs truly sparse: those the rules (or the measured
+    plan) pick at the run's reference density, for every member whatever its own density.
+    Deciding by the members would make a member's arithmetic depend on who shares its group,
+    and so on the number of workers, once sizes differ (sparsity.fixed = false, "move")."""
+    if spec.reference_density is None:
+        each = [layers_to_sparsify(j.masks, spec.training, min_size, spec.sparse_layers) for j in jobs]
+        return [n for n in each[0] if all(n in names for names in each[1:])]
+    reference = {}
+    for name, density in spec.reference_density:
+        mask = np.zeros(jobs[0].masks[name].shape, dtype=bool)
+        mask.reshape(-1)[: int(round(density * mask.size))] = True
+        reference[name] = mask
+    return layers_to_sparsify(reference, spec.training, min_size, spec.sparse_layers)
+
+
 class _Group:
     """K jobs of one architecture as stacked tensors, and their batched forward: what training
-    and test scoring share. A masked Linear layer is truly sparse for the group if it is for
-    every individual in it (the group is fixed by the config, so this too is the same on every
-    worker); its parameter then holds the K individuals' active weights, in block-diagonal order."""
+    and test scoring share. Which masked Linear layers are truly sparse is a function of the
+    run (`_group_sparse`), never of the group; such a parameter holds the K individuals' active
+    weights, in block-diagonal order."""
 
     def __init__(self, jobs: list[TrainJob], spec: TrainSpec, data: DeviceData):
         cfg, device = spec.training, data.device
@@ -64,9 +80,7 @@ class _Group:
         if native and not kernels.available():
             raise RuntimeError(f"the run uses the native sparse kernels (training.cpu_kernels), but on this "
                                f"worker: {kernels.status()}")
-        min_size = 0 if native else None
-        each = [layers_to_sparsify(j.masks, cfg, min_size, spec.sparse_layers) for j in jobs] if chain else [[]]
-        sparse = [n for n in each[0] if all(n in names for names in each[1:])]
+        sparse = _group_sparse(jobs, spec, 0 if native else None) if chain else []
         nonzero = {n: masks[n].nonzero(as_tuple=True) for n in sparse}  # (individual, row, column) of each value
         self.patterns = {n: Pattern.block_diagonal(masks[n], nonzero[n]) for n in sparse}
         self.owner = {n: nonzero[n][0] for n in sparse}   # individual of each value

@@ -2,7 +2,8 @@
 
 The evaluators split a generation's jobs into groups with `groups` and hand each group to
 `train_group`. On a CPU a member's arithmetic does not depend on the group it is in (its own
-seed, its own rows of every batched op; tests/test_worker.py checks it bit for bit), so
+seed, its own rows of every batched op, truly sparse layers chosen for the run, and a group of
+one on the same path; tests/test_worker.py checks it bit for bit), so
 groups may follow the cores: with `training.vectorise_group = "auto"` every slot of the
 evaluator gets one group, and the results are the same on a laptop and on a cluster.
 """
@@ -10,7 +11,7 @@ evaluator gets one group, and the results are the same on a laptop and on a clus
 from __future__ import annotations
 
 from .jobs import TrainJob, TrainResult, TrainSpec
-from .core import DeviceData, score_test, train
+from .core import DeviceData, train
 from .vectorised import score_many, train_many
 
 # The most jobs in one "auto" group: a Ray task that is retried redoes its whole group, and a
@@ -22,7 +23,7 @@ def groups(jobs: list[TrainJob], spec: TrainSpec, slots: int = 1) -> list[list[T
     """Consecutive groups of jobs: single jobs if not vectorised (test-only jobs, which are
     short, are grouped whatever the path); else `spec.group` at a time, or, for "auto", as
     many groups as `slots` (that many groups train at once), as even as can be and of at
-    least 2 jobs each (a group of one takes the per-individual path)."""
+    least 2 jobs each (a group of one costs a batched pass for one individual)."""
     if not (spec.vectorise or (jobs and jobs[0].test_only)):
         return [[j] for j in jobs]
     if spec.group is not None:
@@ -40,10 +41,12 @@ def train_group(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
     """One result per job, in order: the group in one vectorised pass if the spec says so
     (MLPs there also run their sparse layers as one block-diagonal sparse matmul), else one
     job after another."""
-    if jobs and jobs[0].test_only:
-        if spec.vectorise and len(jobs) > 1:
-            return score_many(jobs, spec, data)
-        return [score_test(j, spec, data) for j in jobs]
-    if spec.vectorise and len(jobs) > 1:
+    # A group of one takes the group's path too: the per-individual path rounds differently,
+    # and which jobs end up alone in a group depends on the number of workers.
+    if not jobs:
+        return []
+    if jobs[0].test_only:
+        return score_many(jobs, spec, data)
+    if spec.vectorise:
         return train_many(jobs, spec, data)
     return [train(j, spec, data) for j in jobs]
