@@ -117,6 +117,7 @@ def resume(run_path: str | Path, overrides: list[str] | None = None, generations
         log.info("training path: %s (as the run started: %s)", plan.label, run.plan_path)
     splits, arch, spec, plan, cluster = _prepare(exp, plan=plan)
     try:
+        _check_groups(original, exp, arch, spec)
         if exp != original:
             run.config_path.write_text(to_toml(exp))
         dropped = run.drop_history_after(done)
@@ -134,6 +135,20 @@ def resume(run_path: str | Path, overrides: list[str] | None = None, generations
     else:
         log.info("%s has no checkpoint yet: starting it from generation 0", run.path)
     return run, _execute(exp, run, splits, loaded, should_stop, callbacks, arch, spec, cluster)
+
+
+def _check_groups(original: Experiment, exp: Experiment, arch: Architecture, spec: TrainSpec) -> None:
+    """training.vectorise_group may change on resume only where a member's arithmetic does not
+    depend on its group: an MLP on a CPU. A vmapped network's batched ops, and a GPU's, round
+    by group size, so there the groups are part of the results."""
+    if exp.training.vectorise_group == original.training.vectorise_group or not spec.vectorise:
+        return
+    if exp.resources.gpus_per_job > 0 or not arch.is_chain():
+        raise ConfigError([f"training.vectorise_group: {original.training.vectorise_group!r} -> "
+                           f"{exp.training.vectorise_group!r}: this run's vectorised groups "
+                           f"({'on a GPU' if exp.resources.gpus_per_job > 0 else 'a network trained under vmap'}) "
+                           f"round by their size, so resuming with other groups would not continue the same run"],
+                          source="resuming")
 
 
 def _check_checkpoint(run: RunDir, loaded, original: Experiment, exp: Experiment) -> int:

@@ -433,7 +433,8 @@ RESUME_SAFE_KEYS = frozenset({
     "resources.address", "resources.num_cpus", "resources.backend",
     "resources.max_retries", "resources.job_timeout_s", "resources.ship_code", "resources.py_modules",
     "resources.working_dir", "output.tensorboard", "output.mlflow",
-    # On CPUs a member's arithmetic does not depend on its group (see TrainingConfig).
+    # On CPUs an MLP member's arithmetic does not depend on its group (see TrainingConfig);
+    # where it does (vmapped networks, GPUs) runs.resume refuses a change.
     "training.vectorise_group",
 })
 
