@@ -172,7 +172,8 @@ def shared_ray():
     ray = pytest.importorskip("ray")
     tests = str(Path(__file__).parent)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    # address="local": a new Ray of this test's own, never a cluster `ray start` left running.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     try:
         yield ray
     finally:
