@@ -5,6 +5,7 @@ import dataclasses
 import json
 import logging
 
+import pandas as pd
 import pytest
 
 from neuroevo_sparse.train import calibration, paths
@@ -141,13 +142,38 @@ def test_no_path_is_timed_past_the_budget_of_the_run_s_predicted_time(tiny, cach
     assert list(plan.seconds) == [calibration.label(*candidates[0])]
     assert f"timed 1 of the {len(candidates)}: one more would bring the measuring over 0%" in caplog.text
     assert plan.limited_to == exp.evaluations
-    # A run as long finds it cached; one twice as long or more measures again, and further.
+    # The same experiment finds it cached; a longer one is another experiment, measured for
+    # itself, and the first keeps its plan (issue 38: short, long, short again, the same path).
     assert plan_for(exp, arch, splits).seconds == plan.seconds
     monkeypatch.setattr(calibration, "BUDGET", 0.05)
     long = dataclasses.replace(exp, evolution=dataclasses.replace(exp.evolution, generations=10 ** 4))
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="neuroevo_sparse"):
-        further = plan_for(long, arch, splits)
-    assert "measuring further" in caplog.text
-    assert len(further.seconds) >= 2 and further.limited_to is None
-    assert plan_for(exp, arch, splits).seconds == further.seconds    # the cache now holds the fuller one
+    other = plan_for(long, arch, splits)
+    assert len(other.seconds) >= 2 and other.limited_to is None
+    assert plan_for(exp, arch, splits).seconds == plan.seconds
+
+
+def test_short_long_then_short_again_take_the_same_path_and_give_the_same_history(tiny, tmp_path, cache,
+                                                                                monkeypatch):
+    """Issue 38: a longer run measured again and replaced the cached plan of a short one, so
+    rerunning the short config on the same machine took another path and gave other bits. A
+    measurement that answers differently each time (as timings do) shows it."""
+    from conftest import comparable_history
+
+    answers = iter([Plan(False, ()), Plan(True, ()), Plan(False, ("layers.0.weight",))])
+
+    def measure(exp, rules, candidates, jobs, splits):
+        plan = next(answers)
+        return dataclasses.replace(plan, limited_to=exp.evaluations)  # as BUDGET leaves a short run's
+
+    monkeypatch.setattr(calibration, "_measure", measure)
+    short = dataclasses.replace(tiny, training=dataclasses.replace(tiny.training, vectorise="auto",
+                                                                   auto_by="measurement"))
+    longer = dataclasses.replace(short, evolution=dataclasses.replace(short.evolution, generations=6))
+    first, _ = runs.start(short, tmp_path / "short-1")
+    second, _ = runs.start(short, tmp_path / "short-2")
+    runs.start(longer, tmp_path / "long")
+    third, _ = runs.start(short, tmp_path / "short-3")
+    assert first.read_plan() == second.read_plan() == third.read_plan()
+    for other in (second, third):
+        pd.testing.assert_frame_equal(comparable_history(first.path), comparable_history(other.path),
+                                      check_exact=True)

@@ -9,8 +9,10 @@ own choice is kept unless another path is more than MARGIN faster: a closer call
 the noise of a measurement, and the rules' choice is the one every machine would make.
 
 The paths round differently, so the choice is an input of the results, like the seed:
-- it is cached per machine, torch and package version and problem, so a second run of a
-  config on the same machine takes the same path, bit for bit;
+- it is cached per machine, torch and package version, problem and experiment (the whole
+  config, its length included), and a cached plan is never replaced: a second run of a config
+  on the same machine takes the same path, bit for bit, whatever other runs measured between
+  the two (one config's plan never depends on another's measurement);
 - it is stored in the run directory (plan.json), and a resumed run uses that, whatever the
   cache says;
 - it is measured at a fixed group size (GROUP, or training.vectorise_group), not the
@@ -86,12 +88,9 @@ def plan_for(exp: Experiment, arch: Architecture, splits: Splits) -> Plan | None
         except ConfigError:
             log.warning("the cached training plan %s in %s is damaged: measuring again", key, cache_file())
         else:
-            if plan.limited_to is None or exp.evaluations < 2 * plan.limited_to:
-                log.info("training path: %s (measured on this machine before; cached in %s)", plan.label,
-                         cache_file())
-                return plan
-            log.info("the cached training path was measured, in part, for a run of %d evaluations; this one "
-                     "makes %d: measuring further", plan.limited_to, exp.evaluations)
+            log.info("training path: %s (measured on this machine for this experiment before; cached in %s)",
+                     plan.label, cache_file())
+            return plan
     plan = _measure(exp, rules, candidates, jobs, splits)
     if plan is not None:
         _write_cache(key, plan)
@@ -291,7 +290,9 @@ def cache_file() -> Path:
 
 def _key(exp: Experiment, arch: Architecture, splits: Splits, rules: TrainSpec,
          candidates: list[tuple[bool, tuple[str, ...]]]) -> str:
-    """What a measurement depends on: the machine and software, and the problem's shape."""
+    """What a measurement is for: the machine and software, the problem's shape, and the
+    experiment itself (its config hash and length), so that no run ever takes a path another
+    experiment measured: a config's path is a function of the config and the machine."""
     cfg = exp.training
     machine = [platform.machine(), _cpu_model(), os.cpu_count(), torch.__version__, __version__, kernels.status()]
     problem = [exp.model.factory or exp.model.kind, {k: list(v.shape) for k, v in arch.template.items()},
@@ -299,7 +300,7 @@ def _key(exp: Experiment, arch: Architecture, splits: Splits, rules: TrainSpec,
                 layer_densities(arch.info, arch.maskable, exp.sparsity.density, exp.sparsity.init).items()},
                cfg.batch_size, cfg.optimizer, cfg.steps, cfg.epochs, len(splits.train_y), len(splits.val_y),
                len(splits.test_y) if rules.score_test else 0, rules.torch_threads, rules.native_kernels,
-               _group_size(exp), candidates]
+               _group_size(exp), candidates, exp.hash(), exp.evolution.generations]
     text = json.dumps([machine, problem], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 

@@ -100,8 +100,8 @@ class Plan:
     sparse_layers: tuple[str, ...]
     # Seconds an individual takes on each candidate (by its label), as measured.
     seconds: dict[str, float] = field(default_factory=dict, compare=False)
-    # Where BUDGET stopped the timing: the evaluations of the run it was measured for. A run
-    # at least twice as long measures again, further.
+    # Where BUDGET stopped the timing: the evaluations of the run it was measured for (a longer
+    # run is another experiment, with a plan of its own).
     limited_to: int | None = field(default=None, compare=False)
 
     @property
