@@ -30,7 +30,7 @@ def test_evolve_gives_the_cli_history_and_calls_back_every_generation(tiny_toml,
     p = subprocess.run(neuroevo_cmd() + ["run", str(tiny_toml), "--run-dir", str(tmp_path / "cli")],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    pd.testing.assert_frame_equal(comparable_history(run.path), comparable_history(tmp_path / "cli"))
+    pd.testing.assert_frame_equal(comparable_history(run.path), comparable_history(tmp_path / "cli"), check_exact=True)
 
     h = run.history
     assert [i.generation for i in seen] == [0, 1, 2]
@@ -81,7 +81,7 @@ def test_resume_through_the_api_equals_the_run_that_never_stopped(tiny_toml, tmp
     seen = []
     resumed = resume(part.path, generations=2, callbacks=[lambda i: seen.append(i.generation)])
     assert seen == [2] and resumed.path == part.path
-    pd.testing.assert_frame_equal(comparable_history(whole.path), comparable_history(part.path))
+    pd.testing.assert_frame_equal(comparable_history(whole.path), comparable_history(part.path), check_exact=True)
 
 
 def test_experiments_from_dicts_and_clear_errors(tiny_toml, tmp_path):

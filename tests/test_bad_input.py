@@ -44,7 +44,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 def same_history(a: Path, b: Path) -> None:
-    pd.testing.assert_frame_equal(comparable_history(a), comparable_history(b))
+    pd.testing.assert_frame_equal(comparable_history(a), comparable_history(b), check_exact=True)
 
 
 # ------------------------------------------------------------------ experiments

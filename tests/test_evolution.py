@@ -43,7 +43,7 @@ def test_same_seed_same_history(tiny, tmp_path):
     a, _ = launch.start(tiny, tmp_path / "a")
     b, _ = launch.start(tiny, tmp_path / "b")
     ha, hb = pd.read_parquet(a.path / "history"), pd.read_parquet(b.path / "history")
-    pd.testing.assert_frame_equal(METRICS_ONLY(ha), METRICS_ONLY(hb))
+    pd.testing.assert_frame_equal(METRICS_ONLY(ha), METRICS_ONLY(hb), check_exact=True)
     other = dataclasses.replace(tiny, experiment=dataclasses.replace(tiny.experiment, seed=8))
     c, _ = launch.start(other, tmp_path / "c")
     assert not METRICS_ONLY(ha).equals(METRICS_ONLY(pd.read_parquet(c.path / "history")))
@@ -100,7 +100,7 @@ def test_test_split_scores_only_the_chosen_and_changes_nothing_else(tiny, tmp_pa
     full, chosen = runs_by["all"], runs_by["chosen"]
     assert full.test_accuracy.notna().all()
     pd.testing.assert_frame_equal(METRICS_ONLY(full).drop(columns="test_accuracy"),
-                                  METRICS_ONLY(chosen).drop(columns="test_accuracy"))
+                                  METRICS_ONLY(chosen).drop(columns="test_accuracy"), check_exact=True)
     scored = chosen[chosen.test_accuracy.notna()]
     assert 0 < scored.individual_id.nunique() < chosen.individual_id.nunique()
     assert np.allclose(scored.test_accuracy, full.loc[scored.index, "test_accuracy"])
@@ -123,7 +123,7 @@ def test_final_scores_the_test_split_once_in_the_last_generation(tiny, tmp_path)
     chosen, final = by["chosen"], by["final"]
     last = tiny.evolution.generations
     pd.testing.assert_frame_equal(METRICS_ONLY(chosen).drop(columns="test_accuracy"),
-                                  METRICS_ONLY(final).drop(columns="test_accuracy"))
+                                  METRICS_ONLY(final).drop(columns="test_accuracy"), check_exact=True)
     assert final[final.generation < last].test_accuracy.isna().all()
     end = final.generation == last
     assert final[end].test_accuracy.notna().any()

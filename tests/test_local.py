@@ -54,7 +54,7 @@ def test_threads_give_the_history_of_one_group_after_another(tiny, tmp_path, gro
     for cpus in (1, 3):
         run, _ = launch.start(_threaded(tiny, cpus, group), tmp_path / f"cpus{cpus}")
         histories[cpus] = comparable_history(run.path)
-    pd.testing.assert_frame_equal(histories[1], histories[3])
+    pd.testing.assert_frame_equal(histories[1], histories[3], check_exact=True)
     assert histories[3].evaluated.sum() == 6 + 2 * 7  # several groups in every generation
 
 

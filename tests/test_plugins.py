@@ -168,7 +168,7 @@ def test_batchnorm_statistics_are_inherited_checkpointed_and_resumed(tmp_path):
     # Checkpointed: a run stopped after generation 1 and resumed is the run that never stopped.
     stopped = evolve(replace(exp, evolution=replace(exp.evolution, generations=1)), run_dir=tmp_path / "resumed")
     resume(stopped.path, generations=3)
-    pd.testing.assert_frame_equal(comparable_history(tmp_path / "resumed"), comparable_history(straight.path))
+    pd.testing.assert_frame_equal(comparable_history(tmp_path / "resumed"), comparable_history(straight.path), check_exact=True)
 
 
 # --------------------------------------------------------------------- vectorised path
@@ -357,7 +357,7 @@ def test_user_module_not_installed_is_shipped_to_a_two_node_cluster(tmp_path):
         cluster.shutdown()
         ray_stop()
     df = history(tmp_path / "cluster")
-    pd.testing.assert_frame_equal(metrics(df), metrics(history(tmp_path / "local")))
+    pd.testing.assert_frame_equal(metrics(df), metrics(history(tmp_path / "local")), check_exact=True)
     assert df[df.evaluated].worker.nunique() >= 2
     assert unshipped.returncode == 4 and "No module named 'userpkg_e2e'" in unshipped.stderr, unshipped.stderr[-2000:]
 

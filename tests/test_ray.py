@@ -100,7 +100,7 @@ def test_multi_node_cluster_gives_the_local_history(toml, local_history, tmp_pat
     assert "Ray: 2 node(s)" in p.stderr
     assert "has no GPU: training on CPU" in p.stderr  # asked for a GPU on a CPU-only cluster
     df = history(run)
-    pd.testing.assert_frame_equal(metrics(df), metrics(local_history))
+    pd.testing.assert_frame_equal(metrics(df), metrics(local_history), check_exact=True)
     assert df.worker.nunique() >= 2 and set(df.device) == {"cpu"}
 
 
@@ -115,7 +115,7 @@ def test_halving_on_a_cluster_gives_the_local_history(toml, tmp_path, cluster_fa
             "--set", 'resources.backend="ray"')
     assert p.returncode == 0, p.stderr[-3000:]
     local, ray = history(tmp_path / "local"), history(tmp_path / "ray")
-    pd.testing.assert_frame_equal(metrics(ray), metrics(local))
+    pd.testing.assert_frame_equal(metrics(ray), metrics(local), check_exact=True)
     assert set(ray[ray.evaluated].steps) == {90, 300}  # stopped at 30% of 300 steps, or trained on
 
 
@@ -130,7 +130,7 @@ def test_one_worker_gives_the_same_history(toml, local_history, tmp_path):
     # A Ray started for the run says what it cost and what runs without it.
     assert re.search(r"started a local Ray in \d+\.\d s .*resources\.backend = \"local\"", p.stderr)
     df = history(run)
-    pd.testing.assert_frame_equal(metrics(df), metrics(local_history))
+    pd.testing.assert_frame_equal(metrics(df), metrics(local_history), check_exact=True)
     assert df[df.evaluated].worker.nunique() == 1
 
 
@@ -155,7 +155,7 @@ def _assert_complete(df: pd.DataFrame, local: pd.DataFrame) -> None:
     assert all(len(ids) == len(set(ids)) for ids in per_gen)  # each individual once
     assert list(df.groupby("generation").size()) == [4, 8, 8]
     assert (df.status == "ok").all()  # retried, not failed
-    pd.testing.assert_frame_equal(metrics(df), metrics(local))  # and retried to the same result
+    pd.testing.assert_frame_equal(metrics(df), metrics(local), check_exact=True)  # and retried to the same result
 
 
 def test_killed_worker_processes_are_retried(toml, local_history, tmp_path, cluster_factory):
@@ -238,4 +238,4 @@ def test_cluster_gone_stops_with_checkpoint_and_message_then_resumes(toml, local
     finally:
         ray_stop()
     assert r.returncode == 0, r.stderr[-3000:]
-    pd.testing.assert_frame_equal(metrics(history(run)), metrics(local_history))
+    pd.testing.assert_frame_equal(metrics(history(run)), metrics(local_history), check_exact=True)

@@ -38,7 +38,7 @@ def final_state(run: Path):
 
 
 def assert_same_run(a: Path, b: Path):
-    pd.testing.assert_frame_equal(history(a), history(b))
+    pd.testing.assert_frame_equal(history(a), history(b), check_exact=True)
     name_a, state_a, arrays_a = final_state(a)
     name_b, state_b, arrays_b = final_state(b)
     assert name_a == name_b
@@ -47,7 +47,7 @@ def assert_same_run(a: Path, b: Path):
     assert state_a["population"] == state_b["population"] and pop_a == pop_b
     for gid in state_a["population"]:
         keys = [k for k in arrays_a if k.startswith(f"g{gid}/")]
-        assert keys and all(np.array_equal(arrays_a[k], arrays_b[k]) for k in keys)
+        assert keys and all(arrays_a[k].tobytes() == arrays_b[k].tobytes() for k in keys)
 
 
 @pytest.fixture(scope="module")
