@@ -214,7 +214,8 @@ class TrainingConfig:
     # resources.cpus_per_job; 2 to worker.MAX_GROUP jobs each), because on a CPU a member's
     # arithmetic does not depend on its group (tested bit for bit, tests/test_worker.py), so
     # results do not depend on the cluster either; on GPUs, whose batched matmuls may round
-    # by batch size, and for networks other than the built-in MLP (vmapped whole), a fixed 8.
+    # by batch size, and for networks other than the built-in MLP (vmapped whole), a fixed 8
+    # (there the group size is part of the results: a resume may not change it).
     vectorise_group: int | Literal["auto"] = _range(1, default="auto")
     # Truly sparse Linear layers (CSR forward/backward, cost ~ active connections).
     # "auto": for masked Linear layers below `sparse_below` density with at least
@@ -236,7 +237,8 @@ class TrainingConfig:
     # How the "auto" values of `vectorise` and `sparse_kernels` are settled on a CPU:
     # "measurement", by training each candidate path a few steps on the run's own network,
     # density, batch size and data when the run starts (calibration.py; about a second, once per
-    # machine: the choice is cached, and stored in the run directory for resume); the rules'
+    # machine and experiment: the choice is cached, never replaced, and stored in the run
+    # directory for resume); the rules'
     # choice below is kept unless another path is more than 10% faster. "rules", by the fixed
     # thresholds alone (VECTORISE_CPU_MAX_PARAMS, `sparse_below`, `sparse_min_size`), the same
     # on every machine. GPUs always use the rules.
