@@ -180,6 +180,7 @@ def shared_ray():
         ray.shutdown()
 
 
+@pytest.mark.ray
 def test_same_seed_same_run_on_random_configurations(tmp_path, shared_ray, monkeypatch):
     """1 worker = 2 workers = Ray = stopped at a random point and resumed on 2 workers, exactly:
     every history column and the final checkpoint, on CONFIGS random configurations."""
