@@ -169,10 +169,10 @@ def test_short_long_then_short_again_take_the_same_path_and_give_the_same_histor
     short = dataclasses.replace(tiny, training=dataclasses.replace(tiny.training, vectorise="auto",
                                                                    auto_by="measurement"))
     longer = dataclasses.replace(short, evolution=dataclasses.replace(short.evolution, generations=6))
-    first, _ = runs.start(short, tmp_path / "short-1")
-    second, _ = runs.start(short, tmp_path / "short-2")
-    runs.start(longer, tmp_path / "long")
-    third, _ = runs.start(short, tmp_path / "short-3")
+    first, _ = launch.start(short, tmp_path / "short-1")
+    second, _ = launch.start(short, tmp_path / "short-2")
+    launch.start(longer, tmp_path / "long")
+    third, _ = launch.start(short, tmp_path / "short-3")
     assert first.read_plan() == second.read_plan() == third.read_plan()
     for other in (second, third):
         pd.testing.assert_frame_equal(comparable_history(first.path), comparable_history(other.path),

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from conftest import comparable_history
-from neuroevo_sparse import api, faults, runs
+from neuroevo_sparse import api, faults, launch
 from neuroevo_sparse.config import Experiment
 from neuroevo_sparse.store import checkpoint
 from neuroevo_sparse.store.history import NONDETERMINISTIC
@@ -35,11 +35,11 @@ def stopped_and_resumed(exp: Experiment, path: Path, stop_in: int, overrides: li
 
     faults.point = stop_here
     try:
-        _, state = runs.start(exp, path, should_stop=lambda: bool(requested))
+        _, state = launch.start(exp, path, should_stop=lambda: bool(requested))
     finally:
         faults.point = point
     assert state.generation == stop_in, "the stop did not arrive where it was asked for"
-    runs.resume(path, list(overrides))
+    launch.resume(path, list(overrides))
     return path
 
 
@@ -78,7 +78,7 @@ def test_a_stop_does_not_score_the_test_split_early_under_final(tiny, tmp_path):
     rows after resume."""
     exp = replace(tiny, evolution=replace(tiny.evolution, generations=4),
                   output=replace(tiny.output, test_accuracy="final"))
-    whole, _ = runs.start(exp, tmp_path / "whole")
+    whole, _ = launch.start(exp, tmp_path / "whole")
     assert_same_run(whole.path, stopped_and_resumed(exp, tmp_path / "stopped", 2))
 
 
@@ -87,7 +87,7 @@ def test_the_hall_of_fame_keeps_its_order_across_a_resume(tiny, tmp_path):
     full, another tied member was evicted than in the run that never stopped."""
     exp = replace(tiny, experiment=replace(tiny.experiment, seed=102),
                   evolution=replace(tiny.evolution, population=4, generations=12))
-    whole, _ = runs.start(exp, tmp_path / "whole")
+    whole, _ = launch.start(exp, tmp_path / "whole")
     assert_same_run(whole.path, stopped_and_resumed(exp, tmp_path / "stopped", 4))
 
 
@@ -192,12 +192,12 @@ def test_same_seed_same_run_on_random_configurations(tmp_path, shared_ray, monke
         exp = api.load_experiment(config)
         where = tmp_path / f"config-{i}"
         try:
-            one, _ = runs.start(exp, where / "one")
-            two, _ = runs.start(api.load_experiment(config, others), where / "two")
+            one, _ = launch.start(exp, where / "one")
+            two, _ = launch.start(api.load_experiment(config, others), where / "two")
             assert_same_run(one.path, two.path)
             resumed = stopped_and_resumed(exp, where / "resumed", stop_in, others)
             assert_same_run(one.path, resumed)
-            ray, _ = runs.start(api.load_experiment(config, ["resources.backend=ray"]), where / "ray")
+            ray, _ = launch.start(api.load_experiment(config, ["resources.backend=ray"]), where / "ray")
             assert_same_run(one.path, ray.path)
         except BaseException as e:
             raise AssertionError(f"configuration {i} (stop in generation {stop_in}, others {others}): "

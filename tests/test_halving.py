@@ -174,7 +174,7 @@ def test_an_individual_failing_in_the_second_part_is_one_failure_not_the_end_of_
     fine in the first; the run records it as failed and goes on (it used to stop with AllFailed,
     on every resume too)."""
     from neuroevo_sparse.evaluators import local
-    from neuroevo_sparse.jobs import TrainResult
+    from neuroevo_sparse.train.jobs import TrainResult
 
     class SecondPartsDiverge(local.LocalEvaluator):
         def evaluate(self, jobs, on_result=None):
@@ -188,7 +188,7 @@ def test_an_individual_failing_in_the_second_part_is_one_failure_not_the_end_of_
 
     monkeypatch.setattr(local, "LocalEvaluator", SecondPartsDiverge)
     exp = _halving(tiny, halving_keep=0.1)
-    run, state = runs.start(exp, tmp_path / "run")
+    run, state = launch.start(exp, tmp_path / "run")
     assert state.generation == exp.evolution.generations
     h = pd.read_parquet(run.path / "history")
     for g, rows in h[h.evaluated].groupby("generation"):
