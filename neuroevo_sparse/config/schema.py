@@ -180,6 +180,13 @@ class EvolutionConfig:
     halving_at: float | None = _range(0.0, 1.0, lo_open=True, hi_open=True, default=None)
     # With halving_at: the fraction of the generation's trainings that go on to the last step.
     halving_keep: float = _range(0.0, 1.0, lo_open=True, hi_open=True, default=0.5)
+    # A final polish of the front inside the run's budget (0: none). In the last configured
+    # generation, after selection, every member of the archive (the Pareto front, or the hall of
+    # fame) is trained this many more steps as a new individual (operator "polish"), its
+    # learning rate decayed by a cosine from its lineage's rate (training.lineage_schedule;
+    # training.lr without one) to zero, so the networks the run leaves end annealed as a single
+    # network's training ends. Those steps are in the history's `steps` like any other.
+    polish_steps: int = _range(0, default=0)
 
 
 @dataclass(frozen=True)
@@ -245,6 +252,18 @@ class TrainingConfig:
     auto_by: Literal["measurement", "rules"] = "measurement"
     # Learning rate over one training run: "constant", or "cosine" decay to 0 over its steps.
     lr_schedule: Literal["constant", "cosine"] = "constant"
+    # The GA's learning rate over a lineage's history: "none", each training at `lr` (with
+    # `lr_schedule`); "cosine", the rate of an individual's step is read from a cosine over the
+    # steps its lineage has trained before it (the genome's lineage_steps, inherited by
+    # mutation, the parents' mean under crossover), from `lr` at step 0 down to
+    # `lr * lineage_floor` at `lineage_horizon` steps and flat after it, so lineages anneal as
+    # one network trained that long would, instead of restarting at the full rate after every
+    # inheritance (the failure population-based training avoids by inheriting its schedule).
+    lineage_schedule: Literal["none", "cosine"] = "none"
+    # Steps of a lineage over which "cosine" decays; needed with it.
+    lineage_horizon: int | None = _range(1, default=None)
+    # The rate past the horizon, a fraction of `lr`: lineages that go on keep learning slowly.
+    lineage_floor: float = _range(0.0, 1.0, default=0.05)
 
 
 @dataclass(frozen=True)
@@ -664,6 +683,9 @@ def _cross_checks(exp: Experiment, problems: list[str]) -> None:
         problems.append("evolution.mutations: empty while evolution.crossover = \"none\": nothing would vary")
     if exp.model.kind == "cnn" and exp.data.dataset in ("digits", "synthetic"):
         pass  # flat datasets are reshaped to images by data.py when their size is square
+    if exp.training.lineage_schedule != "none" and exp.training.lineage_horizon is None:
+        problems.append(f"training.lineage_horizon: needed with training.lineage_schedule = "
+                        f"{exp.training.lineage_schedule!r} (the lineage steps over which the rate decays)")
     if exp.structure.gradual_start >= exp.structure.gradual_end:
         problems.append(f"structure.gradual_start: must be < structure.gradual_end ({exp.structure.gradual_end}); "
                         f"got {exp.structure.gradual_start}")

@@ -99,6 +99,9 @@ class Evolution:
             target_counts(self.info, self.maskable, exp.sparsity.min_density, exp.sparsity.init, "sparsity.min_density")
         self.archive = self.objectives.make_archive()
         self.front = Front(exp.evolution.retrain_survivors)
+        # The history gets a lineage_steps column where the run uses lineages' steps (fixed-size
+        # runs without these keys keep their histories column for column).
+        self.lineages = exp.training.lineage_schedule != "none" or exp.evolution.polish_steps > 0
 
     # ------------------------------------------------------------------------ the loop
     def run(self, state: State | None = None, generations: int | None = None) -> State:
@@ -179,11 +182,34 @@ class Evolution:
         # A Pareto archive holds every non-dominated individual evaluated so far, survivor or
         # not (its hypervolume can then never fall); a hall of fame the best survivors.
         self.archive.update(trained + survivors if self.exp.fitness.mode == "pareto" else survivors)
-        self._score_test(survivors, g, trained)
-        self._record(g, state.population, offspring, survivors, progress)
-        # In the order of the history's rows: the parents, then the offspring.
-        self.front.update(g, [p for p in state.population if any(p is t for t in trained)] + offspring, survivors)
-        return State(g, survivors, list(self.archive), state.next_id + len(offspring), self.front.members())
+        polished = []
+        if g == ev.generations and ev.polish_steps > 0:
+            polished = self._polish(g, state.next_id + len(offspring), progress)
+        self._score_test(survivors, g, trained + polished)
+        self._record(g, state.population, offspring + polished, survivors, progress)
+        # In the order of the history's rows: the parents, then the offspring, then the polished.
+        self.front.update(g, [p for p in state.population if any(p is t for t in trained)] + offspring + polished,
+                          survivors)
+        return State(g, survivors, list(self.archive), state.next_id + len(offspring) + len(polished),
+                     self.front.members())
+
+    def _polish(self, g: int, next_id: int, progress: Progress) -> list[Genome]:
+        """evolution.polish_steps: each member of the archive, in its order, trained on as a new
+        individual (operator "polish") with a rate that decays to zero; the polished networks
+        enter the archive, where they replace the members they beat on validation."""
+        members = [m for m in self.archive if m.metrics.get("status") == "ok"]
+        polished = []
+        for i, m in enumerate(members):
+            child = clone(m, next_id + i, g)
+            child.operator = "polish"
+            polished.append(child)
+        jobs = [TrainJob(p.id, g, seeds.derive(self.seed, "polish", g, p.id), p.masks, p.weights,
+                         lineage_step=p.lineage_steps, steps=self.exp.evolution.polish_steps, polish=True)
+                for p in polished]
+        progress.jobs_dropped(-len(jobs))  # jobs the total did not count
+        self._write_back(polished, jobs, self._train(jobs, g, progress))
+        self.archive.update(polished)
+        return polished
 
     def _vary(self, parents: list[Genome], next_id: int, g: int, rng: np.random.Generator) -> list[Genome]:
         """Pairs of parents -> pairs of new children: crossover with probability crossover_prob,
@@ -217,7 +243,8 @@ class Evolution:
         evolution.halving_at, in two parts: all of them to that point, then the best on."""
         ev = self.exp.evolution
         jobs = [TrainJob(g.id, generation, seeds.derive(self.seed, "train", generation, g.id),
-                         g.masks, g.weights, until=ev.halving_at or 1.0) for g in genomes]
+                         g.masks, g.weights, until=ev.halving_at or 1.0, lineage_step=g.lineage_steps)
+                for g in genomes]
         results = self._train(jobs, generation, progress)
         self._all_failed(generation, [(r.status, r.error) for r in results])  # before any write-back
         self._write_back(genomes, jobs, results)
@@ -266,6 +293,8 @@ class Evolution:
         for g, job, r in zip(genomes, jobs, results):
             if self.exp.evolution.inheritance == "lamarckian":
                 g.weights = r.weights
+                if r.status == "ok":  # a failed training returns the weights it was given
+                    g.lineage_steps = job.lineage_step + r.steps
             else:  # Baldwinian: offspring inherit the untrained weights; exports show the trained
                 g.trained = r.weights if r.status == "ok" else None
             g.metrics = {**r.metrics(), "seed": job.seed, "evaluated_in": job.generation}
@@ -365,6 +394,8 @@ class Evolution:
             "device": m.get("device"),
         }
         row.update({f"density.{k}": v for k, v in ind.layer_density().items()})
+        if self.lineages:
+            row["lineage_steps"] = ind.lineage_steps
         return row
 
     # ------------------------------------------------------------------------ checkpoints

@@ -145,8 +145,11 @@ def _targets(a: Genome, b: Genome) -> dict[str, int]:
 
 def _child(gid: int, parents: tuple[Genome, ...], generation: int, operator: str,
            masks: dict[str, np.ndarray], weights: dict[str, np.ndarray]) -> Genome:
+    # The child's weights are its parents' trained ones, so it carries their training: a
+    # mutant its parent's steps, a crossover child (weights from both) their mean.
+    steps = int(round(sum(p.lineage_steps for p in parents) / len(parents))) if parents else 0
     return Genome(id=gid, masks=masks, weights=weights, parents=tuple(p.id for p in parents),
-                  born=generation, operator=operator)
+                  born=generation, operator=operator, lineage_steps=steps)
 
 
 def _bias_of(name: str, weights: dict[str, np.ndarray]) -> str | None:

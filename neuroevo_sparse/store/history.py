@@ -31,7 +31,9 @@ FIXED = [
 ]
 
 # Pareto runs only: the hypervolume of the archive after the row's generation (fitness.py).
-OPTIONAL = [("hypervolume", pa.float64())]
+# Runs with training.lineage_schedule or evolution.polish_steps: the optimiser steps the
+# individual's weights carry (Genome.lineage_steps).
+OPTIONAL = [("hypervolume", pa.float64()), ("lineage_steps", pa.int64())]
 
 # Columns that vary between identical runs (timing, placement); everything else must not.
 NONDETERMINISTIC = ("train_seconds", "worker", "device")

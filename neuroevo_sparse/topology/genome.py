@@ -31,6 +31,10 @@ class Genome:
     # Baldwinian runs only: the weights its last training reached (what `metrics` measured);
     # never inherited. Lamarckian runs write them into `weights` instead.
     trained: dict[str, np.ndarray] | None = None
+    # Optimiser steps its weights carry: its lineage's training, inherited with the weights
+    # (a mutant its parent's, a crossover child its parents' mean); what the learning rate of
+    # training.lineage_schedule is read from.
+    lineage_steps: int = 0
 
     def network_weights(self) -> dict[str, np.ndarray]:
         """The weights of the network its metrics describe: what an export holds."""
@@ -67,7 +71,8 @@ class Genome:
     def meta(self) -> dict[str, Any]:
         values = list(self.fitness.values) if self.fitness is not None and self.fitness.valid else None
         return {"id": self.id, "parents": list(self.parents), "born": self.born,
-                "operator": self.operator, "metrics": self.metrics, "fitness": values}
+                "operator": self.operator, "metrics": self.metrics, "fitness": values,
+                "lineage_steps": self.lineage_steps}
 
     @classmethod
     def from_arrays(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "Genome":
@@ -76,7 +81,8 @@ class Genome:
         trained = {k[8:]: v for k, v in arrays.items() if k.startswith("trained/")}
         return cls(id=int(meta["id"]), masks=masks, weights=weights,
                    parents=tuple(meta["parents"]), born=int(meta["born"]),
-                   operator=meta["operator"], metrics=dict(meta["metrics"]), trained=trained or None)
+                   operator=meta["operator"], metrics=dict(meta["metrics"]), trained=trained or None,
+                   lineage_steps=int(meta.get("lineage_steps", 0)))
 
 
 # ------------------------------------------------------------------------- initialising

@@ -107,8 +107,9 @@ def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
              for k, v in job.masks.items() if k not in sparse_layers}
     optimiser = optimiser_for(cfg, model)
     n = len(data.train[1])
-    steps = total_steps(cfg, n)
+    steps = job.steps or total_steps(cfg, n)
     first, last = job.span(steps)
+    lr = lineage_lr(cfg, job, steps)
     # Randomness inside a user's network (dropout) comes from the job's seed, not the worker's.
     torch.manual_seed(job.seed % 2 ** 63)
     total, done = 0.0, first
@@ -121,7 +122,8 @@ def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
     deadline = None if spec.time_limit_s is None else time.perf_counter() + spec.time_limit_s
     order = itertools.islice(batches(n, cfg.batch_size, last, job.seed, device), first, None)
     try:
-        for _, loss, _ in train_steps(model, optimiser, params, masks, cfg, data.train, order, steps, first=first):
+        for _, loss, _ in train_steps(model, optimiser, params, masks, cfg, data.train, order, steps, first=first,
+                                      lr=lr):
             total += loss
             done += 1
             if done < last and deadline is not None and time.perf_counter() > deadline:
@@ -198,11 +200,13 @@ def train_steps(model: nn.Module, optimiser: optim.Optimizer, params: dict[str, 
                 masks: dict[str, torch.Tensor], cfg, train: tuple[torch.Tensor, torch.Tensor],
                 order: Iterator[torch.Tensor], steps: int,
                 keep_grads: Callable[[int], bool] = lambda step: False, first: int = 0,
+                lr: Callable[[int], float] | None = None,
                 ) -> Iterator[tuple[int, float, dict[str, torch.Tensor] | None]]:
     """The step loop of one network: per batch of `order` (steps `first`, `first` + 1, ... of
     `steps`), cross-entropy, the finite check, one `masked_step`; yields (step, loss, dense
     gradients if `keep_grads(step)`) after each, so a caller may change `masks` in place
-    between steps (structure updates). Raises Diverged."""
+    between steps (structure updates). `lr`, the rate of each step, replaces
+    `training.lr_schedule` (lineage_lr). Raises Diverged."""
     x, y = train
     loss_fn = nn.CrossEntropyLoss()
     model.train()
@@ -210,18 +214,22 @@ def train_steps(model: nn.Module, optimiser: optim.Optimizer, params: dict[str, 
         loss = loss_fn(model(x[idx]), y[idx])
         if not torch.isfinite(loss):
             raise Diverged(step, steps, loss.item())
-        grads = masked_step(loss, optimiser, params, masks, cfg, step, steps, keep_grads=keep_grads(step))
+        grads = masked_step(loss, optimiser, params, masks, cfg, step, steps, keep_grads=keep_grads(step),
+                            lr=None if lr is None else lr(step))
         yield step, loss.item(), grads
 
 
 def masked_step(loss: torch.Tensor, optimiser: optim.Optimizer, params: dict[str, torch.Tensor],
                 masks: dict[str, torch.Tensor], cfg, step: int, steps: int, keep_grads: bool = False,
-                keep: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor] | None:
+                keep: dict[str, torch.Tensor] | None = None,
+                lr: float | dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor] | None:
     """One optimiser step that keeps inactive connections at exactly zero: gradients masked
     before the step (no momentum builds up), weights masked after it. With `keep_grads`, the
     dense gradients of the masked tensors, taken before masking, are returned (RigL's regrowth).
     `keep` (the vectorised path) says per parameter where its gradient counts at all: entries of
-    individuals that diverged get none (by `where`: their gradient may hold NaN, and NaN * 0 = NaN)."""
+    individuals that diverged get none (by `where`: their gradient may hold NaN, and NaN * 0 = NaN).
+    `lr`: this step's rate instead of `training.lr_schedule`'s, one number, or per parameter a
+    tensor of rates that broadcasts against it (K individuals at their own rates)."""
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
     dense = {k: params[k].grad.detach().clone() for k in masks} if keep_grads else None
@@ -232,7 +240,13 @@ def masked_step(loss: torch.Tensor, optimiser: optim.Optimizer, params: dict[str
         for name, m in masks.items():
             if params[name].grad is not None:  # None: the module did not use the tensor
                 params[name].grad.mul_(m)
-    set_lr(optimiser, cfg, step, steps)
+    if lr is None:
+        set_lr(optimiser, cfg, step, steps)
+    elif isinstance(lr, dict):
+        optimiser.lr_of = {params[name]: rate for name, rate in lr.items()}
+    else:
+        for group in optimiser.param_groups:
+            group["lr"] = lr
     optimiser.step()
     with torch.no_grad():
         for name, m in masks.items():
@@ -245,6 +259,27 @@ def set_lr(optimiser: optim.Optimizer, cfg, step: int, steps: int) -> None:
     if cfg.lr_schedule == "cosine":
         for group in optimiser.param_groups:
             group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
+def lineage_rate(cfg, lineage_step: int) -> float:
+    """The rate of a lineage's step `lineage_step` under `training.lineage_schedule`: `lr` down
+    a cosine to `lr * lineage_floor` at `lineage_horizon`, flat after it."""
+    if cfg.lineage_schedule == "none":
+        return cfg.lr
+    t = min(lineage_step, cfg.lineage_horizon) / cfg.lineage_horizon
+    return cfg.lr * (cfg.lineage_floor + (1 - cfg.lineage_floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def lineage_lr(cfg, job: TrainJob, steps: int) -> Callable[[int], float] | None:
+    """The rate of each step of a job (of `steps`) that training.lineage_schedule or a polish
+    sets; None where `training.lr_schedule` applies as it is. A polish decays by a cosine from
+    the rate its lineage has reached to zero at its last step."""
+    if job.polish:
+        start = lineage_rate(cfg, job.lineage_step)
+        return lambda step: start * 0.5 * (1 + math.cos(math.pi * step / steps))
+    if cfg.lineage_schedule == "none":
+        return None
+    return lambda step: lineage_rate(cfg, job.lineage_step + step)
 
 
 def batches(n: int, batch_size: int, steps: int, seed: int, device: str) -> Iterator[torch.Tensor]:

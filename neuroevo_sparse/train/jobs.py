@@ -74,6 +74,13 @@ class TrainJob:
     until: float = 1.0
     # Go on from a training that stopped part-way (`weights` are then the ones it stopped with).
     resume: Resume | None = None
+    # Steps its lineage trained before this job (Genome.lineage_steps): where its learning rate
+    # starts under training.lineage_schedule.
+    lineage_step: int = 0
+    # Steps of this job instead of the config's (evolution.polish_steps).
+    steps: int | None = None
+    # A polish: the rate decays by a cosine from the lineage's rate to zero over the job's steps.
+    polish: bool = False
 
     def span(self, total: int) -> tuple[int, int]:
         """The steps [first, last) of the individual's `total` that this job trains."""

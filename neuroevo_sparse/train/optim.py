@@ -29,6 +29,9 @@ class Optimizer:
         self.param_groups = [{"params": self.params, "lr": lr}]
         self.weight_decay = weight_decay
         self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+        # Per parameter, a tensor of rates that broadcasts against it, in place of the group's
+        # rate: K stacked individuals, each at its own rate (training.lineage_schedule).
+        self.lr_of: dict[torch.Tensor, torch.Tensor] = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -44,7 +47,7 @@ class Optimizer:
             if p.grad is None:
                 continue
             grad = p.grad if self.weight_decay == 0 else p.grad.add(p, alpha=self.weight_decay)
-            self._update(p, grad, self.state.setdefault(p, {}), lr)
+            self._update(p, grad, self.state.setdefault(p, {}), self.lr_of.get(p, lr))
 
     def _update(self, p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float) -> None:
         raise NotImplementedError
@@ -67,7 +70,10 @@ class SGD(Optimizer):
             else:
                 buf.mul_(self.momentum).add_(grad, alpha=1)
             grad = buf
-        p.add_(grad, alpha=-lr)
+        if torch.is_tensor(lr):
+            p.sub_(grad * lr)
+        else:
+            p.add_(grad, alpha=-lr)
 
 
 class Adam(Optimizer):
@@ -91,4 +97,7 @@ class Adam(Optimizer):
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         step_size = lr / (1 - beta1 ** step)
         denom = (exp_avg_sq.sqrt() / (1 - beta2 ** step) ** 0.5).add_(self.eps)
-        p.addcdiv_(exp_avg, denom, value=-step_size)
+        if torch.is_tensor(step_size):
+            p.sub_(exp_avg * step_size / denom)
+        else:
+            p.addcdiv_(exp_avg, denom, value=-step_size)

@@ -32,7 +32,8 @@ from torch.func import functional_call, vmap
 from . import kernels
 from .jobs import Resume, TrainJob, TrainResult, TrainSpec
 from .sparse import Pattern, layers_to_sparsify, sparse_matmul_t
-from .core import DeviceData, batches_of, evaluate, masked_step, optimiser_for, run_jobs, to_numpy, total_steps
+from .core import (DeviceData, batches_of, evaluate, lineage_lr, masked_step, optimiser_for, run_jobs, to_numpy,
+                   total_steps)
 
 
 def train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list[TrainResult]:
@@ -164,10 +165,13 @@ def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
 
     x_train, y_train = data.train
     n = len(y_train)
-    steps = total_steps(cfg, n)
+    steps = jobs[0].steps or total_steps(cfg, n)
     first, last = jobs[0].span(steps)
-    if any(j.span(steps) != (first, last) for j in jobs):
+    if any(j.span(j.steps or total_steps(cfg, n)) != (first, last) for j in jobs):
         raise ValueError("the jobs of a vectorised group must train the same steps")
+    rates = [lineage_lr(cfg, j, steps) for j in jobs]
+    rated = None if all(r is None for r in rates) else \
+        [r if r is not None else (lambda step: cfg.lr) for r in rates]
     order = itertools.islice(batches_of(n, cfg.batch_size, last, [j.seed for j in jobs], device), first, None)
     alive = torch.ones(k, dtype=torch.bool, device=device)
     diverged: dict[int, tuple[int, str]] = {}  # index -> (steps done, why)
@@ -197,7 +201,12 @@ def _train_many(jobs: list[TrainJob], spec: TrainSpec, data: DeviceData) -> list
             keep = {name: alive[owner[name]] if name in owner else alive.view(k, *[1] * (p.dim() - 1))
                     for name, p in params.items()}
             losses = torch.where(alive, losses, torch.zeros_like(losses))
-        masked_step(losses.sum(), optimiser, params, group.dense_masks, cfg, step, steps, keep=keep)
+        lr = None
+        if rated is not None:  # each individual at its own rate, per value of each parameter
+            each = torch.tensor([r(step) for r in rated], dtype=torch.float32, device=device)
+            lr = {name: each[owner[name]] if name in owner else each.view(k, *[1] * (p.dim() - 1))
+                  for name, p in params.items()}
+        masked_step(losses.sum(), optimiser, params, group.dense_masks, cfg, step, steps, keep=keep, lr=lr)
         total += losses.detach().double()
 
     results = []

@@ -1,0 +1,145 @@
+"""A lineage's training travels with its genome (training.lineage_schedule) and the front is
+polished at the end (evolution.polish_steps): steps inherited and combined, the rate read from
+them, every step in the history, and a stopped run resumed is the run that never stopped."""
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import TINY
+from neuroevo_sparse import config, operators, report, runs
+from neuroevo_sparse.config import ConfigError
+from neuroevo_sparse.genome import Genome
+from neuroevo_sparse.jobs import TrainJob
+from neuroevo_sparse.store import checkpoint
+from neuroevo_sparse.store.history import NONDETERMINISTIC
+from neuroevo_sparse.training import lineage_lr, lineage_rate
+
+PARETO = ['fitness.mode="pareto"', 'fitness.objectives=["val_accuracy","active_params"]', "fitness.weights=[1.0,-1.0]",
+          "sparsity.fixed=false", "sparsity.min_density=0.05", "sparsity.max_density=0.9",
+          'evolution.mutations=["grow","prune","set"]', "evolution.offspring=4", "evolution.generations=3"]
+LINEAGE = ['training.lineage_schedule="cosine"', "training.lineage_horizon=50", "training.lineage_floor=0.1",
+           "evolution.polish_steps=7", "evolution.halving_at=0.5"]
+
+
+def load(tmp_path, sets):
+    (tmp_path / "t.toml").write_text(TINY)
+    return config.load(tmp_path / "t.toml", PARETO + sets)
+
+
+def test_the_rate_follows_the_lineage_and_a_polish_ends_at_zero(tmp_path):
+    cfg = load(tmp_path, LINEAGE).training
+    assert lineage_rate(cfg, 0) == pytest.approx(cfg.lr)
+    assert lineage_rate(cfg, 25) == pytest.approx(cfg.lr * (0.1 + 0.9 * 0.5))
+    assert lineage_rate(cfg, 50) == lineage_rate(cfg, 500) == pytest.approx(cfg.lr * 0.1)
+    job = TrainJob(0, 1, 0, {}, {}, lineage_step=30)
+    assert lineage_lr(cfg, job, 20)(5) == pytest.approx(lineage_rate(cfg, 35))
+    polish = lineage_lr(cfg, replace(job, polish=True, steps=8), 8)
+    assert polish(0) == pytest.approx(lineage_rate(cfg, 30)) and polish(8) == pytest.approx(0.0, abs=1e-12)
+    assert lineage_lr(load(tmp_path, []).training, job, 20) is None  # without the key: lr_schedule as it was
+
+
+def test_lineage_steps_are_inherited_combined_and_stored():
+    w = {"a": np.ones((2, 2), np.float32)}
+    m = {"a": np.ones((2, 2), bool)}
+    a = Genome(1, m, w, lineage_steps=100)
+    b = Genome(2, m, w, lineage_steps=41)
+    assert operators.clone(a, 3, 1).lineage_steps == 100
+    assert operators._child(4, (a, b), 1, "cx", m, w).lineage_steps == 70  # the mean, rounded
+    back = Genome.from_arrays(a.meta(), a.to_arrays())
+    assert back.lineage_steps == 100
+    old = {k: v for k, v in a.meta().items() if k != "lineage_steps"}  # a checkpoint without it
+    assert Genome.from_arrays(old, a.to_arrays()).lineage_steps == 0
+
+
+def test_the_horizon_is_needed_with_the_schedule(tmp_path):
+    with pytest.raises(ConfigError, match="training.lineage_horizon"):
+        load(tmp_path, ['training.lineage_schedule="cosine"'])
+    with pytest.raises(ConfigError, match="evolution.polish_steps"):
+        load(tmp_path, ["evolution.polish_steps=-1"])
+
+
+@pytest.fixture(scope="module")
+def lineage_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lineage")
+    exp = load(root, LINEAGE)
+    run, _ = runs.start(exp, root / "run")
+    return exp, run.path
+
+
+def test_every_step_is_in_the_history_and_lineages_add_up(lineage_run):
+    exp, run = lineage_run
+    h = report.load(run)
+    ev = h[h.evaluated]
+    polish = ev[ev.operator == "polish"]
+    assert len(polish) > 0 and (polish.generation == exp.evolution.generations).all()
+    assert (polish.steps == exp.evolution.polish_steps).all()
+    # An individual's lineage steps: its parents' (their mean) plus its own training, so the
+    # budget and every lineage read from the parquet alone.
+    for _, r in ev.iterrows():
+        parents = [h[(h.individual_id == p) & (h.generation <= r.generation) & (h.individual_id != r.individual_id)]
+                   .lineage_steps.iloc[0 if r.operator == "polish" else -1] for p in r.parent_ids]
+        if r.operator == "polish":  # from the archive's member as it was last trained
+            parents = [h[h.individual_id == p].lineage_steps.iloc[-1] for p in r.parent_ids]
+        inherited = int(round(np.mean(parents))) if parents else 0
+        assert r.lineage_steps == inherited + r.steps, r.to_dict()
+    # The front is chosen from what was polished and what was not, by validation.
+    front = report.pareto_front(h)
+    assert front.test_accuracy.notna().all()
+    total = int(ev.steps.sum())
+    assert total >= exp.evolution.population * exp.training.steps // 2
+
+
+def history(run) -> pd.DataFrame:
+    df = pd.read_parquet(run / "history").drop(columns=["run_id", *NONDETERMINISTIC])
+    return df.sort_values(["generation", "individual_id"]).reset_index(drop=True)
+
+
+def test_stop_and_resume_gives_the_run_that_never_stopped(lineage_run, tmp_path):
+    exp, ref = lineage_run
+    stop = {"now": False}
+
+    def at(info):
+        stop["now"] = info.generation == 1
+
+    run, _ = runs.start(exp, tmp_path / "run", should_stop=lambda: stop["now"], callbacks=[at])
+    assert report.load(run.path).generation.max() == 1
+    runs.resume(run.path)
+    pd.testing.assert_frame_equal(history(ref), history(run.path))
+    a, b = checkpoint.load_latest(ref / "checkpoints"), checkpoint.load_latest(run.path / "checkpoints")
+    assert a.path.name == b.path.name
+    strip = lambda s: sorted(({k: v for k, v in g.items() if k != "metrics"} for g in s["genomes"]),  # noqa: E731
+                             key=lambda g: g["id"])
+    assert strip(a.state) == strip(b.state)
+    assert any(g["lineage_steps"] > 0 for g in a.state["genomes"])
+    assert a.arrays.keys() == b.arrays.keys()
+    assert all(np.array_equal(a.arrays[k], b.arrays[k]) for k in a.arrays)
+
+
+def test_vectorised_and_one_by_one_agree_under_the_schedule(tmp_path):
+    """K individuals at their own rates in one batched pass train as each alone would."""
+    from neuroevo_sparse import data, models
+    from neuroevo_sparse.jobs import TrainSpec
+    from neuroevo_sparse.training import DeviceData, train
+    from neuroevo_sparse.vectorised import train_many
+
+    exp = load(tmp_path, LINEAGE[:3] + ["training.vectorise=\"on\""])
+    splits = data.load(exp.data, 0)
+    arch = models.Architecture.of(exp, splits.input_shape, splits.num_classes)
+    spec = replace(TrainSpec.of(exp, arch), vectorise=True)
+    dd = DeviceData(splits)
+    jobs = []
+    rng = np.random.default_rng(0)
+    for i, steps in enumerate([0, 30, 80]):
+        masks = {n: rng.random(arch.template[n].shape) < 0.5 for n in arch.maskable}
+        weights = {n: (v * masks[n] if n in masks else v).astype(v.dtype) for n, v in arch.template.items()}
+        jobs.append(TrainJob(i, 1, 11 + i, masks, weights, lineage_step=steps))
+    many = train_many(jobs, spec, dd)
+    for job, r in zip(jobs, many):
+        one = train(job, spec, dd)
+        assert math.isclose(one.train_loss, r.train_loss, rel_tol=1e-4)
+        for n in arch.maskable:
+            np.testing.assert_allclose(one.weights[n], r.weights[n], atol=1e-5)
