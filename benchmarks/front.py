@@ -10,9 +10,12 @@ learning rate, decayed by a cosine, which helps a single long run):
   rigl       RigL: drop by |w|, regrow by gradient, every 100 steps, cosine-decayed, until 75%
   threshold  the seed paper's first method (structure.py), every epoch
   strength   the seed paper's second method, every epoch
-at densities 1, 2, 5, 10, 20 and 50%, seeds 0-2.
+  gradual    gradual magnitude pruning (Zhu & Gupta 2017): from dense, pruned by |w| every 100
+             steps to a cubic schedule's density between 10% and 70% of training, then fine-tuned
+at densities 1, 2, 5, 10, 20 and 50%, seeds 0-2 (0-4 with --seeds).
 
-The GA: experiments/fashion_mnist_pareto.toml itself (seeds 0-2). Its training budget, the
+The GA: experiments/fashion_mnist_pareto.toml itself (seeds 0-2), and its ablations (--variants:
+each mechanism of issue 35 switched off in turn, VARIANTS below). Its training budget, the
 samples of every training of every individual it evaluated, is measured from its history and
 must not exceed the budget of one baseline method over the grid (6 densities x EPOCHS epochs
 of the training split); the table says both.
@@ -21,7 +24,11 @@ Per density the table gives each method's test accuracy (mean ± sd over seeds) 
 front's best at or below that density: of the front's networks with at most that density,
 the one with the highest *validation* accuracy, and its test accuracy. Each curve's
 hypervolume is that of its points (density of the masked weights, test accuracy) against
-the reference point (density 1, accuracy 0), by moocore.
+the reference point (density 1, accuracy 0), by moocore; and on a log-density axis, where
+x = log(density / 0.01) / log(100) (0 at 1%, the grid's smallest density, 1 at 100%; points
+below 1% count as at 1%, so a front reaching smaller sizes than the grid gains no area the
+baselines could not have), so that the small networks count as much as the large (on the
+linear axis the top accuracy dominates).
 
 A second table answers whether evolved per-layer allocation beats ERK and uniform at a fixed
 global density of 10%: the work of benchmarks/experiments/ga_work.toml at 10%, started from
@@ -33,6 +40,9 @@ and the package version; a stored run is reused only when its key matches.
 
     python benchmarks/front.py                  # everything missing, 2 processes (~40 min on 2 cores)
     python benchmarks/front.py --report-only    # table, JSON, plot and docs/FRONT.md from stored runs
+
+Stored runs whose key no longer matches (made by an older release) are rerun, unless
+--stale-ok lets the report use them; the report then names the methods that rest on them.
 """
 
 from __future__ import annotations
@@ -59,7 +69,17 @@ FIGURE = ROOT / "benchmarks" / "results" / "front.png"
 DOC = ROOT / "docs" / "FRONT.md"
 SEEDS = [0, 1, 2]
 DENSITIES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
-METHODS = ["magnitude", "static", "set", "rigl", "threshold", "strength"]
+METHODS = ["magnitude", "static", "set", "rigl", "threshold", "strength", "gradual"]
+LOG_FLOOR = 0.01  # the density at x = 0 of the log-density hypervolume: the grid's smallest
+# The GA with each mechanism of issue 35 on or off in turn (overrides of fashion_mnist_pareto.toml;
+# "ga" is the file as it is). The budget of each stays within one baseline method's: without the
+# polish, its steps go to two more generations (the file before the polish).
+VARIANTS = {
+    "no-polish": ["evolution.polish_steps=0", "evolution.generations=11"],
+    "schedule": ['training.lineage_schedule="cosine"', "training.lineage_horizon=4800", "training.lineage_floor=0.2"],
+    "schedule-no-polish": ['training.lineage_schedule="cosine"', "training.lineage_horizon=4800",
+                           "training.lineage_floor=0.2", "evolution.polish_steps=0", "evolution.generations=11"],
+}
 EPOCHS = 10
 ALLOCATIONS = {  # name: overrides of ga_work.toml (at 10% density)
     "uniform": ['sparsity.init="uniform"'],
@@ -85,15 +105,15 @@ def baseline_experiment(method: str, density: float, seed: int):
            "training": {k: v for k, v in raw["training"].items() if k != "steps"}}
     sets = [f'structure.method="{method}"', f"sparsity.density={density}", f"training.epochs={EPOCHS}",
             'training.lr_schedule="cosine"', f"experiment.seed={seed}"]
-    if method == "rigl":
+    if method in ("rigl", "gradual"):
         sets.append("structure.update_every=100")
     return config.from_dict(config.apply_overrides(raw, sets + COMMON), source=str(PARETO))
 
 
-def ga_experiment(seed: int):
+def ga_experiment(seed: int, variant: str = "ga"):
     from neuroevo_sparse import config
 
-    return config.load(PARETO, [f"experiment.seed={seed}"] + COMMON)
+    return config.load(PARETO, VARIANTS.get(variant, []) + [f"experiment.seed={seed}"] + COMMON)
 
 
 def allocation_experiment(name: str, seed: int):
@@ -120,12 +140,23 @@ def path_of(kind: str, *args) -> Path:
     return OUT / ("-".join([kind, *(f"{a:g}" if isinstance(a, float) else str(a) for a in args)]) + ".json")
 
 
+STALE_OK = False  # --stale-ok
+STALE: set[str] = set()  # "kind method" of stored runs used although their key is an older one
+
+
 def stored(kind: str, *args) -> dict | None:
     try:
         r = json.loads(path_of(kind, *args).read_text())
     except (OSError, ValueError):  # not run yet, or a damaged file: run it again
         return None
-    return r if isinstance(r, dict) and r.get("key") == key_of(kind, *args) else None
+    if not isinstance(r, dict):
+        return None
+    if r.get("key") == key_of(kind, *args):
+        return r
+    if STALE_OK and kind != "ga":
+        STALE.add(f"{kind} {args[0]}")
+        return r
+    return None
 
 
 # ------------------------------------------------------------------ one run (in a child process)
@@ -143,11 +174,11 @@ def run_baseline(method: str, density: float, seed: int) -> dict:
             "seconds": f.seconds}
 
 
-def run_ga(seed: int) -> dict:
+def run_ga(seed: int, variant: str = "ga") -> dict:
     from neuroevo_sparse.report import tables as report
     from neuroevo_sparse import launch
 
-    exp = ga_experiment(seed)
+    exp = ga_experiment(seed, variant)
     with tempfile.TemporaryDirectory() as tmp:
         run, _ = launch.start(exp, Path(tmp) / "run")
         h = report.load(run.path)
@@ -155,7 +186,7 @@ def run_ga(seed: int) -> dict:
     front = report.pareto_front(h)
     return {"front": json.loads(front[["individual_id", "active_params", "density", "val_accuracy",
                                       "test_accuracy"]].to_json(orient="records")),
-            "samples": int((ev.steps * exp.training.batch_size).sum()), "evaluations": int(len(ev)),
+            "samples": int((h[h.evaluated].steps * exp.training.batch_size).sum()), "evaluations": int(len(ev)),
             "hypervolume_val": float(h.hypervolume.iloc[-1]),
             "spread": float(front.active_params.max() / front.active_params.min())}
 
@@ -193,12 +224,26 @@ def run_and_store(kind: str, *args) -> dict:
 
 # ------------------------------------------------------------------ the report
 
-def hypervolume(points: list[tuple[float, float]]) -> float:
-    """(density, test accuracy) points, density minimised and accuracy maximised, against (1, 0)."""
+def hypervolume(points: list[tuple[float, float]], log: bool = False) -> float:
+    """(density, test accuracy) points, density minimised and accuracy maximised, against (1, 0);
+    with `log`, density on the log axis of LOG_FLOOR..1 mapped to 0..1."""
+    import math
+
     import moocore
     import numpy as np
 
+    if log:
+        points = [(max(0.0, math.log(d / LOG_FLOOR) / math.log(1 / LOG_FLOOR)), a) for d, a in points]
     return float(moocore.hypervolume(np.array(points), ref=np.array([1.0, 0.0]), maximise=[False, True]))
+
+
+def welch(a: list[float], b: list[float]) -> float | None:
+    """Welch's two-sided p-value of a difference of means (None with fewer than 2 each)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy import stats
+
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def best_at_or_below(front: list[dict], density: float) -> float | None:
@@ -210,8 +255,27 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def ga_summary(variant: str) -> dict | None:
+    """The GA runs of a variant over SEEDS (those stored), or None if none is."""
+    ga = [r for s in SEEDS if (r := stored("ga", s, *([] if variant == "ga" else [variant]))) is not None]
+    if not ga:
+        return None
+    return {
+        "seeds": [r["args"][0] for r in ga],
+        "runs": len(ga), "samples": [r["samples"] for r in ga], "evaluations": [r["evaluations"] for r in ga],
+        "front_sizes": [len(r["front"]) for r in ga], "spreads": [r["spread"] for r in ga],
+        "min_density": [min(p["density"] for p in r["front"]) for r in ga],
+        "max_density": [max(p["density"] for p in r["front"]) for r in ga],
+        "best_at_or_below": {str(d): [best_at_or_below(r["front"], d) for r in ga] for d in DENSITIES},
+        "hypervolume": [hypervolume([(p["density"], p["test_accuracy"]) for p in r["front"]]) for r in ga],
+        "hypervolume_log": [hypervolume([(p["density"], p["test_accuracy"]) for p in r["front"]], log=True)
+                            for r in ga],
+        "fronts": [r["front"] for r in ga],
+    }
+
+
 def summarise() -> dict:
-    curves, hv = {}, {}
+    curves, hv, hv_log, per_seed_hv = {}, {}, {}, {}
     for m in METHODS:
         points = []
         for d in DENSITIES:
@@ -224,22 +288,22 @@ def summarise() -> dict:
                            "samples": runs[0]["samples"]})
         if len(points) == len(DENSITIES):
             curves[m] = points
-            per_seed = [hypervolume([(d, stored("baseline", m, d, s)["test_accuracy"]) for d in DENSITIES])
-                        for s in SEEDS]
-            hv[m] = mean_sd(per_seed)
-    ga = [stored("ga", s) for s in SEEDS]
-    ga = [r for r in ga if r is not None]
+            points_of = lambda s: [(d, stored("baseline", m, d, s)["test_accuracy"]) for d in DENSITIES]  # noqa: E731
+            per_seed_hv[m] = {"linear": [hypervolume(points_of(s)) for s in SEEDS],
+                              "log": [hypervolume(points_of(s), log=True) for s in SEEDS]}
+            hv[m] = mean_sd(per_seed_hv[m]["linear"])
+            hv_log[m] = mean_sd(per_seed_hv[m]["log"])
     out = {"epochs": EPOCHS, "densities": DENSITIES, "seeds": SEEDS, "curves": curves,
-           "hypervolume": {m: {"mean": v[0], "sd": v[1]} for m, v in hv.items()}}
-    if ga:
-        out["ga"] = {
-            "runs": len(ga), "samples": [r["samples"] for r in ga], "evaluations": [r["evaluations"] for r in ga],
-            "front_sizes": [len(r["front"]) for r in ga], "spreads": [r["spread"] for r in ga],
-            "best_at_or_below": {str(d): [best_at_or_below(r["front"], d) for r in ga] for d in DENSITIES},
-            "fronts": [r["front"] for r in ga],
-        }
-        v = mean_sd([hypervolume([(p["density"], p["test_accuracy"]) for p in r["front"]]) for r in ga])
-        out["hypervolume"]["GA front"] = {"mean": v[0], "sd": v[1]}
+           "hypervolume": {m: {"mean": v[0], "sd": v[1]} for m, v in hv.items()},
+           "hypervolume_log": {m: {"mean": v[0], "sd": v[1]} for m, v in hv_log.items()},
+           "baseline_hypervolume_per_seed": per_seed_hv}
+    variants = {v: g for v in ["ga", *VARIANTS] if (g := ga_summary(v)) is not None}
+    if "ga" in variants:
+        out["ga"] = ga = variants["ga"]
+        out["hypervolume"]["GA front"] = dict(zip(("mean", "sd"), mean_sd(ga["hypervolume"])))
+        out["hypervolume_log"]["GA front"] = dict(zip(("mean", "sd"), mean_sd(ga["hypervolume_log"])))
+    out["variants"] = variants
+    out["stale"] = sorted(STALE)
     alloc = {}
     for name in ALLOCATIONS:
         runs = [stored("alloc", name, s) for s in SEEDS]
@@ -254,30 +318,61 @@ def summarise() -> dict:
 def table(s: dict) -> str:
     ga = s.get("ga")
     budget = EPOCHS * len(DENSITIES)
+    methods = [m for m in METHODS if m in s["curves"]]
+    samples = s["curves"][methods[0]][0]["samples"] * len(DENSITIES) if methods else None
     lines = [f"Test accuracy, mean ± sd over seeds {', '.join(map(str, SEEDS))}. Each single network: {EPOCHS} "
              f"epochs; one method over the grid: {budget} epochs"
-             + (f" ({s['curves'][METHODS[0]][0]['samples'] * len(DENSITIES) / 1e6:.2f}M samples)"
-                if METHODS[0] in s["curves"] else "") + "."]
+             + (f" ({samples / 1e6:.2f}M samples)" if samples else "") + "."]
     if ga:
         lines.append(f"The GA: {statistics.mean(ga['evaluations']):.0f} evaluations, "
-                     f"{statistics.mean(ga['samples']) / 1e6:.2f}M samples in all; final fronts of "
+                     f"{statistics.mean(ga['samples']) / 1e6:.2f}M samples in all (polish included); final fronts of "
                      f"{', '.join(map(str, ga['front_sizes']))} networks spanning "
-                     f"{', '.join(f'{x:.0f}x' for x in ga['spreads'])} in active parameters.")
-    lines += ["", "| density | " + " | ".join(METHODS) + " | GA front, best at or below |",
-              "| --- | " + " | ".join("---" for _ in METHODS) + " | --- |"]
+                     f"{', '.join(f'{x:.0f}x' for x in ga['spreads'])} in active parameters, from "
+                     f"{', '.join(f'{x:.2%}' for x in ga['min_density'])} to "
+                     f"{', '.join(f'{x:.1%}' for x in ga['max_density'])} density.")
+    if s.get("stale"):
+        lines.append(f"Stored with an older release's key (reused by --stale-ok, not rerun): {', '.join(s['stale'])}.")
+    lines += ["", "| density | " + " | ".join(methods) + " | best baseline | GA front, best at or below | GA - best |",
+              "| --- | " + " | ".join("---" for _ in methods) + " | --- | --- | --- |"]
     for i, d in enumerate(DENSITIES):
-        cells = []
-        for m in METHODS:
-            c = s["curves"].get(m)
-            cells.append(f"{c[i]['test_accuracy']:.4f} ± {c[i]['test_accuracy_sd']:.4f}" if c else "not run")
-        g = "not run"
+        cells = [f"{s['curves'][m][i]['test_accuracy']:.4f} ± {s['curves'][m][i]['test_accuracy_sd']:.4f}"
+                 for m in methods]
+        best = max((s["curves"][m][i]["test_accuracy"], m) for m in methods) if methods else None
+        g, diff = "not run", ""
         if ga:
             vals = ga["best_at_or_below"][str(d)]
-            g = "none that small" if any(v is None for v in vals) else "{:.4f} ± {:.4f}".format(*mean_sd(vals))
-        lines.append(f"| {d:.0%} | " + " | ".join(cells) + f" | {g} |")
-    lines += ["", "Hypervolume of each curve (density of the masked weights vs test accuracy, reference (1, 0)):", ""]
-    lines += [f"- {name}: {v['mean']:.4f} ± {v['sd']:.4f}"
-              for name, v in sorted(s["hypervolume"].items(), key=lambda kv: -kv[1]["mean"])]
+            if any(v is None for v in vals):
+                g = "none that small"
+            else:
+                g = "{:.4f} ± {:.4f}".format(*mean_sd(vals))
+                diff = f"{statistics.mean(vals) - best[0]:+.4f}" if best else ""
+        lines.append(f"| {d:.0%} | " + " | ".join(cells) + f" | {best[1] if best else ''} | {g} | {diff} |")
+    for key, title in (("hypervolume", "linear density"), ("hypervolume_log", "log density")):
+        lines += ["", f"Hypervolume of each curve ({title} vs test accuracy, reference (1, 0)):", ""]
+        lines += [f"- {name}: {v['mean']:.4f} ± {v['sd']:.4f}"
+                  for name, v in sorted(s[key].items(), key=lambda kv: -kv[1]["mean"])]
+    variants = s.get("variants", {})
+    if len(variants) > 1 and "ga" in variants:
+        best_lin = max(s["curves"], key=lambda m: s["hypervolume"][m]["mean"]) if s["curves"] else None
+        lines += ["", "Ablation: each mechanism off in turn (hypervolume per seed, mean ± sd; Welch's p against "
+                  "the full GA):", "",
+                  "| GA | seeds | samples | hypervolume | p | log hypervolume | p |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        full = variants["ga"]
+        rows = [("ga (all on)", full)] + [(v, g) for v, g in variants.items() if v != "ga"]
+        for name, g in rows:
+            p_lin = welch(g["hypervolume"], full["hypervolume"]) if g is not full else None
+            p_log = welch(g["hypervolume_log"], full["hypervolume_log"]) if g is not full else None
+            lines.append(f"| {name} | {len(g['hypervolume'])} | {statistics.mean(g['samples']) / 1e6:.2f}M | "
+                         "{:.4f} ± {:.4f}".format(*mean_sd(g["hypervolume"])) + f" | {'' if p_lin is None else f'{p_lin:.3f}'} | "
+                         + "{:.4f} ± {:.4f}".format(*mean_sd(g["hypervolume_log"]))
+                         + f" | {'' if p_log is None else f'{p_log:.3f}'} |")
+        if best_lin:
+            per = s["baseline_hypervolume_per_seed"][best_lin]
+            p_lin = welch(full["hypervolume"], per["linear"])
+            p_log = welch(full["hypervolume_log"], per["log"])
+            lines.append(f"| {best_lin} (best baseline) | {len(per['linear'])} | {samples / 1e6:.2f}M | "
+                         + "{:.4f} ± {:.4f}".format(*mean_sd(per["linear"])) + f" | {'' if p_lin is None else f'{p_lin:.3f}'} | "
+                         + "{:.4f} ± {:.4f}".format(*mean_sd(per["log"])) + f" | {'' if p_log is None else f'{p_log:.3f}'} |")
     if s["allocation"]:
         lines += ["", "Per-layer allocation at a fixed global density of 10% (the work of ga_work.toml, same compute):",
                   "", "| start | test accuracy | layer densities of the best (seed 0) |", "| --- | --- | --- |"]
@@ -296,10 +391,10 @@ def figure(s: dict) -> None:
     for m, points in s["curves"].items():
         ax.errorbar([p["density"] for p in points], [p["test_accuracy"] for p in points],
                     yerr=[p["test_accuracy_sd"] for p in points], fmt="o--", ms=4, capsize=2, label=m)
-    for i, front in enumerate(s.get("ga", {}).get("fronts", [])):
+    for i, front in enumerate((s.get("ga") or {}).get("fronts", [])):
         front = sorted(front, key=lambda p: p["density"])
         ax.plot([p["density"] for p in front], [p["test_accuracy"] for p in front], "k.-", lw=1.6,
-                alpha=0.8, label="GA front (seeds 0-2)" if i == 0 else None)
+                alpha=0.8, label="GA front" if i == 0 else None)
     ax.set(xscale="log", xlabel="density of the masked weights", ylabel="test accuracy",
            title="Fashion-MNIST MLP: GA front vs single networks at equal compute")
     ax.grid(alpha=0.3, which="both")
@@ -314,23 +409,36 @@ def write_report() -> str:
     SUMMARY.write_text(json.dumps(s, indent=1))
     figure(s)
     text = table(s)
-    DOC.write_text("# The GA's front against single networks at equal compute\n\nWritten by "
-                   "`python benchmarks/front.py` (`--report-only` rewrites it from the stored runs in "
-                   "benchmarks/results/front/). Figure: benchmarks/results/front.png; data: "
+    head = DOC.read_text().split(MARK)[0] if DOC.exists() and MARK in DOC.read_text() else \
+        "# The GA's front against single networks at equal compute\n\n"
+    DOC.write_text(head + MARK + "\n\nWritten by `python benchmarks/front.py` (`--report-only` rewrites it from "
+                   "the stored runs in benchmarks/results/front/). Figure: benchmarks/results/front.png; data: "
                    "benchmarks/results/front.json.\n\n" + text)
     return text
+
+
+# docs/FRONT.md: the text above this line is written by hand (the findings), the tables below by this script.
+MARK = "<!-- tables written by benchmarks/front.py -->"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
-    p.add_argument("--parts", nargs="+", choices=["baseline", "ga", "alloc"], default=["ga", "alloc", "baseline"])
+    p.add_argument("--parts", nargs="+", choices=["baseline", "ga", "variants", "alloc"],
+                   default=["ga", "alloc", "baseline"])
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS, help="baselines to run")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    p.add_argument("--stale-ok", action="store_true",
+                   help="report stored baseline and allocation runs made by an older release instead of rerunning them")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
+    global STALE_OK
+    STALE_OK = args.stale_ok
+    SEEDS[:] = list(range(args.seeds))
     if args.one:
         kind, *rest = args.one
-        conv = {"baseline": (str, float, int), "ga": (int,), "alloc": (str, int)}[kind]
+        conv = {"baseline": (str, float, int), "ga": (int, str), "alloc": (str, int)}[kind]
         values = [f(v) for f, v in zip(conv, rest)]
         print(json.dumps({"baseline": run_baseline, "ga": run_ga, "alloc": run_alloc}[kind](*values)))
         return
@@ -339,10 +447,12 @@ def main() -> None:
         for part in args.parts:
             if part == "ga":
                 todo += [("ga", s) for s in SEEDS]
+            elif part == "variants":
+                todo += [("ga", s, v) for v in VARIANTS for s in SEEDS]
             elif part == "alloc":
                 todo += [("alloc", n, s) for n in ALLOCATIONS for s in SEEDS]
             else:
-                todo += [("baseline", m, d, s) for s in SEEDS for m in METHODS for d in DENSITIES]
+                todo += [("baseline", m, d, s) for s in SEEDS for m in args.methods for d in DENSITIES]
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda t: run_and_store(*t), todo))
     print(write_report())
