@@ -214,7 +214,8 @@ def run_and_store(kind: str, *args) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"{kind} {args} failed:\n{out.stderr[-3000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    r.update(key=key_of(kind, *args), kind=kind, args=list(args))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    r.update(key=key_of(kind, *args), kind=kind, args=list(args), commit=commit)
     OUT.mkdir(parents=True, exist_ok=True)
     path_of(kind, *args).write_text(json.dumps(r, indent=1))
     print(f"  {kind} {' '.join(map(str, args))}: "
@@ -354,11 +355,11 @@ def table(s: dict) -> str:
     variants = s.get("variants", {})
     if len(variants) > 1 and "ga" in variants:
         best_lin = max(s["curves"], key=lambda m: s["hypervolume"][m]["mean"]) if s["curves"] else None
-        lines += ["", "Ablation: each mechanism off in turn (hypervolume per seed, mean ± sd; Welch's p against "
-                  "the full GA):", "",
+        lines += ["", "Ablation: each mechanism on or off (VARIANTS; hypervolume over seeds, mean ± sd; Welch's p "
+                  "against the GA of fashion_mnist_pareto.toml):", "",
                   "| GA | seeds | samples | hypervolume | p | log hypervolume | p |", "| --- | --- | --- | --- | --- | --- | --- |"]
         full = variants["ga"]
-        rows = [("ga (all on)", full)] + [(v, g) for v, g in variants.items() if v != "ga"]
+        rows = [("ga (fashion_mnist_pareto.toml)", full)] + [(v, g) for v, g in variants.items() if v != "ga"]
         for name, g in rows:
             p_lin = welch(g["hypervolume"], full["hypervolume"]) if g is not full else None
             p_log = welch(g["hypervolume_log"], full["hypervolume_log"]) if g is not full else None
@@ -427,6 +428,8 @@ def main() -> None:
     p.add_argument("--parts", nargs="+", choices=["baseline", "ga", "variants", "alloc"],
                    default=["ga", "alloc", "baseline"])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS, help="baselines to run")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                   help="GA ablations to run (--parts variants)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     p.add_argument("--stale-ok", action="store_true",
                    help="report stored baseline and allocation runs made by an older release instead of rerunning them")
@@ -448,7 +451,7 @@ def main() -> None:
             if part == "ga":
                 todo += [("ga", s) for s in SEEDS]
             elif part == "variants":
-                todo += [("ga", s, v) for v in VARIANTS for s in SEEDS]
+                todo += [("ga", s, v) for v in args.variants for s in SEEDS]
             elif part == "alloc":
                 todo += [("alloc", n, s) for n in ALLOCATIONS for s in SEEDS]
             else:
