@@ -10,13 +10,15 @@ import pandas as pd
 import pytest
 
 from conftest import TINY
-from neuroevo_sparse import config, operators, report, runs
+from neuroevo_sparse import config, launch
+from neuroevo_sparse.evolution import operators
+from neuroevo_sparse.report import tables as report
 from neuroevo_sparse.config import ConfigError
-from neuroevo_sparse.genome import Genome
-from neuroevo_sparse.jobs import TrainJob
+from neuroevo_sparse.topology.genome import Genome
+from neuroevo_sparse.train.jobs import TrainJob
 from neuroevo_sparse.store import checkpoint
 from neuroevo_sparse.store.history import NONDETERMINISTIC
-from neuroevo_sparse.training import lineage_lr, lineage_rate
+from neuroevo_sparse.train.core import lineage_lr, lineage_rate
 
 PARETO = ['fitness.mode="pareto"', 'fitness.objectives=["val_accuracy","active_params"]', "fitness.weights=[1.0,-1.0]",
           "sparsity.fixed=false", "sparsity.min_density=0.05", "sparsity.max_density=0.9",
@@ -66,7 +68,7 @@ def test_the_horizon_is_needed_with_the_schedule(tmp_path):
 def lineage_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("lineage")
     exp = load(root, LINEAGE)
-    run, _ = runs.start(exp, root / "run")
+    run, _ = launch.start(exp, root / "run")
     return exp, run.path
 
 
@@ -105,9 +107,9 @@ def test_stop_and_resume_gives_the_run_that_never_stopped(lineage_run, tmp_path)
     def at(info):
         stop["now"] = info.generation == 1
 
-    run, _ = runs.start(exp, tmp_path / "run", should_stop=lambda: stop["now"], callbacks=[at])
+    run, _ = launch.start(exp, tmp_path / "run", should_stop=lambda: stop["now"], callbacks=[at])
     assert report.load(run.path).generation.max() == 1
-    runs.resume(run.path)
+    launch.resume(run.path)
     pd.testing.assert_frame_equal(history(ref), history(run.path))
     a, b = checkpoint.load_latest(ref / "checkpoints"), checkpoint.load_latest(run.path / "checkpoints")
     assert a.path.name == b.path.name
@@ -121,15 +123,15 @@ def test_stop_and_resume_gives_the_run_that_never_stopped(lineage_run, tmp_path)
 
 def test_vectorised_and_one_by_one_agree_under_the_schedule(tmp_path):
     """K individuals at their own rates in one batched pass train as each alone would."""
-    from neuroevo_sparse import data, models
-    from neuroevo_sparse.jobs import TrainSpec
-    from neuroevo_sparse.training import DeviceData, train
-    from neuroevo_sparse.vectorised import train_many
+    from neuroevo_sparse.problem import data, models
+    from neuroevo_sparse.train.core import DeviceData, train
+    from neuroevo_sparse.train.paths import spec_for
+    from neuroevo_sparse.train.vectorised import train_many
 
     exp = load(tmp_path, LINEAGE[:3] + ["training.vectorise=\"on\""])
     splits = data.load(exp.data, 0)
     arch = models.Architecture.of(exp, splits.input_shape, splits.num_classes)
-    spec = replace(TrainSpec.of(exp, arch), vectorise=True)
+    spec = replace(spec_for(exp, arch), vectorise=True)
     dd = DeviceData(splits)
     jobs = []
     rng = np.random.default_rng(0)
