@@ -20,7 +20,7 @@ def problems_of(tmp_path: Path, text: str, overrides=None) -> str:
 
 def test_defaults_are_valid():
     exp = config.from_dict({})
-    assert exp.evolution.population == 8 and exp.resources.backend == "ray"
+    assert exp.evolution.population == 8 and exp.resources.backend == "auto"
 
 
 @pytest.mark.parametrize("text", ["", "# just a comment\n\n   \n# another\n"])

@@ -335,8 +335,11 @@ class FitnessConfig:
 
 @dataclass(frozen=True)
 class ResourcesConfig:
-    # Where individuals train: "ray" (tasks on a local Ray or a cluster), "local" (in this process).
-    backend: Literal["ray", "local"] = "ray"
+    # Where individuals train. "auto": in this process on one machine, on Ray when a cluster is
+    # named (resources.address, --address or RAY_ADDRESS); "local": always in this process;
+    # "ray": always on Ray (a local Ray is started when no cluster is named). Results are the
+    # same on every backend.
+    backend: Literal["auto", "ray", "local"] = "auto"
     # Ray cluster to join ("auto", "127.0.0.1:6379", ...); None starts a local Ray.
     address: str | None = None
     # CPUs of a locally started Ray, or of the local backend (one training thread per
