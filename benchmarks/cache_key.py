@@ -1,10 +1,12 @@
 """What a stored benchmark run is keyed by, so that a stale result is never reused silently.
 
-A key holds every resolved config value (defaults included: a default changed in the code
-changes the key of every run that left it alone), the package and torch versions, and a hash
+A key holds every resolved config value that can change results (defaults included: a default
+changed in the code changes the key of every run that left it alone), the package and torch versions, and a hash
 of the source of every neuroevo_sparse module the run's entry point imports, followed
 transitively (`code_hash`): an edit to the code that trains changes the key even where the
-version was not bumped, and an edit elsewhere (the CLI, plots) does not.
+version was not bumped, and an edit elsewhere (the CLI, plots) does not. Settings that cannot
+change results (`NEUTRAL`: the backend, worker counts, checkpointing, progress display) are
+left out, so a run keyed on one backend or machine size is found again on another.
 """
 
 from __future__ import annotations
@@ -98,11 +100,26 @@ def code_hash(entry: str) -> str:
     return h.hexdigest()[:16]
 
 
+def neutral() -> frozenset[str]:
+    """Config keys (`section.key`) that cannot change what a run computes: those a resume may
+    change, less the number of generations (which a resume may extend, but which decides what
+    a finished run holds)."""
+    from neuroevo_sparse.config import RESUME_SAFE_KEYS
+    return RESUME_SAFE_KEYS - {"evolution.generations"}
+
+
+def keyed_config(exp) -> dict:
+    """`exp` as a dict of sections, less the `neutral` keys: what a key's config hash covers."""
+    drop = neutral()
+    return {section: {k: v for k, v in values.items() if f"{section}.{k}" not in drop}
+            for section, values in exp.to_dict().items()}
+
+
 def run_key(exp, seed: int, entry: str) -> dict:
     """The key of one stored run of `exp` (a config.Experiment) with `seed`, trained by `entry`."""
     import torch
 
     import neuroevo_sparse
-    blob = json.dumps(exp.to_dict(), sort_keys=True, default=str)
+    blob = json.dumps(keyed_config(exp), sort_keys=True, default=str)
     return {"config": hashlib.sha256(blob.encode()).hexdigest()[:16], "code": code_hash(entry),
             "version": neuroevo_sparse.__version__, "torch": torch.__version__, "seed": seed}

@@ -220,3 +220,14 @@ def test_a_stored_result_names_its_code_and_an_edit_makes_it_stale_not_failing(t
         assert line is not None and line.startswith("stale: made") and \
             "refresh with `python benchmarks/kernels.py --repeats 1`" in line
     assert "before results were stamped" in harness.staleness({"rows": []})
+
+
+def test_keys_do_not_depend_on_settings_that_cannot_change_results(tmp_path):
+    base = job(tmp_path).exp
+    key = lambda exp: cache_key.run_key(exp, 0, paper_claims.DST)["config"]  # noqa: E731
+    same = [dataclasses.replace(base, resources=dataclasses.replace(base.resources, backend=b, num_cpus=n))
+            for b, n in (("local", 1), ("ray", 2), ("auto", None))]
+    assert {key(e) for e in same} == {key(base)}
+    assert key(dataclasses.replace(base, output=dataclasses.replace(base.output, keep_checkpoints=9))) == key(base)
+    assert key(dataclasses.replace(base, training=dataclasses.replace(base.training, lr=0.5))) != key(base)
+    assert key(dataclasses.replace(base, evolution=dataclasses.replace(base.evolution, generations=9))) != key(base)
