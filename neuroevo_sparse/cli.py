@@ -70,7 +70,11 @@ def _dispatch(args) -> int:
         from .evolution.loop import AllFailed
         from .report.tables import HistoryError
         from .store.checkpoint import NoValidCheckpoint
+        from .store.lock import RunDirLocked
 
+        if isinstance(e, RunDirLocked):  # another process writes the run: nothing to resume here
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         if isinstance(e, (ConfigError, DatasetError, NoValidCheckpoint, HistoryError, FileExistsError,
                           FileNotFoundError)):  # FileNotFoundError: a missing run dir, dataset (DatasetNotFound)
             print(f"error: {e}", file=sys.stderr)

@@ -39,12 +39,15 @@ def start(exp: Experiment, run_dir: str | Path | None = None,
     except BaseException:
         _close(cluster)
         raise
-    on_created(run.path)
-    log.info("run directory: %s", run.path)
-    log.info("data: %s %s", exp.data.factory or exp.data.dataset, splits.summary())
-    log.info("network: %s, %d parameters, %d masked tensor(s)", exp.model.factory or exp.model.kind,
-             arch.parameters, len(arch.maskable))
-    return run, _execute(exp, run, splits, None, should_stop, callbacks, arch, spec, cluster)
+    try:
+        on_created(run.path)
+        log.info("run directory: %s", run.path)
+        log.info("data: %s %s", exp.data.factory or exp.data.dataset, splits.summary())
+        log.info("network: %s, %d parameters, %d masked tensor(s)", exp.model.factory or exp.model.kind,
+                 arch.parameters, len(arch.maskable))
+        return run, _execute(exp, run, splits, None, should_stop, callbacks, arch, spec, cluster)
+    finally:
+        run.release()
 
 
 def _prepare(exp: Experiment, splits: Future[data.Splits] | None = None, plan: Plan | None = None,
@@ -94,6 +97,17 @@ def resume(run_path: str | Path, overrides: list[str] | None = None, generations
     run = RunDir(run_path)
     if not run.config_path.is_file():
         raise FileNotFoundError(f"{run.path} is not a run directory (no config.toml)")
+    # Before anything is read or written: another writer's files are not stale, and a
+    # checkpoint read now could be pruned by it.
+    run.acquire("resume")
+    try:
+        return _resume(run, overrides, generations, should_stop, callbacks)
+    finally:
+        run.release()
+
+
+def _resume(run: RunDir, overrides: list[str] | None, generations: int | None, should_stop: Callable[[], bool],
+            callbacks: Sequence[Callback]) -> tuple[RunDir, State]:
     for path in run.remove_stale_temporaries():
         log.info("removed %s, left half-written by a process that was killed", path)
     original = run.config()

@@ -166,3 +166,48 @@ def test_sigint_stops_after_the_generation_with_a_checkpoint(reference, tmp_path
     assert stopped_at < 4
     assert sorted(int(p.stem.split("-")[1]) for p in (run / "history").glob("*.parquet")) == \
         list(range(stopped_at + 1))
+
+
+def test_two_writers_at_once_one_runs_the_other_exits_2_naming_the_holder(reference, tmp_path):
+    toml, ref = reference
+    run = tmp_path / "run"
+    assert cli("run", str(toml), "--run-dir", str(run), *ARGS[:2], "--set", "evolution.generations=2",
+               *ARGS[2:]).returncode == 0
+    release = tmp_path / "go-on"
+    first = subprocess.Popen(neuroevo_cmd() + ["resume", str(run), "--generations", "4"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "NEUROEVO_FAULT": "wait:mid-generation@3",
+                                  "NEUROEVO_FAULT_RELEASE": str(release)})
+    try:
+        deadline = time.monotonic() + 120
+        waiting = tmp_path / "go-on.waiting"
+        while not waiting.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        holder = json.loads((run / "writer.json").read_text())
+        files = lambda: {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}  # noqa: E731
+        before = files()  # the first writer waits in generation 3: nothing else changes them
+        second = cli("resume", str(run), "--generations", "4")  # while the first holds the run directory
+        assert second.returncode == 2, second.stderr
+        line = second.stderr.strip().splitlines()[-1]
+        assert line.startswith("error: ") and "is being written by another process" in line
+        assert f"pid {holder['pid']}" in line and holder["host"] in line and holder["since"] in line
+        assert len(second.stderr.strip().splitlines()) == 1
+        assert files() == before  # the refused writer changed nothing
+    finally:
+        release.touch()
+        _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert not (run / "writer.json").exists()  # released
+    assert_same_run(ref, run)
+
+
+def test_a_killed_writers_lock_is_taken_over(reference, tmp_path):
+    toml, ref = reference
+    run = tmp_path / "run"
+    p = cli("run", str(toml), "--run-dir", str(run), *ARGS, env={"NEUROEVO_FAULT": "mid-generation@2"})
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    dead = json.loads((run / "writer.json").read_text())
+    r = cli("resume", str(run))
+    assert r.returncode == 0, r.stderr
+    assert f"took over the writer lock of {run} from host {dead['host']}, pid {dead['pid']}" in r.stderr
+    assert_same_run(ref, run)

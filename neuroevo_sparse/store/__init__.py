@@ -1,5 +1,6 @@
 """The run directory: everything a run leaves on disk, and nothing else writes there.
 
+    RUN_DIR/.writer.lock         the writer lock (see lock.py); RUN_DIR/writer.json: its holder
     RUN_DIR/config.toml          the resolved experiment, exactly what ran
     RUN_DIR/plan.json            the training path measured for the run (calibration.py), if it was
     RUN_DIR/history/             one parquet part per generation (see history.py)
@@ -7,7 +8,7 @@
     RUN_DIR/best/                the best individual: model.pt (plain state_dict, masks applied),
                                  masks.npz and metrics.json
 
-Owns: the layout of a run directory, its atomic writes, the history parts (history.py) and
+Owns: the layout of a run directory, its one writer (lock.py), its atomic writes, the history parts (history.py) and
 the checkpoints with their checksums (checkpoint.py).
 
 May import: config, faults. It stores plain data (numpy arrays, JSON); what the data means
@@ -29,6 +30,9 @@ import numpy as np
 from ..config.schema import ConfigError, Experiment, load as load_config, to_toml
 from . import checkpoint
 from . import history
+from .lock import HOLDER, LOCK, RunDirLocked, WriterLock
+
+__all__ = ["RunDir", "RunDirExists", "RunDirLocked", "WriterLock"]
 
 
 class RunDirExists(FileExistsError):
@@ -43,15 +47,29 @@ class RunDir:
         self.best = self.path / "best"
         self.config_path = self.path / "config.toml"
         self.plan_path = self.path / "plan.json"
+        self._lock: WriterLock | None = None
 
     @property
     def run_id(self) -> str:
         return self.path.name
 
+    def acquire(self, command: str) -> "RunDir":
+        """Take the run directory's writer lock for `command` (RunDirLocked, naming the holder,
+        if another process has it); held until `release`."""
+        if self._lock is None or not self._lock.held:
+            self._lock = WriterLock(self.path, command).acquire()
+        return self
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
     @classmethod
-    def create(cls, exp: Experiment, path: str | Path | None = None, plan: dict | None = None) -> "RunDir":
+    def create(cls, exp: Experiment, path: str | Path | None = None, plan: dict | None = None,
+               command: str = "run") -> "RunDir":
         """A new run directory, with `plan` (the measured training path) if there is one;
-        refuses one that already holds a run (resume it instead)."""
+        refuses one that already holds a run (resume it instead). It comes with its writer lock
+        held (`release` it when done)."""
         if path is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             base = Path(exp.output.root) / exp.experiment.name / f"{stamp}-seed{exp.experiment.seed}"
@@ -60,20 +78,33 @@ class RunDir:
                 n += 1
                 path = base.with_name(f"{base.name}-{n}")
         run = cls(path)
-        if run.config_path.exists() or run.checkpoints.exists():
-            raise RunDirExists(f"{run.path} already holds a run; continue it with "
-                               f"`neuroevo resume {run.path}` or choose another --run-dir")
-        if run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())):
+        if run.path.exists() and not run.path.is_dir():
+            raise RunDirExists(f"{run.path} is a file: a run writes only into a new or empty directory; "
+                               f"choose another --run-dir")
+        if not (run.config_path.exists() or run.checkpoints.exists()):
+            run._refuse_unless_empty()  # before the lock, whose file would go into a user's directory
+        run.path.mkdir(parents=True, exist_ok=True)
+        # The lock, then the checks again: of two runs started on one new directory, one writes it.
+        run.acquire(command)
+        try:
+            run._refuse_unless_empty()
+            _write_text(run.config_path, to_toml(exp))
+            if plan is not None:
+                _write_text(run.plan_path, json.dumps(plan, indent=1))
+        except BaseException:
+            run.release()
+            raise
+        return run
+
+    def _refuse_unless_empty(self) -> None:
+        if self.config_path.exists() or self.checkpoints.exists():
+            raise RunDirExists(f"{self.path} already holds a run; continue it with "
+                               f"`neuroevo resume {self.path}` or choose another --run-dir")
+        if self.path.is_dir() and any(p.name not in (LOCK, HOLDER) for p in self.path.iterdir()):
             # A run writes only into a new or empty directory: files of the user's that happen
             # to have the names a run writes (best/model.pt, history/...) are never overwritten.
-            what = "is a file" if not run.path.is_dir() else "is not empty and holds no run"
-            raise RunDirExists(f"{run.path} {what}: a run writes only into a new or empty directory; "
-                               f"choose another --run-dir")
-        run.path.mkdir(parents=True, exist_ok=True)
-        _write_text(run.config_path, to_toml(exp))
-        if plan is not None:
-            _write_text(run.plan_path, json.dumps(plan, indent=1))
-        return run
+            raise RunDirExists(f"{self.path} is not empty and holds no run: a run writes only into a new or "
+                               f"empty directory; choose another --run-dir")
 
     def read_plan(self) -> Any:
         """The stored plan.json as parsed JSON, None if there is none."""
