@@ -196,7 +196,7 @@ def _execute(exp, run, splits, loaded, should_stop, callbacks, arch: Architectur
         trackers = tracking.trackers(exp, run.path)
         evaluator = make_evaluator(exp, spec, splits, cluster)
         evo = Evolution(exp, arch, evaluator, run, should_stop, [*callbacks, *trackers])
-        state = evo.restore(loaded.state, loaded.arrays) if loaded else None
+        state = evo.restore(loaded.state, loaded.arrays_of) if loaded else None
         return evo.run(state)
     except ClusterLost as e:
         raise ClusterLost(f"{e}\nEvery generation completed before it is checkpointed in {run.path}; "

@@ -183,7 +183,7 @@ def test_state_of_the_wrong_shape_is_detected(finished):
 
 def test_no_valid_checkpoint_is_one_clear_line(finished):
     for ckpt in (finished / "checkpoints").glob("gen-*"):
-        (ckpt / "arrays.npz").write_bytes(b"damaged")
+        (ckpt / "state.json").write_bytes(b"damaged")
     p = cli("resume", str(finished), "--generations", "3")
     assert p.returncode == 2 and "no valid checkpoint" in p.stderr and "Traceback" not in p.stderr
 

@@ -91,15 +91,16 @@ def test_kill_at_a_random_moment_then_resume_twice(reference, tmp_path):
 
 
 def test_truncated_newest_checkpoint_falls_back(reference, tmp_path):
+    """(A damaged individual's file: test_run_dir.py.)"""
     toml, ref = reference
     run = tmp_path / "run"
     assert cli("run", str(toml), "--run-dir", str(run), *ARGS[:2], "--set", "evolution.generations=2",
                *ARGS[2:]).returncode == 0
-    newest = run / "checkpoints" / "gen-000002" / "arrays.npz"
+    newest = run / "checkpoints" / "gen-000002" / "state.json"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     r = cli("resume", str(run), "--generations", "4")
     assert r.returncode == 0, r.stderr
-    assert "gen-000002: arrays.npz does not match its checksum" in r.stderr
+    assert "gen-000002: state.json does not match its checksum" in r.stderr
     assert "resuming" in r.stderr and "from gen-000001" in r.stderr
     assert_same_run(ref, run)
 
@@ -120,14 +121,22 @@ def test_malicious_checkpoint_runs_no_code(reference, tmp_path, how):
                *ARGS[2:]).returncode == 0
     marker = tmp_path / "PWNED"
     ckpt = run / "checkpoints" / "gen-000002"
-    target = ckpt / "arrays.npz"
+    tmp = tmp_path / "evil"
     if how == "raw-pickle":
-        target.write_bytes(pickle.dumps(Exploit(marker)))
+        tmp.write_bytes(pickle.dumps(Exploit(marker)))
     else:
-        np.savez(target, evil=np.array([Exploit(marker)], dtype=object))
-    # The attacker also fixes the checksum, so only the loader's refusal to unpickle stands.
+        with open(tmp, "wb") as f:
+            np.savez(f, evil=np.array([Exploit(marker)], dtype=object))
+    evil = checkpoint.digest(tmp.read_bytes())  # named by its hash, as the loader checks
+    tmp.rename(run / "checkpoints" / "individuals" / f"{evil}{checkpoint.SUFFIX}")
+    # The attacker also points the checkpoint at it and fixes the checksums, so only the
+    # loader's refusal to unpickle stands.
+    state = json.loads((ckpt / "state.json").read_text())
+    state["individuals"] = {entry: evil for entry in state["individuals"]}
+    (ckpt / "state.json").write_text(json.dumps(state))
     manifest = json.loads((ckpt / "MANIFEST.json").read_text())
-    manifest["files"]["arrays.npz"] = checkpoint._sha256(target)
+    manifest["files"]["state.json"] = checkpoint._sha256(ckpt / "state.json")
+    manifest["individuals"] = [evil]
     (ckpt / "MANIFEST.json").write_text(json.dumps(manifest))
     r = cli("resume", str(run), "--generations", "3")
     assert not marker.exists(), "code from the checkpoint ran"

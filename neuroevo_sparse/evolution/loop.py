@@ -427,9 +427,9 @@ class Evolution:
                         and g.meta() != genomes[g.id].meta()]
         for g in state.front:
             genomes.setdefault(g.id, g)
-        arrays = {f"g{gid}/{k}": v for gid, g in genomes.items() for k, v in g.to_arrays().items()}
-        arrays.update({f"a{g.id}/{k}": v for g in copies for k, v in g.to_arrays().items()})
-        arrays.update({f"f{g.id}/{k}": v for g in front_copies for k, v in g.to_arrays().items()})
+        individuals = {f"g{gid}": g.to_arrays() for gid, g in genomes.items()}
+        individuals.update({f"a{g.id}": g.to_arrays() for g in copies})
+        individuals.update({f"f{g.id}": g.to_arrays() for g in front_copies})
         meta = {
             "generation": state.generation, "next_id": state.next_id,
             "population": [g.id for g in state.population], "archive": [g.id for g in state.archive],
@@ -447,7 +447,7 @@ class Evolution:
         summary = self.summary(best)
 
         def write() -> None:
-            self.run_dir.save_checkpoint(state.generation, meta, arrays, self.exp.output.keep_checkpoints)
+            self.run_dir.save_checkpoint(state.generation, meta, individuals, self.exp.output.keep_checkpoints)
             self.run_dir.save_model(self.run_dir.best, best.network_weights(), best.masks, summary)
 
         self._writer = _Background(write)
@@ -459,16 +459,19 @@ class Evolution:
         if writer is not None:
             writer.join()
 
-    def restore(self, meta: dict, arrays: dict[str, np.ndarray]) -> State:
-        def load(gm: dict, prefix: str) -> Genome:
-            g = Genome.from_arrays(gm, {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+    def restore(self, meta: dict, arrays_of: Callable[[str], dict[str, np.ndarray]]) -> State:
+        """The state a checkpoint holds: `meta` its state.json, `arrays_of(entry)` the arrays of
+        an individual ("g<id>"), an archive's own copy ("a<id>") or a front point's ("f<id>")
+        (checkpoint.Loaded.arrays_of)."""
+        def load(gm: dict, entry: str) -> Genome:
+            g = Genome.from_arrays(gm, arrays_of(entry))
             self.objectives.restore(g, gm["fitness"])
             return g
 
-        genomes = {gm["id"]: load(gm, f"g{gm['id']}/") for gm in meta["genomes"]}
-        copies = {gm["id"]: load(gm, f"a{gm['id']}/") for gm in meta.get("archive_copies", [])}
+        genomes = {gm["id"]: load(gm, f"g{gm['id']}") for gm in meta["genomes"]}
+        copies = {gm["id"]: load(gm, f"a{gm['id']}") for gm in meta.get("archive_copies", [])}
         population = [genomes[i] for i in meta["population"]]
-        front_copies = {gm["id"]: load(gm, f"f{gm['id']}/") for gm in meta.get("front_copies", [])}
+        front_copies = {gm["id"]: load(gm, f"f{gm['id']}") for gm in meta.get("front_copies", [])}
         self.front.restore(meta.get("front", []), {**genomes, **front_copies}, population)
         state = State(meta["generation"], population, [copies.get(i, genomes[i]) for i in meta["archive"]],
                       meta["next_id"], self.front.members())

@@ -58,11 +58,11 @@ def load_individual(run_dir: str | Path, individual: int | None = None, max_para
                        f"(weights are kept for the population, the archive and every individual the "
                        f"history's front shows); "
                        f"available: {sorted(metas)}")
-    prefix = f"g{individual}/"
+    arrays = loaded.arrays_of(f"g{individual}")
     # A Baldwinian individual's trained weights (what its metrics measured) if it has them.
-    kind = "trained/" if any(k.startswith(prefix + "trained/") for k in loaded.arrays) else "weight/"
-    weights = {k[len(prefix) + len(kind):]: v for k, v in loaded.arrays.items() if k.startswith(prefix + kind)}
-    masks = {k[len(prefix) + 5:]: v for k, v in loaded.arrays.items() if k.startswith(prefix + "mask/")}
+    kind = "trained/" if any(k.startswith("trained/") for k in arrays) else "weight/"
+    weights = {k[len(kind):]: v for k, v in arrays.items() if k.startswith(kind)}
+    masks = {k[5:]: v for k, v in arrays.items() if k.startswith("mask/")}
     model = {**run.config().to_dict()["model"], "input_shape": loaded.state["input_shape"],
              "num_classes": loaded.state["num_classes"]}
     return Individual(individual, metas[individual], weights, masks, model, loaded.path.name)

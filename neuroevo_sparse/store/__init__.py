@@ -4,7 +4,7 @@
     RUN_DIR/config.toml          the resolved experiment, exactly what ran
     RUN_DIR/plan.json            the training path measured for the run (calibration.py), if it was
     RUN_DIR/history/             one parquet part per generation (see history.py)
-    RUN_DIR/checkpoints/         atomic checkpoints (see checkpoint.py)
+    RUN_DIR/checkpoints/         atomic checkpoints, each individual stored once (see checkpoint.py)
     RUN_DIR/best/                the best individual: model.pt (plain state_dict, masks applied),
                                  masks.npz and metrics.json
 
@@ -48,6 +48,7 @@ class RunDir:
         self.config_path = self.path / "config.toml"
         self.plan_path = self.path / "plan.json"
         self._lock: WriterLock | None = None
+        self._writer: checkpoint.Writer | None = None
 
     @property
     def run_id(self) -> str:
@@ -146,9 +147,13 @@ class RunDir:
         return pd.read_parquet(self.history)
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, generation: int, state: dict[str, Any], arrays: dict[str, np.ndarray],
+    def save_checkpoint(self, generation: int, state: dict[str, Any], individuals: dict[str, dict[str, np.ndarray]],
                         keep: int) -> Path:
-        return checkpoint.save(self.checkpoints, generation, state, arrays, keep)
+        """Checkpoint `state` with `individuals` ("g<id>" or "a<id>" -> `Genome.to_arrays()`);
+        an individual stored by an earlier checkpoint of this RunDir is not written again."""
+        if self._writer is None:
+            self._writer = checkpoint.Writer(self.checkpoints)
+        return self._writer.save(generation, state, individuals, keep)
 
     def has_checkpoint(self) -> bool:
         """Whether any checkpoint was ever completed or started here (valid or not)."""

@@ -1,26 +1,44 @@
-"""Atomic, checksummed checkpoints made of JSON and .npz: loading one never runs code.
+"""Atomic, checksummed checkpoints made of JSON and raw arrays: loading one never runs code.
 
 Layout of RUN_DIR/checkpoints/:
-    gen-000005/state.json     plain JSON (generation, counters, lineage, fitness, config hash)
-    gen-000005/arrays.npz     masks and weights, read with allow_pickle=False
-    gen-000005/MANIFEST.json  sha256 of the two files above, written last
+    individuals/<sha256>.ind  one individual (masks, weights, any other per-individual arrays),
+                              stored sparse and named by the sha256 of its bytes: written once,
+                              shared by every checkpoint that holds it
+    gen-000005/state.json     plain JSON (generation, counters, lineage, fitness, config hash) and,
+                              per individual, the hash of its file
+    gen-000005/MANIFEST.json  sha256 of state.json and the individuals it refers to, written last
     LATEST                    name of the newest complete checkpoint
 
-A checkpoint is built in a hidden temporary directory and renamed into place, then LATEST
-is replaced; a kill at any moment leaves the previous checkpoint intact and named. On
-load, a checkpoint whose files are missing, truncated or do not match their checksums is
-reported and the next older one is tried.
+An individual's file holds each array of `Genome.to_arrays()` under its own name, encoded by
+what it is: a mask as packed bits; an array of a masked tensor's shape that is zero outside the
+mask (weights, trained weights, anything else a genome carries per connection) as its active
+values in mask order; anything else as it is. The file is a magic line, the length of a JSON
+header that says which (with each array's dtype, shape and place), the header, then the raw
+bytes: any per-individual array a genome adds is carried without a change here, and reading
+one is `np.frombuffer` of plain numeric dtypes, so no code and no pickle can come from it.
+Its name is the sha256 of its bytes, checked again on every load. A survivor is therefore
+written once however many checkpoints hold it, and a checkpoint costs the individuals that
+are new since the last one, at about (4 x density + 1/8) bytes per maskable weight.
+
+A checkpoint's individuals are written first, then its directory is built under a hidden
+temporary name and renamed into place, then LATEST is replaced; a kill at any moment leaves
+the previous checkpoint intact and named. Only then are the checkpoints beyond
+`keep` removed, and an individual's file only once no checkpoint left refers to it. On load,
+a checkpoint whose files are missing, truncated or do not match their hashes is reported and
+the next older one is tried; a reader racing a writer that removes old checkpoints reads the
+listing again. Format-1 checkpoints (every individual dense in one arrays.npz) still load.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +46,14 @@ import numpy as np
 
 from .. import faults
 
-FORMAT = 1
-FILES = ("state.json", "arrays.npz")
+FORMAT = 2
+READABLE = (1, 2)
+FILES = ("state.json",)
+OBJECTS = "individuals"
+SUFFIX = ".ind"
+MAGIC = b"neuroevo_sparse individual 1\n"
+
+log = logging.getLogger("neuroevo_sparse")
 
 
 class NoValidCheckpoint(RuntimeError):
@@ -40,82 +64,249 @@ class NoValidCheckpoint(RuntimeError):
 class Loaded:
     path: Path
     state: dict[str, Any]
-    arrays: dict[str, np.ndarray]
     skipped: list[str]  # "<dir>: <why>" for each newer checkpoint that could not be used
+    # entry ("g<id>": an individual, "a<id>": an archive's own copy) -> its file's bytes (format 2)
+    # or its dense arrays (format 1)
+    stored: dict[str, bytes | dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def arrays_of(self, entry: str) -> dict[str, np.ndarray]:
+        """The arrays of one individual ("g<id>", or "a<id>" for an archive's own copy), dense,
+        as `Genome.to_arrays()` gave them."""
+        return decode(self.stored[entry])
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every individual's arrays as one flat dict ("g<id>/<key>"), dense."""
+        return {f"{entry}/{k}": v for entry in self.stored for k, v in self.arrays_of(entry).items()}
 
 
 def name(generation: int) -> str:
     return f"gen-{generation:06d}"
 
 
-def save(ckpt_dir: Path, generation: int, state: dict[str, Any], arrays: dict[str, np.ndarray],
+# ---------------------------------------------------------------------------- one individual
+
+def encode(arrays: dict[str, np.ndarray]) -> bytes:
+    """An individual's arrays as the bytes of its file (see the module's docstring)."""
+    masks = {k[5:]: np.asarray(v) for k, v in arrays.items() if k.startswith("mask/")}
+    header: dict[str, dict[str, Any]] = {}
+    chunks: list[np.ndarray] = []
+    offset = 0
+    for key in sorted(arrays):
+        v = np.asarray(arrays[key])
+        entry: dict[str, Any] = {"shape": list(v.shape), "dtype": v.dtype.str}
+        mask = masks.get(key.split("/", 1)[1]) if "/" in key else None
+        if key.startswith("mask/") and v.dtype == bool:
+            entry["enc"], data = "bits", np.packbits(v.ravel())
+        elif (mask is not None and mask.dtype == bool and v.shape == mask.shape and v.dtype.kind in "fiu"
+              and not np.any(np.ascontiguousarray(v[~mask]).view(np.uint8))):
+            # Zero outside the mask down to the bit (a -0.0 is kept dense): the round trip is exact.
+            entry["enc"], entry["mask"], data = "active", f"mask/{key.split('/', 1)[1]}", v[mask]
+        else:
+            entry["enc"], data = "dense", np.ascontiguousarray(v)
+        if data.dtype.hasobject:
+            raise ValueError(f"{key}: an array of Python objects cannot be stored (numbers and booleans only)")
+        entry["stored"], entry["offset"], entry["nbytes"] = data.dtype.str, offset, data.nbytes
+        header[key] = entry
+        chunks.append(data)
+        offset += data.nbytes
+    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    return b"".join([MAGIC, len(head).to_bytes(8, "little"), head, *(memoryview(c).cast("B") for c in chunks)])
+
+
+def digest(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+def decode(blob: bytes | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays `encode` was given, bit for bit. A format-1 individual (a dict) is dense already.
+    Raises ValueError for bytes that are not an individual's file."""
+    if isinstance(blob, dict):
+        return dict(blob)
+    if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 8:
+        raise ValueError("not an individual's file (no magic line)")
+    size = int.from_bytes(blob[len(MAGIC):len(MAGIC) + 8], "little")
+    start = len(MAGIC) + 8 + size
+    header = json.loads(blob[len(MAGIC) + 8:start].decode())
+    out: dict[str, np.ndarray] = {}
+    for key in sorted(header, key=lambda k: header[k]["enc"] != "bits"):  # masks first
+        e = header[key]
+        shape, dtype, stored = tuple(e["shape"]), np.dtype(e["dtype"]), np.dtype(e["stored"])
+        if dtype.hasobject or stored.hasobject or stored.kind not in "biuf" or dtype.kind not in "biuf":
+            raise ValueError(f"{key}: dtype {e['stored']!r} is not a plain number or boolean")
+        if e["offset"] < 0 or start + e["offset"] + e["nbytes"] > len(blob) or e["nbytes"] % stored.itemsize:
+            raise ValueError(f"{key}: its bytes lie outside the file (truncated)")
+        data = np.frombuffer(blob, dtype=stored, count=e["nbytes"] // stored.itemsize, offset=start + e["offset"])
+        if e["enc"] == "bits":
+            out[key] = np.unpackbits(data, count=math.prod(shape)).astype(bool).reshape(shape)
+        elif e["enc"] == "active":
+            full = np.zeros(shape, dtype=dtype)
+            full[out[e["mask"]]] = data
+            out[key] = full
+        elif e["enc"] == "dense":
+            out[key] = data.reshape(shape).copy()
+        else:
+            raise ValueError(f"{key}: unknown encoding {e['enc']!r}")
+    return out
+
+
+def _read_individual(path: Path) -> bytes:
+    blob = path.read_bytes()
+    if digest(blob) != path.stem:
+        raise ValueError("does not match its hash (truncated or modified)")
+    decode(blob)  # refuses what is not an individual's file, here rather than in a resume
+    return blob
+
+
+# ---------------------------------------------------------------------------- writing
+
+class Writer:
+    """Writes the checkpoints of one run directory; remembers which individuals it has stored,
+    so a survivor whose arrays are the same objects as last time is neither encoded nor hashed
+    again (a genome's arrays are never modified in place: operators copy, write-back replaces)."""
+
+    def __init__(self, ckpt_dir: Path):
+        self.dir = ckpt_dir
+        self._known: dict[str, tuple[list[np.ndarray], str]] = {}
+
+    def _store(self, entry: str, arrays: dict[str, np.ndarray], objects: Path, written: list[Path]) -> str:
+        same = self._known.get(entry)
+        values = [arrays[k] for k in sorted(arrays)]
+        if same is not None and len(same[0]) == len(values) and all(a is b for a, b in zip(same[0], values)):
+            key = same[1]
+        else:
+            blob = encode(arrays)
+            key = digest(blob)
+            path = objects / f"{key}{SUFFIX}"
+            if not path.exists():
+                tmp = objects / f".tmp-{key}-{os.getpid()}"
+                with open(tmp, "wb") as f:
+                    f.write(blob)
+                os.replace(tmp, path)
+                written.append(path)
+        self._known[entry] = (values, key)
+        return key
+
+    def save(self, generation: int, state: dict[str, Any], individuals: dict[str, dict[str, np.ndarray]],
+             keep: int) -> Path:
+        """Checkpoint `state` with `individuals` (entry -> `Genome.to_arrays()`); keep the newest `keep`."""
+        objects = self.dir / OBJECTS
+        objects.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        refs = {entry: self._store(entry, arrays, objects, written) for entry, arrays in individuals.items()}
+        self._known = {e: self._known[e] for e in refs}
+        _sync(objects, written)  # on disk before any checkpoint that refers to them
+        final = self.dir / name(generation)
+        tmp = self.dir / f".tmp-{name(generation)}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        (tmp / "state.json").write_text(json.dumps(_json_safe({"format": FORMAT, **state, "individuals": refs}),
+                                                   indent=1, allow_nan=False))
+        manifest = {"format": FORMAT, "files": {f: _sha256(tmp / f) for f in FILES},
+                    "individuals": sorted(set(refs.values()))}
+        for f in FILES:
+            _fsync(tmp / f)
+        faults.point("checkpoint-files", generation)
+        (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
+        _fsync(tmp / "MANIFEST.json")
+        if final.exists():  # re-checkpointing a generation (after a resume): replace it whole
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        faults.point("checkpoint-renamed", generation)
+        _write_atomic(self.dir / "LATEST", final.name + "\n")
+        _fsync_dir(self.dir)
+        _prune(self.dir, keep)
+        return final
+
+
+def save(ckpt_dir: Path, generation: int, state: dict[str, Any], individuals: dict[str, dict[str, np.ndarray]],
          keep: int) -> Path:
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    final = ckpt_dir / name(generation)
-    tmp = ckpt_dir / f".tmp-{name(generation)}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    (tmp / "state.json").write_text(json.dumps(_json_safe({"format": FORMAT, **state}), indent=1, allow_nan=False))
-    np.savez(tmp / "arrays.npz", **arrays)
-    manifest = {"format": FORMAT, "files": {f: _sha256(tmp / f) for f in FILES}}
-    for f in FILES:
-        _fsync(tmp / f)
-    faults.point("checkpoint-files", generation)
-    (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
-    _fsync(tmp / "MANIFEST.json")
-    if final.exists():  # re-checkpointing a generation (after a resume): replace it whole
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    faults.point("checkpoint-renamed", generation)
-    _write_atomic(ckpt_dir / "LATEST", final.name + "\n")
-    _fsync_dir(ckpt_dir)
-    _prune(ckpt_dir, keep)
-    return final
+    """One checkpoint, by a Writer that has stored nothing before (every individual is hashed)."""
+    return Writer(ckpt_dir).save(generation, state, individuals, keep)
 
 
-def load_latest(ckpt_dir: Path) -> Loaded:
-    """The newest valid checkpoint; newer ones that are damaged are listed in `skipped`."""
+# ---------------------------------------------------------------------------- reading
+
+def load_latest(ckpt_dir: Path, attempts: int = 5) -> Loaded:
+    """The newest valid checkpoint; newer ones that are damaged are listed in `skipped`. If the
+    checkpoints change while they are read (a writer removes old ones), they are read again."""
+    for attempt in range(attempts):
+        listing = _listing(ckpt_dir)
+        try:
+            loaded = _newest_valid(ckpt_dir, listing)
+        except NoValidCheckpoint:
+            if _listing(ckpt_dir) != listing and attempt + 1 < attempts:
+                continue
+            raise
+        if not loaded.skipped or _listing(ckpt_dir) == listing or attempt + 1 == attempts:
+            return loaded
+    raise AssertionError("unreachable")
+
+
+def _listing(ckpt_dir: Path) -> list[str]:
+    return sorted(p.name for p in ckpt_dir.glob("gen-*") if p.is_dir())
+
+
+def _newest_valid(ckpt_dir: Path, listing: list[str]) -> Loaded:
     # Newest first by name, not by LATEST alone: a checkpoint renamed into place just before
     # a kill (LATEST not yet updated) is complete and verified, so it is the one to use.
-    candidates = sorted((p for p in ckpt_dir.glob("gen-*") if p.is_dir()), reverse=True)
     skipped = []
-    for path in candidates:
+    for path in (ckpt_dir / n for n in reversed(listing)):
         try:
-            state, arrays = read(path)
+            state, stored = read(path)
         except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
             skipped.append(f"{path.name}: {e}")
             continue
-        return Loaded(path, state, arrays, skipped)
+        return Loaded(path, state, skipped, stored)
     where = "; ".join(skipped) if skipped else "there are none"
     raise NoValidCheckpoint(f"no valid checkpoint in {ckpt_dir} ({where})")
 
 
-def read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Verify and read one checkpoint directory. Raises ValueError naming what is wrong."""
+def read(path: Path) -> tuple[dict[str, Any], dict[str, bytes | dict[str, np.ndarray]]]:
+    """Verify and read one checkpoint directory: its state and, per entry, the individual's
+    arrays as stored. Raises ValueError naming what is wrong."""
     manifest_path = path / "MANIFEST.json"
     if not manifest_path.is_file():
         raise ValueError("no MANIFEST.json (checkpoint incomplete)")
     manifest = json.loads(manifest_path.read_bytes())
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise ValueError("MANIFEST.json is not a checkpoint manifest (expected {\"files\": {name: sha256}})")
-    for f in FILES:
+    files = ("state.json", "arrays.npz") if manifest.get("format", 1) == 1 else FILES
+    for f in files:
         if not (path / f).is_file():
             raise ValueError(f"{f} is missing")
-        digest = _sha256(path / f)
-        if digest != manifest["files"].get(f):
+        if _sha256(path / f) != manifest["files"].get(f):
             raise ValueError(f"{f} does not match its checksum (truncated or modified)")
     state = json.loads((path / "state.json").read_bytes())
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"state.json is not a format-{FORMAT} checkpoint state")
-    # allow_pickle=False: an object array (the only way a pickle hides in .npz) is refused.
-    with np.load(path / "arrays.npz", allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    _check_shape(state, arrays)
-    return state, arrays
+    if not isinstance(state, dict) or state.get("format") not in READABLE:
+        raise ValueError(f"state.json is not a checkpoint state of format {' or '.join(map(str, READABLE))}")
+    if state["format"] == 1:
+        with np.load(path / "arrays.npz", allow_pickle=False) as z:
+            flat = {k: z[k] for k in z.files}
+        stored: dict[str, bytes | dict[str, np.ndarray]] = {}
+        for k, v in flat.items():
+            entry, _, rest = k.partition("/")
+            stored.setdefault(entry, {})[rest] = v  # type: ignore[index]
+    else:
+        refs = state.get("individuals")
+        if not isinstance(refs, dict) or not all(isinstance(v, str) for v in refs.values()):
+            raise ValueError("state.json: 'individuals' is missing or not a map of entry to hash")
+        objects, cache = path.parent / OBJECTS, {}
+        for key in set(refs.values()):
+            file = objects / f"{key}{SUFFIX}"
+            if not file.is_file():
+                raise ValueError(f"{OBJECTS}/{file.name} is missing")
+            try:
+                cache[key] = _read_individual(file)
+            except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{OBJECTS}/{file.name} cannot be used: {e}") from e
+        stored = {entry: cache[key] for entry, key in refs.items()}
+    _check_shape(state, stored)
+    return state, stored
 
 
-def _check_shape(state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+def _check_shape(state: dict[str, Any], stored: dict[str, Any]) -> None:
     """What resuming reads must be there, of the right kind: a checkpoint that passes its
     checksums but was written by something else is refused here, not deep inside a resume."""
     for key, kind in (("generation", int), ("next_id", int), ("population", list), ("archive", list),
@@ -126,12 +317,15 @@ def _check_shape(state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     for g in state["genomes"]:
         if not isinstance(g, dict) or not isinstance(g.get("id"), int):
             raise ValueError("state.json: a genome record has no integer id")
-        if not any(k.startswith(f"g{g['id']}/weight/") for k in arrays):
-            raise ValueError(f"arrays.npz: no weights for individual {g['id']}")
+        if f"g{g['id']}" not in stored:
+            raise ValueError(f"no stored arrays for individual {g['id']}")
         ids.add(g["id"])
     missing = [i for i in state["population"] + state["archive"] if i not in ids]
     if missing:
         raise ValueError(f"state.json: individuals {missing[:5]} are listed but have no record")
+    for g in state.get("archive_copies", []):
+        if not isinstance(g, dict) or f"a{g.get('id')}" not in stored:
+            raise ValueError("state.json: an archive copy has no stored individual")
 
 
 def _json_safe(obj: Any) -> Any:
@@ -146,12 +340,28 @@ def _json_safe(obj: Any) -> Any:
 
 
 def _prune(ckpt_dir: Path, keep: int) -> None:
+    """The newest `keep` checkpoints stay; then the individuals none of them refers to go. If
+    a checkpoint's references cannot be read, no individual is removed: it may need them."""
     complete = sorted(p for p in ckpt_dir.glob("gen-*") if p.is_dir())
     for old in complete[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    for tmp in ckpt_dir.glob(".tmp-*"):
-        if not tmp.name.endswith(f"-{os.getpid()}"):
-            shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process
+    for tmp in [*ckpt_dir.glob(".tmp-*"), *(ckpt_dir / OBJECTS).glob(".tmp-*")]:
+        if f"-{os.getpid()}" not in tmp.name:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process
+            else:
+                tmp.unlink(missing_ok=True)
+    referenced: set[str] = set()
+    for kept in complete[-keep:]:
+        try:
+            manifest = json.loads((kept / "MANIFEST.json").read_bytes())
+            referenced |= set(manifest.get("individuals", []))
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            log.warning("individuals of old checkpoints are kept: the manifest of %s cannot be read (%s)", kept, e)
+            return
+    for path in (ckpt_dir / OBJECTS).glob(f"*{SUFFIX}"):
+        if path.stem not in referenced and not path.name.startswith("."):
+            path.unlink(missing_ok=True)
 
 
 def _sha256(path: Path) -> str:
@@ -167,6 +377,30 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.write_text(text)
     _fsync(tmp)
     os.replace(tmp, path)
+
+
+def _sync(directory: Path, files: list[Path]) -> None:
+    """Make `files` and their names in `directory` durable: one syncfs(2) of the filesystem on
+    Linux (one fsync per small file costs milliseconds each, more than writing it), else an
+    fsync per file."""
+    if files:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            if _syncfs(fd) != 0:
+                for f in files:
+                    _fsync(f)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _syncfs(fd: int) -> int:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).syncfs(fd)
+    except (OSError, AttributeError):
+        return -1
 
 
 def _fsync(path: Path) -> None:

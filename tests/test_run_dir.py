@@ -1,0 +1,153 @@
+"""The run directory's checkpoints: each individual stored once, sparse, by content hash."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from neuroevo_sparse.store import checkpoint
+
+
+def individual(rng: np.random.Generator, density: float = 0.2, extra: bool = False) -> dict[str, np.ndarray]:
+    mask = rng.random((30, 20)) < density
+    arrays = {"mask/fc.weight": mask, "weight/fc.weight": np.where(mask, rng.standard_normal(mask.shape), 0)
+              .astype(np.float32), "weight/fc.bias": rng.standard_normal(30).astype(np.float32)}
+    if extra:  # what a genome may add per individual: carried without a change in the store
+        arrays["momentum/fc.weight"] = np.where(mask, 1.5, 0).astype(np.float32)
+        arrays["lineage/steps"] = np.array(1234, dtype=np.int64)
+    return arrays
+
+
+def state(ids: list[int], generation: int = 0) -> dict:
+    return {"generation": generation, "next_id": max(ids) + 1, "population": ids, "archive": [], "config_hash": "x",
+            "genomes": [{"id": i, "parents": [], "born": 0, "operator": "init", "metrics": {}, "fitness": None}
+                        for i in ids]}
+
+
+def same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+                                        and a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+def test_an_individual_comes_back_bit_for_bit_and_small(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = individual(rng, extra=True)
+    odd = arrays["weight/fc.weight"].copy()
+    odd[~arrays["mask/fc.weight"]] = -0.0  # zero, but not the bits of 0.0: kept dense, exact
+    for a in (arrays, {**arrays, "weight/fc.weight": odd}, {**arrays, "trained/fc.weight": arrays["weight/fc.weight"]}):
+        stored = checkpoint.encode(a)
+        assert same(checkpoint.decode(stored), a)
+    blob = checkpoint.encode(arrays)
+    size = int.from_bytes(blob[len(checkpoint.MAGIC):len(checkpoint.MAGIC) + 8], "little")
+    header = json.loads(blob[len(checkpoint.MAGIC) + 8:len(checkpoint.MAGIC) + 8 + size])
+    assert {k: v["enc"] for k, v in header.items()} == {
+        "mask/fc.weight": "bits", "weight/fc.weight": "active", "momentum/fc.weight": "active",
+        "weight/fc.bias": "dense", "lineage/steps": "dense"}
+    dense = sum(v.nbytes for v in arrays.values())
+    assert len(blob) < 0.4 * dense
+    with pytest.raises(ValueError, match="numbers and booleans only"):
+        checkpoint.encode({"mask/x": np.ones(3, bool), "odd/x": np.array([object()])})
+
+
+def test_a_survivor_is_written_once_and_removed_when_no_checkpoint_needs_it(tmp_path):
+    rng = np.random.default_rng(1)
+    a, b, c, d = (individual(rng) for _ in range(4))
+    writer = checkpoint.Writer(tmp_path)
+    objects = tmp_path / checkpoint.OBJECTS
+    writer.save(0, state([0, 1]), {"g0": a, "g1": b}, keep=2)
+    first = {p.name: p.stat().st_mtime_ns for p in objects.iterdir()}
+    assert len(first) == 2
+    writer.save(1, state([0, 2]), {"g0": a, "g2": c}, keep=2)  # 0 survives, 1 is gone, 2 is born
+    after = {p.name: p.stat().st_mtime_ns for p in objects.iterdir()}
+    assert len(after) == 3 and all(after[n] == t for n, t in first.items())  # 1 is still in gen-000000
+    writer.save(2, state([2, 3]), {"g2": c, "g3": d}, keep=2)  # gen-000000 goes, and with it 1
+    names = {p.name for p in objects.iterdir()}
+    assert len(names) == 3 and names == {f"{checkpoint.digest(checkpoint.encode(x))}{checkpoint.SUFFIX}" for x in (a, c, d)}
+    loaded = checkpoint.load_latest(tmp_path)
+    assert loaded.path.name == "gen-000002" and same(loaded.arrays_of("g3"), d) and same(loaded.arrays_of("g2"), c)
+    # A new writer (a resumed run) finds the same individuals by their content, writes none again.
+    again = {p.name: p.stat().st_mtime_ns for p in objects.iterdir()}
+    checkpoint.Writer(tmp_path).save(3, state([2, 3]), {"g2": c, "g3": d}, keep=2)
+    now = {p.name: p.stat().st_mtime_ns for p in objects.iterdir()}
+    assert now == {n: t for n, t in again.items() if n != f"{checkpoint.digest(checkpoint.encode(a))}{checkpoint.SUFFIX}"}
+
+
+def test_a_damaged_individual_falls_back_to_an_older_checkpoint(tmp_path):
+    rng = np.random.default_rng(2)
+    a, b = individual(rng), individual(rng)
+    writer = checkpoint.Writer(tmp_path)
+    writer.save(0, state([0]), {"g0": a}, keep=3)
+    writer.save(1, state([1]), {"g1": b}, keep=3)
+    path = tmp_path / checkpoint.OBJECTS / f"{checkpoint.digest(checkpoint.encode(b))}{checkpoint.SUFFIX}"
+    blob = path.read_bytes()
+    path.write_bytes(blob[:-40])
+    loaded = checkpoint.load_latest(tmp_path)
+    assert loaded.path.name == "gen-000000" and f"individuals/{path.name} cannot be used" in loaded.skipped[0]
+    assert "does not match its hash" in loaded.skipped[0]
+
+
+def test_format_1_checkpoints_still_load(tmp_path):
+    from neuroevo_sparse.store.checkpoint import _sha256
+
+    rng = np.random.default_rng(3)
+    a = individual(rng)
+    ckpt = tmp_path / "gen-000004"
+    ckpt.mkdir()
+    (ckpt / "state.json").write_text(json.dumps({"format": 1, **state([0])}))
+    np.savez(ckpt / "arrays.npz", **{f"g0/{k}": v for k, v in a.items()})
+    (ckpt / "MANIFEST.json").write_text(json.dumps({"format": 1, "files": {
+        f: _sha256(ckpt / f) for f in ("state.json", "arrays.npz")}}))
+    loaded = checkpoint.load_latest(tmp_path)
+    assert loaded.path == ckpt and same(loaded.arrays_of("g0"), a)
+
+
+def test_a_reader_racing_the_writer_reads_a_whole_checkpoint(tmp_path):
+    """keep = 1: every save removes the checkpoint a reader may be reading, and its individuals."""
+    rng = np.random.default_rng(4)
+    pool = [individual(rng) for _ in range(6)]
+    writer = checkpoint.Writer(tmp_path)
+    writer.save(0, state([0]), {"g0": pool[0]}, keep=1)
+    done, errors = threading.Event(), []
+
+    def write() -> None:
+        for g in range(1, 60):
+            writer.save(g, state([g], g), {f"g{g}": pool[g % 6]}, keep=1)
+        done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    reads = 0
+    while not done.is_set():
+        try:
+            loaded = checkpoint.load_latest(tmp_path, attempts=50)
+            g = loaded.state["generation"]
+            assert same(loaded.arrays_of(f"g{g}"), pool[g % 6]) and not loaded.skipped
+            reads += 1
+        except Exception as e:  # noqa: BLE001 -- reported below
+            errors.append(e)
+    thread.join()
+    assert not errors and reads
+
+
+def test_checkpoint_bytes_scale_with_what_changed(tiny, tmp_path):
+    """A run's checkpoints after the first write the individuals that are new, sparse."""
+    from dataclasses import replace
+
+    from neuroevo_sparse import runs
+
+    exp = replace(tiny, evolution=replace(tiny.evolution, generations=3),
+                  output=replace(tiny.output, keep_checkpoints=10))
+    run, _ = runs.start(exp, tmp_path / "run")
+    ckpts = run.checkpoints
+    manifests = [json.loads((p / "MANIFEST.json").read_text()) for p in sorted(ckpts.glob("gen-*"))]
+    size = {p.stem: p.stat().st_size for p in (ckpts / "individuals").glob(f"*{checkpoint.SUFFIX}")}
+    assert set(size) == set().union(*(m["individuals"] for m in manifests))
+    # The population of 4 survives in part from one generation to the next: fewer files than references.
+    assert len(size) < sum(len(m["individuals"]) for m in manifests)
+    # every stored individual is far smaller than its dense arrays (masks 1 byte, weights 4)
+    loaded = run.load_checkpoint()
+    dense = sum(v.nbytes for v in loaded.arrays_of(f"g{loaded.state['population'][0]}").values())
+    assert max(size.values()) < 0.6 * dense
