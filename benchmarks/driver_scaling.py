@@ -110,7 +110,7 @@ def measure(network: str, population: int, generations: int, root: Path) -> dict
     finally:
         run.release()
     ckpts = sorted(run.checkpoints.glob("gen-*"))
-    sizes = {p.stem: p.stat().st_size for p in (run.checkpoints / "individuals").glob("*.npz")}
+    sizes = {p.stem: p.stat().st_size for p in (run.checkpoints / "individuals").glob("*.ind")}
     seen: set[str] = set()
     written, dense = [], []
     for c in ckpts:

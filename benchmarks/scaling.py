@@ -85,6 +85,7 @@ def measure(exp: config.Experiment, splits, workers: int, generations: int, root
         wall = time.perf_counter() - start
     finally:
         evaluator.close()
+        run.release()
     h = run.read_history()
     timed = h[(h.generation >= 1) & h.evaluated]
     train = float(timed.train_seconds.sum())

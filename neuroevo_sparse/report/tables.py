@@ -16,9 +16,26 @@ class HistoryError(ValueError):
     """A history part is missing or unreadable: tables built from the rest would mislead."""
 
 
-def load(run_dir: str | Path) -> pd.DataFrame:
+def load(run_dir: str | Path, attempts: int = 3) -> pd.DataFrame:
     """The whole history of a run; every part from generation 0 to the newest must be there
-    and readable, else HistoryError names the ones that are not."""
+    and readable, else HistoryError names the ones that are not. A part that vanishes while
+    it is read (a resume that starts replaces the parts after its checkpoint) means the
+    listing is read again."""
+    for attempt in range(attempts):
+        try:
+            return _load(run_dir)
+        except _Vanished:
+            if attempt + 1 == attempts:
+                raise HistoryError(f"the history of {run_dir} kept changing while it was read (a resume is "
+                                   f"replacing parts): try again") from None
+    raise AssertionError("unreachable")
+
+
+class _Vanished(Exception):
+    pass
+
+
+def _load(run_dir: str | Path) -> pd.DataFrame:
     path = Path(run_dir) / "history"
     parts = sorted(path.glob("gen-*.parquet")) if path.is_dir() else []
     if not parts:
@@ -29,6 +46,8 @@ def load(run_dir: str | Path) -> pd.DataFrame:
     for g, part in sorted(found.items()):
         try:
             tables.append(pd.read_parquet(part))
+        except FileNotFoundError:
+            raise _Vanished from None
         except Exception as e:  # pyarrow raises several kinds for a damaged file
             damaged.append(f"{part.name} ({type(e).__name__}: {str(e)[:120]})")
     problems = ([f"missing part(s) for generation(s) {', '.join(map(str, missing))}"] if missing else []) + \

@@ -13,8 +13,8 @@ An individual's file holds each array of `Genome.to_arrays()` under its own name
 what it is: a mask as packed bits; an array of a masked tensor's shape that is zero outside the
 mask (weights, trained weights, anything else a genome carries per connection) as its active
 values in mask order; anything else as it is. The file is a magic line, the length of a JSON
-header that says which (with each array's dtype, shape and place), the header, then the raw
-bytes: any per-individual array a genome adds is carried without a change here, and reading
+header that says which (with each array's dtype, shape and length), the header, then the raw
+bytes in the header's (sorted) order: any per-individual array a genome adds is carried without a change here, and reading
 one is `np.frombuffer` of plain numeric dtypes, so no code and no pickle can come from it.
 Its name is the sha256 of its bytes, checked again on every load. A survivor is therefore
 written once however many checkpoints hold it, and a checkpoint costs the individuals that
@@ -91,7 +91,6 @@ def encode(arrays: dict[str, np.ndarray]) -> bytes:
     masks = {k[5:]: np.asarray(v) for k, v in arrays.items() if k.startswith("mask/")}
     header: dict[str, dict[str, Any]] = {}
     chunks: list[np.ndarray] = []
-    offset = 0
     for key in sorted(arrays):
         v = np.asarray(arrays[key])
         entry: dict[str, Any] = {"shape": list(v.shape), "dtype": v.dtype.str}
@@ -101,15 +100,14 @@ def encode(arrays: dict[str, np.ndarray]) -> bytes:
         elif (mask is not None and mask.dtype == bool and v.shape == mask.shape and v.dtype.kind in "fiu"
               and not np.any(np.ascontiguousarray(v[~mask]).view(np.uint8))):
             # Zero outside the mask down to the bit (a -0.0 is kept dense): the round trip is exact.
-            entry["enc"], entry["mask"], data = "active", f"mask/{key.split('/', 1)[1]}", v[mask]
+            entry["enc"], data = "active", v[mask]
         else:
             entry["enc"], data = "dense", np.ascontiguousarray(v)
         if data.dtype.hasobject:
             raise ValueError(f"{key}: an array of Python objects cannot be stored (numbers and booleans only)")
-        entry["stored"], entry["offset"], entry["nbytes"] = data.dtype.str, offset, data.nbytes
+        entry["nbytes"] = data.nbytes  # the arrays follow the header in the header's (sorted) order
         header[key] = entry
         chunks.append(data)
-        offset += data.nbytes
     head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     return b"".join([MAGIC, len(head).to_bytes(8, "little"), head, *(memoryview(c).cast("B") for c in chunks)])
 
@@ -128,20 +126,25 @@ def decode(blob: bytes | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     size = int.from_bytes(blob[len(MAGIC):len(MAGIC) + 8], "little")
     start = len(MAGIC) + 8 + size
     header = json.loads(blob[len(MAGIC) + 8:start].decode())
+    places, offset = {}, start
+    for key in sorted(header):
+        places[key] = offset
+        offset += int(header[key]["nbytes"])
+    if offset > len(blob):
+        raise ValueError(f"{offset - len(blob)} bytes short (truncated)")
     out: dict[str, np.ndarray] = {}
     for key in sorted(header, key=lambda k: header[k]["enc"] != "bits"):  # masks first
         e = header[key]
-        shape, dtype, stored = tuple(e["shape"]), np.dtype(e["dtype"]), np.dtype(e["stored"])
-        if dtype.hasobject or stored.hasobject or stored.kind not in "biuf" or dtype.kind not in "biuf":
-            raise ValueError(f"{key}: dtype {e['stored']!r} is not a plain number or boolean")
-        if e["offset"] < 0 or start + e["offset"] + e["nbytes"] > len(blob) or e["nbytes"] % stored.itemsize:
-            raise ValueError(f"{key}: its bytes lie outside the file (truncated)")
-        data = np.frombuffer(blob, dtype=stored, count=e["nbytes"] // stored.itemsize, offset=start + e["offset"])
+        shape, dtype = tuple(e["shape"]), np.dtype(e["dtype"])
+        stored = np.dtype(np.uint8) if e["enc"] == "bits" else dtype
+        if dtype.hasobject or dtype.kind not in "biuf" or e["nbytes"] % stored.itemsize:
+            raise ValueError(f"{key}: dtype {e['dtype']!r} is not a plain number or boolean")
+        data = np.frombuffer(blob, dtype=stored, count=e["nbytes"] // stored.itemsize, offset=places[key])
         if e["enc"] == "bits":
             out[key] = np.unpackbits(data, count=math.prod(shape)).astype(bool).reshape(shape)
         elif e["enc"] == "active":
             full = np.zeros(shape, dtype=dtype)
-            full[out[e["mask"]]] = data
+            full[out[f"mask/{key.split('/', 1)[1]}"]] = data
             out[key] = full
         elif e["enc"] == "dense":
             out[key] = data.reshape(shape).copy()
@@ -202,7 +205,7 @@ class Writer:
             shutil.rmtree(tmp)
         tmp.mkdir()
         (tmp / "state.json").write_text(json.dumps(_json_safe({"format": FORMAT, **state, "individuals": refs}),
-                                                   indent=1, allow_nan=False))
+                                                   separators=(",", ":"), allow_nan=False))
         manifest = {"format": FORMAT, "files": {f: _sha256(tmp / f) for f in FILES},
                     "individuals": sorted(set(refs.values()))}
         for f in FILES:
