@@ -6,8 +6,8 @@ split), at several uniform densities and seeds. Per (density, seed), interleaved
 of the two alternates from one pair to the next, so a drifting machine favours neither):
 
   reference   `python benchmarks/reference_ga.py`: one process, every core to torch
-  framework   `neuroevo run benchmarks/experiments/ga_work.toml` with its defaults (Ray
-              started locally, all cores), the density and seed set with --set
+  framework   `neuroevo run benchmarks/experiments/ga_work.toml` with its defaults (backend
+              "auto": in this process on one machine, all cores), the density and seed set with --set
 
 Measured from outside each process: whole-process wall time (interpreter start, imports,
 data, Ray, the GA, writing results), and the time at which its best validation accuracy first
@@ -23,7 +23,7 @@ peak. And one dense network of the same shape trained for as many samples as the
     python benchmarks/end_to_end.py --report-only            # the table from the stored JSON
     python benchmarks/end_to_end.py --paths                  # also each fixed training path: is auto the fastest?
     python benchmarks/end_to_end.py --paths-only --repeats 3 # only that, with repeats, no reference
-    python benchmarks/end_to_end.py --set 'resources.backend="local"'   # no Ray: the driver's threads
+    python benchmarks/end_to_end.py --set 'resources.backend="ray"'     # a local Ray started for each run
     python benchmarks/end_to_end.py --tta-generations 12     # also time to accuracy with no stop at 8
     python benchmarks/end_to_end.py --halving 0.25 0.5       # also time to accuracy with successive halving
 
@@ -228,7 +228,7 @@ def welch_p(a: list[float], b: list[float]) -> float:
 
 
 def described(sets: list[str]) -> str:
-    return "defaults" + "".join(f", {s}" for s in sets) if sets else "defaults, Ray"
+    return "defaults" + "".join(f", {s}" for s in sets) if sets else "defaults: backend auto, in this process"
 
 
 def summarise(runs: list[dict], dense: list[dict], peak: float, sets: list[str]) -> str:
