@@ -84,9 +84,10 @@ def measure(network: str, population: int, generations: int, root: Path) -> dict
     """One (network, population) in this process."""
     import numpy as np
 
-    from neuroevo_sparse import config, data
-    from neuroevo_sparse.evolution import Evolution
-    from neuroevo_sparse.models import Architecture
+    from neuroevo_sparse import config
+    from neuroevo_sparse.problem import data
+    from neuroevo_sparse.evolution.loop import Evolution
+    from neuroevo_sparse.problem.models import Architecture
     from neuroevo_sparse.store import RunDir
 
     spec = NETWORKS[network]

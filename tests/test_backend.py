@@ -29,14 +29,14 @@ def test_auto_takes_ray_only_for_a_named_cluster(monkeypatch, backend, address, 
 
 
 def test_the_default_is_auto_and_the_log_says_which_once(tiny, tmp_path, caplog, monkeypatch):
-    from neuroevo_sparse import runs
+    from neuroevo_sparse import launch
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert ResourcesConfig().backend == "auto"
     exp = replace(tiny, resources=replace(tiny.resources, backend="auto"),
                   evolution=replace(tiny.evolution, generations=0))
     with caplog.at_level("INFO", logger="neuroevo_sparse"):
-        runs.start(exp, tmp_path / "run")
+        launch.start(exp, tmp_path / "run")
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backend:")]
     assert lines == ["backend: in this process (one machine, no Ray cluster named (--address, resources.address "
                      "or RAY_ADDRESS); resources.backend = \"ray\" starts a local Ray instead)"]

@@ -136,11 +136,11 @@ def test_checkpoint_bytes_scale_with_what_changed(tiny, tmp_path):
     """A run's checkpoints after the first write the individuals that are new, sparse."""
     from dataclasses import replace
 
-    from neuroevo_sparse import runs
+    from neuroevo_sparse import launch
 
     exp = replace(tiny, evolution=replace(tiny.evolution, generations=3),
                   output=replace(tiny.output, keep_checkpoints=10))
-    run, _ = runs.start(exp, tmp_path / "run")
+    run, _ = launch.start(exp, tmp_path / "run")
     ckpts = run.checkpoints
     manifests = [json.loads((p / "MANIFEST.json").read_text()) for p in sorted(ckpts.glob("gen-*"))]
     size = {p.stem: p.stat().st_size for p in (ckpts / "individuals").glob(f"*{checkpoint.SUFFIX}")}

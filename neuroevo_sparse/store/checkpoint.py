@@ -65,12 +65,13 @@ class Loaded:
     path: Path
     state: dict[str, Any]
     skipped: list[str]  # "<dir>: <why>" for each newer checkpoint that could not be used
-    # entry ("g<id>": an individual, "a<id>": an archive's own copy) -> its file's bytes (format 2)
+    # entry ("g<id>": an individual, "a<id>" / "f<id>": an archive's / a front point's own copy)
+    # -> its file's bytes (format 2)
     # or its dense arrays (format 1)
     stored: dict[str, bytes | dict[str, np.ndarray]] = field(default_factory=dict)
 
     def arrays_of(self, entry: str) -> dict[str, np.ndarray]:
-        """The arrays of one individual ("g<id>", or "a<id>" for an archive's own copy), dense,
+        """The arrays of one individual ("g<id>", or "a<id>" / "f<id>" for an archive's / a front's own copy), dense,
         as `Genome.to_arrays()` gave them."""
         return decode(self.stored[entry])
 
@@ -326,9 +327,10 @@ def _check_shape(state: dict[str, Any], stored: dict[str, Any]) -> None:
     missing = [i for i in state["population"] + state["archive"] if i not in ids]
     if missing:
         raise ValueError(f"state.json: individuals {missing[:5]} are listed but have no record")
-    for g in state.get("archive_copies", []):
-        if not isinstance(g, dict) or f"a{g.get('id')}" not in stored:
-            raise ValueError("state.json: an archive copy has no stored individual")
+    for kind, prefix in (("archive_copies", "a"), ("front_copies", "f")):
+        for g in state.get(kind, []):
+            if not isinstance(g, dict) or f"{prefix}{g.get('id')}" not in stored:
+                raise ValueError(f"state.json: an entry of {kind!r} has no stored individual")
 
 
 def _json_safe(obj: Any) -> Any:
