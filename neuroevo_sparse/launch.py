@@ -98,7 +98,7 @@ def resume(run_path: str | Path, overrides: list[str] | None = None, generations
     if not run.config_path.is_file():
         raise FileNotFoundError(f"{run.path} is not a run directory (no config.toml)")
     # Before anything is read or written: another writer's files are not stale, and a
-    # checkpoint read now could be pruned by it.
+    # checkpoint read while it works could be pruned by it.
     run.acquire("resume")
     try:
         return _resume(run, overrides, generations, should_stop, callbacks)
