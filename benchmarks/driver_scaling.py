@@ -26,13 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,10 +169,8 @@ def main() -> None:
             print(f"{network} {pop}: {rows[-1]}", file=sys.stderr)
     text = table(rows, args.generations)
     print(text)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"command": "python benchmarks/driver_scaling.py " + " ".join(sys.argv[1:]),
-                                     "machine": platform.machine(), "cpus": os.cpu_count(), "rows": rows,
-                                     "table": text}, indent=1))
+    import harness  # benchmarks/, the script's own folder, is on sys.path
+    harness.write(args.json, {"rows": rows, "table": text, **harness.stamp("neuroevo_sparse.launch")})
 
 
 def _genome_gb(network: str, population: int) -> float:

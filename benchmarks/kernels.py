@@ -18,7 +18,6 @@ next to the useful GFLOP/s (2 x active weights x batch per product).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys

@@ -30,7 +30,6 @@ framework removes either. `job s` (mean seconds in training per individual) show
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -140,12 +139,11 @@ def main() -> None:
               f"{m['imbalance']:>10.1%} {m['mean_job_s']:>6.2f} {m['speedup_same_job_time']:>21.2f}x")
     same = len({r["history_digest"] for r in rows}) == 1
     print(f"same history for every worker count and round: {same}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "benchmark": "scaling", "command": "python benchmarks/scaling.py " + " ".join(sys.argv[1:]),
+    import harness  # benchmarks/, the script's own folder, is on sys.path
+    harness.write(args.json, {
+        "benchmark": "scaling",
         "experiment": str(args.experiment.relative_to(ROOT)) if args.experiment.is_relative_to(ROOT) else str(args.experiment),
-        "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-        "rows": rows, "median": summary, "same_history": same}, indent=1))
+        "rows": rows, "median": summary, "same_history": same, **harness.stamp("neuroevo_sparse.launch")})
     print(f"wrote {args.json}")
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from .schema import ConfigError, absolute_factory as absolute, factory_is_file as is_file, factory_parts as split
+from .schema import ConfigError, factory_is_file as is_file, factory_parts as split
 
 
 def resolve(name: str, key: str) -> Callable[..., Any]:

@@ -29,7 +29,7 @@ import logging
 import os
 import platform
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

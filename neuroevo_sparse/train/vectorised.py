@@ -68,7 +68,7 @@ class _Group:
     weights, in block-diagonal order."""
 
     def __init__(self, jobs: list[TrainJob], spec: TrainSpec, data: DeviceData):
-        cfg, device = spec.training, data.device
+        device = data.device
         self.model = model = spec.builder().to(device)
         self.names = [n for n, _ in model.named_parameters()]
         self.buffers = {n: torch.stack([torch.from_numpy(np.array(j.weights[n])) for j in jobs]).to(device)
