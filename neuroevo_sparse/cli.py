@@ -330,9 +330,15 @@ def cmd_inspect(args) -> int:
 
     from .report import tables as report
 
+    from .report.export import exportable_ids
+
     history = report.load(args.run_dir)
+    # The top individuals ever evaluated include ones that died out; say which `export` has.
+    stored = exportable_ids(args.run_dir)
+    top = report.top(history, args.top)
+    top = top.assign(exportable=top.individual_id.isin(stored))
     tables = {"generations": report.generations(history).reset_index(),
-              "top": report.top(history, args.top), "pareto_front": report.pareto_front(history)}
+              "top": top, "pareto_front": report.pareto_front(history)}
     if args.json:
         print(json.dumps({k: json.loads(v.to_json(orient="records")) for k, v in tables.items()}, indent=1))
         return 0
@@ -342,8 +348,8 @@ def cmd_inspect(args) -> int:
                              ("Pareto front: validation accuracy vs active parameters (test accuracy "
                               "shown, not used to choose)", tables["pareto_front"])]:
             print(f"== {title}\n{table.to_string(index=False)}\n")
-        print(f"Export a point of the front: neuroevo export {args.run_dir} --id ID   "
-              f"(or --max-params N: the best with at most N active parameters)")
+        print(f"Export a point of the front, or a top individual marked exportable: neuroevo export {args.run_dir} "
+              f"--id ID   (or --max-params N: the best with at most N active parameters)")
     return 0
 
 

@@ -44,6 +44,23 @@ def test_inspect_tables_and_json(finished):
                for a, b in zip(front, front[1:]))
 
 
+def test_what_inspect_offers_can_be_exported(finished, tmp_path):
+    """Every point of the front, and every top individual marked exportable, exports; a top
+    individual that died out is marked so, and export says it is not kept."""
+    _, run = finished
+    j = json.loads(cli("inspect", str(run), "--json", "--top", "40").stdout)
+    offered = {r["individual_id"] for r in j["pareto_front"]} | {r["individual_id"] for r in j["top"]
+                                                               if r["exportable"]}
+    assert offered and not any(r["exportable"] is None for r in j["top"])
+    for i in sorted(offered):
+        p = cli("export", str(run), "--id", str(i), "--out", str(tmp_path / f"{i}.pt"))
+        assert p.returncode == 0, (i, p.stderr)
+    gone = [r["individual_id"] for r in j["top"] if not r["exportable"]]
+    assert gone  # --top 40 lists every evaluated individual: some have died out
+    p = cli("export", str(run), "--id", str(gone[0]))
+    assert p.returncode != 0 and "not in the newest checkpoint" in p.stderr
+
+
 def test_plot_writes_readable_pngs(finished):
     _, run = finished
     p = cli("plot", str(run), "--out", str(run / "figs"))

@@ -42,6 +42,16 @@ class Individual:
         return net.eval()
 
 
+def exportable_ids(run_dir: str | Path) -> set[int]:
+    """The individuals whose weights the newest checkpoint holds: the population, the archive
+    and every point of the history's front. Empty before the first checkpoint."""
+    try:
+        loaded = RunDir(run_dir).load_checkpoint()
+    except Exception:  # noqa: BLE001 -- no (valid) checkpoint yet: nothing can be exported
+        return set()
+    return {int(m["id"]) for m in loaded.state["genomes"]}
+
+
 def load_individual(run_dir: str | Path, individual: int | None = None, max_params: int | None = None) -> Individual:
     """`individual` by id, else the most accurate (by validation) with at most `max_params`
     active parameters, else the run's best. KeyError if the checkpoint does not hold it,
