@@ -341,8 +341,8 @@ def tmpfs(path: Path, options: str):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 300 kB disk."""
-    with tmpfs(tmp_path / "small", "size=300k") as mount:
+    """A 120 kB disk: the tiny run of six generations needs about twice that."""
+    with tmpfs(tmp_path / "small", "size=120k") as mount:
         yield mount
 
 
