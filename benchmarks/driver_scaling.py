@@ -54,7 +54,7 @@ class Instant:
     def evaluate(self, jobs, on_result=None):
         import numpy as np
 
-        from neuroevo_sparse.jobs import TrainResult
+        from neuroevo_sparse.train.jobs import TrainResult
 
         start = time.perf_counter()
         out = []

@@ -5,7 +5,7 @@
  * inner loops are plain vector loads and multiply-adds over the batch; torch's CSR x dense
  * (MKL on x86) runs the same products at about a third of the speed on one core (measured
  * by benchmarks/kernels.py). Built at install time as an optional extension (setup.py);
- * neuroevo_sparse.kernels loads it with ctypes and falls back to torch's CSR ops without it.
+ * neuroevo_sparse.train.kernels loads it with ctypes and falls back to torch's CSR ops without it.
  *
  * Determinism: each output is one fixed sequence of float operations, with no fused
  * multiply-add (-ffp-contract=off), so the AVX2 clone and the portable one (target_clones,
@@ -156,5 +156,5 @@ void ne_gather_t(int64_t K, int64_t B, int64_t F, const int64_t *idx, const floa
 /* A Python extension module only so that setuptools builds and installs the library beside
  * the package; its functions are called through ctypes (neuroevo_sparse/train/kernels.py). */
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels",
-                                    "CPU sparse kernels, called through ctypes by neuroevo_sparse.kernels", -1, NULL};
+                                    "CPU sparse kernels, called through ctypes by neuroevo_sparse.train.kernels", -1, NULL};
 PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
