@@ -52,6 +52,19 @@ def test_an_individual_comes_back_bit_for_bit_and_small(tmp_path):
         checkpoint.encode({"mask/x": np.ones(3, bool), "odd/x": np.array([object()])})
 
 
+def test_an_individual_comes_back_in_its_networks_order():
+    """The operators draw per tensor in the genome's order (the network's): tensors that came
+    back sorted by name made a resumed run of a network whose names do not sort in that order
+    (a residual CNN's stem, blocks, fc; an MLP's weight before its bias) draw differently."""
+    arrays = {"mask/stem.weight": np.array([True, False]), "mask/fc.weight": np.array([True]),
+              "mask/blocks.0.bias": np.array([False, True]), "weight/stem.weight": np.array([1.0, 0.0]),
+              "weight/fc.weight": np.array([2.0]), "weight/blocks.0.bias": np.array([0.0, 3.0]),
+              "weight/bn.num_batches_tracked": np.array(7)}
+    back = checkpoint.decode(checkpoint.encode(arrays))
+    assert list(back) == list(arrays)
+    assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype for k, v in arrays.items())
+
+
 def test_a_survivor_is_written_once_and_removed_when_no_checkpoint_needs_it(tmp_path):
     rng = np.random.default_rng(1)
     a, b, c, d = (individual(rng) for _ in range(4))

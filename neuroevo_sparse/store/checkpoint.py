@@ -92,9 +92,12 @@ def encode(arrays: dict[str, np.ndarray]) -> bytes:
     masks = {k[5:]: np.asarray(v) for k, v in arrays.items() if k.startswith("mask/")}
     header: dict[str, dict[str, Any]] = {}
     chunks: list[np.ndarray] = []
+    # Each entry's place in the given order ("at"): a genome's tensors come back in the order
+    # its network has them, which the operators' draws follow.
+    order = {key: i for i, key in enumerate(arrays)}
     for key in sorted(arrays):
         v = np.asarray(arrays[key])
-        entry: dict[str, Any] = {"shape": list(v.shape), "dtype": v.dtype.str}
+        entry: dict[str, Any] = {"shape": list(v.shape), "dtype": v.dtype.str, "at": order[key]}
         mask = masks.get(key.split("/", 1)[1]) if "/" in key else None
         if key.startswith("mask/") and v.dtype == bool:
             entry["enc"], data = "bits", np.packbits(v.ravel())
@@ -151,7 +154,7 @@ def decode(blob: bytes | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             out[key] = data.reshape(shape).copy()
         else:
             raise ValueError(f"{key}: unknown encoding {e['enc']!r}")
-    return out
+    return dict(sorted(out.items(), key=lambda kv: header[kv[0]].get("at", 0)))
 
 
 def _read_individual(path: Path) -> bytes:

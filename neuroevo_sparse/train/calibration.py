@@ -291,8 +291,10 @@ def cache_file() -> Path:
 def _key(exp: Experiment, arch: Architecture, splits: Splits, rules: TrainSpec,
          candidates: list[tuple[bool, tuple[str, ...]]]) -> str:
     """What a measurement is for: the machine and software, the problem's shape, and the
-    experiment itself (its config hash and length), so that no run ever takes a path another
-    experiment measured: a config's path is a function of the config and the machine."""
+    experiment itself (its config hash, which leaves out the keys a resume may change, its
+    length among them), so that no run ever takes a path another experiment measured, and a
+    run extended by `resume --generations` takes the path a run configured that long from the
+    start takes: a config's path is a function of the config and the machine."""
     cfg = exp.training
     machine = [platform.machine(), _cpu_model(), os.cpu_count(), torch.__version__, __version__, kernels.status()]
     problem = [exp.model.factory or exp.model.kind, {k: list(v.shape) for k, v in arch.template.items()},
@@ -300,7 +302,7 @@ def _key(exp: Experiment, arch: Architecture, splits: Splits, rules: TrainSpec,
                 layer_densities(arch.info, arch.maskable, exp.sparsity.density, exp.sparsity.init).items()},
                cfg.batch_size, cfg.optimizer, cfg.steps, cfg.epochs, len(splits.train_y), len(splits.val_y),
                len(splits.test_y) if rules.score_test else 0, rules.torch_threads, rules.native_kernels,
-               _group_size(exp), candidates, exp.hash(), exp.evolution.generations]
+               _group_size(exp), candidates, exp.hash()]
     text = json.dumps([machine, problem], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
