@@ -79,6 +79,11 @@ VARIANTS = {
     "schedule": ['training.lineage_schedule="cosine"', "training.lineage_horizon=4800", "training.lineage_floor=0.2"],
     "schedule-no-polish": ['training.lineage_schedule="cosine"', "training.lineage_horizon=4800",
                            "training.lineage_floor=0.2", "evolution.polish_steps=0", "evolution.generations=11"],
+    # A front seeded from one trained network (evolution.trunk_steps), paid for by generations.
+    "trunk": ["evolution.trunk_steps=6000", "evolution.generations=6"],
+    "trunk-no-grow": ["evolution.trunk_steps=6000", "evolution.generations=6",
+                      'evolution.mutations=["prune","move","set"]'],
+    "trunk-4000": ["evolution.trunk_steps=4000", "evolution.generations=7"],
 }
 EPOCHS = 10
 ALLOCATIONS = {  # name: overrides of ga_work.toml (at 10% density)
