@@ -9,7 +9,8 @@ generation g gives exactly the run that never stopped.
 History: generation 0 records the initial population; generation g >= 1 records the
 population that entered it (parents) and the offspring born in it, one row each, with
 `evaluated` (trained in g) and `selected` (survived g). A run of G generations, population
-mu and lambda offspring therefore has mu + G * (mu + lambda) rows.
+mu and lambda offspring therefore has mu + G * (mu + lambda) rows (one more with
+evolution.trunk_steps: the trunk's, in generation 0; plus the polished, in the last).
 """
 
 from __future__ import annotations
