@@ -80,10 +80,9 @@ VARIANTS = {
     "schedule-no-polish": ['training.lineage_schedule="cosine"', "training.lineage_horizon=4800",
                            "training.lineage_floor=0.2", "evolution.polish_steps=0", "evolution.generations=11"],
     # A front seeded from one trained network (evolution.trunk_steps), paid for by generations.
-    "trunk": ["evolution.trunk_steps=6000", "evolution.generations=6"],
-    "trunk-no-grow": ["evolution.trunk_steps=6000", "evolution.generations=6",
+    "trunk": ["evolution.trunk_steps=6000", "evolution.generations=5"],
+    "trunk-no-grow": ["evolution.trunk_steps=5000", "evolution.generations=6",
                       'evolution.mutations=["prune","move","set"]'],
-    "trunk-4000": ["evolution.trunk_steps=4000", "evolution.generations=7"],
 }
 EPOCHS = 10
 ALLOCATIONS = {  # name: overrides of ga_work.toml (at 10% density)
@@ -136,7 +135,12 @@ def key_of(kind: str, *args) -> str:
     release never reuses a stored run."""
     import neuroevo_sparse
 
-    blob = json.dumps({"kind": kind, "config": experiment(kind, *args).to_dict(),
+    cfg = experiment(kind, *args).to_dict()
+    # A key added later at its default changes nothing in the run: left out, so that the runs
+    # stored before it existed keep their keys.
+    if cfg["evolution"].get("trunk_steps") == 0:
+        del cfg["evolution"]["trunk_steps"]
+    blob = json.dumps({"kind": kind, "config": cfg,
                        "version": neuroevo_sparse.__version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -172,6 +172,13 @@ class Evolution:
         results = self._train([job], 0, progress)
         self._all_failed(0, [(r.status, r.error) for r in results])
         self._write_back([trunk], [job], results)
+        # Its only row is generation 0's, which the scoring of the last generation never
+        # reaches: on the front it would have no test accuracy, so it is scored now.
+        if trunk.metrics.get("status") == "ok" and trunk.metrics.get("test_accuracy") is None:
+            test = TrainJob(0, 0, 0, trunk.masks, trunk.network_weights(), test_only=True)
+            r = self.evaluator.evaluate([test])[0]
+            if r.status == "ok":
+                trunk.metrics = {**trunk.metrics, "test_accuracy": r.test_accuracy}
         return trunk
 
     def _initial_counts(self) -> list[dict[str, int]]:
