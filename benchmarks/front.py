@@ -75,12 +75,14 @@ LOG_FLOOR = 0.01  # the density at x = 0 of the log-density hypervolume: the gri
 # "ga" is the file as it is). The budget of each stays within one baseline method's: without the
 # polish, its steps go to two more generations (the file before the polish).
 VARIANTS = {
-    "no-polish": ["evolution.polish_steps=0", "evolution.generations=11"],
-    "schedule": ['training.lineage_schedule="cosine"', "training.lineage_horizon=4800", "training.lineage_floor=0.2"],
-    "schedule-no-polish": ['training.lineage_schedule="cosine"', "training.lineage_horizon=4800",
-                           "training.lineage_floor=0.2", "evolution.polish_steps=0", "evolution.generations=11"],
-    # A front seeded from one trained network (evolution.trunk_steps), paid for by generations.
-    "trunk": ["evolution.trunk_steps=6000", "evolution.generations=5"],
+    # The GA before evolution.trunk_steps (every lineage from a random sparse network).
+    "no-trunk": ["evolution.trunk_steps=0", "evolution.generations=9"],
+    "no-polish": ["evolution.trunk_steps=0", "evolution.polish_steps=0", "evolution.generations=11"],
+    "schedule": ["evolution.trunk_steps=0", "evolution.generations=9", 'training.lineage_schedule="cosine"',
+                 "training.lineage_horizon=4800", "training.lineage_floor=0.2"],
+    "schedule-no-polish": ["evolution.trunk_steps=0", 'training.lineage_schedule="cosine"',
+                           "training.lineage_horizon=4800", "training.lineage_floor=0.2",
+                           "evolution.polish_steps=0", "evolution.generations=11"],
     "trunk-no-grow": ["evolution.trunk_steps=5000", "evolution.generations=6",
                       'evolution.mutations=["prune","move","set"]'],
 }
