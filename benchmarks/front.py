@@ -75,10 +75,16 @@ LOG_FLOOR = 0.01  # the density at x = 0 of the log-density hypervolume: the gri
 # "ga" is the file as it is). The budget of each stays within one baseline method's: without the
 # polish, its steps go to two more generations (the file before the polish).
 VARIANTS = {
-    "no-polish": ["evolution.polish_steps=0", "evolution.generations=11"],
-    "schedule": ['training.lineage_schedule="cosine"', "training.lineage_horizon=4800", "training.lineage_floor=0.2"],
-    "schedule-no-polish": ['training.lineage_schedule="cosine"', "training.lineage_horizon=4800",
-                           "training.lineage_floor=0.2", "evolution.polish_steps=0", "evolution.generations=11"],
+    # The GA before evolution.trunk_steps (every lineage from a random sparse network).
+    "no-trunk": ["evolution.trunk_steps=0", "evolution.generations=9"],
+    "no-polish": ["evolution.trunk_steps=0", "evolution.polish_steps=0", "evolution.generations=11"],
+    "schedule": ["evolution.trunk_steps=0", "evolution.generations=9", 'training.lineage_schedule="cosine"',
+                 "training.lineage_horizon=4800", "training.lineage_floor=0.2"],
+    "schedule-no-polish": ["evolution.trunk_steps=0", 'training.lineage_schedule="cosine"',
+                           "training.lineage_horizon=4800", "training.lineage_floor=0.2",
+                           "evolution.polish_steps=0", "evolution.generations=11"],
+    "trunk-no-grow": ["evolution.trunk_steps=5000", "evolution.generations=6",
+                      'evolution.mutations=["prune","move","set"]'],
 }
 EPOCHS = 10
 ALLOCATIONS = {  # name: overrides of ga_work.toml (at 10% density)
@@ -131,7 +137,12 @@ def key_of(kind: str, *args) -> str:
     release never reuses a stored run."""
     import neuroevo_sparse
 
-    blob = json.dumps({"kind": kind, "config": experiment(kind, *args).to_dict(),
+    cfg = experiment(kind, *args).to_dict()
+    # A key added later at its default changes nothing in the run: left out, so that the runs
+    # stored before it existed keep their keys.
+    if cfg["evolution"].get("trunk_steps") == 0:
+        del cfg["evolution"]["trunk_steps"]
+    blob = json.dumps({"kind": kind, "config": cfg,
                        "version": neuroevo_sparse.__version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

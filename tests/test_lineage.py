@@ -1,6 +1,7 @@
 """A lineage's training travels with its genome (training.lineage_schedule) and the front is
-polished at the end (evolution.polish_steps): steps inherited and combined, the rate read from
-them, every step in the history, and a stopped run resumed is the run that never stopped."""
+polished at the end (evolution.polish_steps), the initial population pruned from one trained
+network (evolution.trunk_steps): steps inherited and combined, the rate read from them, every
+step in the history, and a stopped run resumed is the run that never stopped."""
 
 import math
 from dataclasses import replace
@@ -14,7 +15,7 @@ from neuroevo_sparse import config, launch
 from neuroevo_sparse.evolution import operators
 from neuroevo_sparse.report import tables as report
 from neuroevo_sparse.config import ConfigError
-from neuroevo_sparse.topology.genome import Genome
+from neuroevo_sparse.topology.genome import Genome, pruned
 from neuroevo_sparse.train.jobs import TrainJob
 from neuroevo_sparse.store import checkpoint
 from neuroevo_sparse.store.history import NONDETERMINISTIC
@@ -24,7 +25,7 @@ PARETO = ['fitness.mode="pareto"', 'fitness.objectives=["val_accuracy","active_p
           "sparsity.fixed=false", "sparsity.min_density=0.05", "sparsity.max_density=0.9",
           'evolution.mutations=["grow","prune","set"]', "evolution.offspring=4", "evolution.generations=3"]
 LINEAGE = ['training.lineage_schedule="cosine"', "training.lineage_horizon=50", "training.lineage_floor=0.1",
-           "evolution.polish_steps=7", "evolution.halving_at=0.5"]
+           "evolution.polish_steps=7", "evolution.halving_at=0.5", "evolution.trunk_steps=20"]
 
 
 def load(tmp_path, sets):
@@ -62,6 +63,18 @@ def test_the_horizon_is_needed_with_the_schedule(tmp_path):
         load(tmp_path, ['training.lineage_schedule="cosine"'])
     with pytest.raises(ConfigError, match="evolution.polish_steps"):
         load(tmp_path, ["evolution.polish_steps=-1"])
+    with pytest.raises(ConfigError, match="evolution.trunk_steps"):
+        load(tmp_path, ["evolution.trunk_steps=-1"])
+
+
+def test_pruning_keeps_the_largest_weights_of_each_layer():
+    w = np.array([[0.5, -2.0, 0.0], [0.1, 3.0, -0.2]], dtype=np.float32)
+    mask = np.array([[True, True, False], [True, True, True]])
+    trunk = Genome(7, {"w": mask}, {"w": w * mask, "b": np.ones(2, np.float32)}, lineage_steps=40)
+    child = pruned(trunk, 8, {"w": 2})
+    assert child.masks["w"].tolist() == [[False, True, False], [False, True, False]]
+    assert child.weights["w"].tolist() == [[0, -2.0, 0], [0, 3.0, 0]]
+    assert child.parents == (7,) and child.lineage_steps == 40 and child.weights["b"].tolist() == [1, 1]
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +106,21 @@ def test_every_step_is_in_the_history_and_lineages_add_up(lineage_run):
     assert front.test_accuracy.notna().all()
     total = int(ev.steps.sum())
     assert total >= exp.evolution.population * exp.training.steps // 2
+
+
+def test_the_initial_population_is_pruned_from_one_trained_trunk(lineage_run):
+    exp, run = lineage_run
+    h = report.load(run)
+    g0 = h[h.generation == 0]
+    trunk = g0[g0.operator == "trunk"]
+    assert len(trunk) == 1 and trunk.evaluated.all() and not trunk.selected.any()
+    assert trunk.steps.iloc[0] == exp.evolution.trunk_steps == trunk.lineage_steps.iloc[0]
+    assert trunk.density.iloc[0] == pytest.approx(exp.sparsity.max_density, abs=0.01)
+    assert trunk.test_accuracy.notna().all()  # it may be on the front, where every point has one
+    rest = g0[g0.operator != "trunk"]
+    assert len(rest) == exp.evolution.population
+    assert all(list(p) == [trunk.individual_id.iloc[0]] for p in rest.parent_ids)
+    assert (rest.density <= trunk.density.iloc[0] + 1e-9).all()
 
 
 def history(run) -> pd.DataFrame:

@@ -187,6 +187,13 @@ class EvolutionConfig:
     # training.lr without one) to zero, so the networks the run leaves end annealed as a single
     # network's training ends. Those steps are in the history's `steps` like any other.
     polish_steps: int = _range(0, default=0)
+    # A front seeded from one trained network (0: off). Before generation 0 trains, one network
+    # at sparsity.max_density (sparsity.density with sizes fixed), initialised as the population
+    # is, trains this many steps with its rate decayed by a cosine to zero (operator "trunk", a
+    # row of generation 0 with its steps); every initial individual is then the trunk pruned by
+    # |w| per layer to its drawn size, inheriting its weights and lineage steps, so each size
+    # starts from shared training instead of a random sparse network.
+    trunk_steps: int = _range(0, default=0)
 
 
 @dataclass(frozen=True)

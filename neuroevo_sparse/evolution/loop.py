@@ -9,7 +9,8 @@ generation g gives exactly the run that never stopped.
 History: generation 0 records the initial population; generation g >= 1 records the
 population that entered it (parents) and the offspring born in it, one row each, with
 `evaluated` (trained in g) and `selected` (survived g). A run of G generations, population
-mu and lambda offspring therefore has mu + G * (mu + lambda) rows.
+mu and lambda offspring therefore has mu + G * (mu + lambda) rows (one more with
+evolution.trunk_steps: the trunk's, in generation 0; plus the polished, in the last).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .. import seeds
 from ..config.schema import Experiment
 from ..evaluators import Evaluator
 from .fitness import Objectives, restore_archive
-from ..topology.genome import Genome, Init, random_genome, target_counts
+from ..topology.genome import Genome, Init, pruned, random_genome, target_counts
 from ..train.jobs import TrainJob, TrainResult
 from ..problem.models import Architecture
 from .operators import Variation, clone, make_toolbox
@@ -101,7 +102,8 @@ class Evolution:
         self.front = Front(exp.evolution.retrain_survivors)
         # The history gets a lineage_steps column where the run uses lineages' steps (fixed-size
         # runs without these keys keep their histories column for column).
-        self.lineages = exp.training.lineage_schedule != "none" or exp.evolution.polish_steps > 0
+        self.lineages = (exp.training.lineage_schedule != "none" or exp.evolution.polish_steps > 0
+                         or exp.evolution.trunk_steps > 0)
 
     # ------------------------------------------------------------------------ the loop
     def run(self, state: State | None = None, generations: int | None = None) -> State:
@@ -137,17 +139,47 @@ class Evolution:
 
     def _initial(self, progress: Progress) -> State:
         ev = self.exp.evolution
-        rng = seeds.rng(self.seed, "init")
-        population = [random_genome(i, self.template, self.info, counts, Init.of(self.exp.training), rng)
-                      for i, counts in enumerate(self._initial_counts())]
         progress.generation_started(0)
         self._started = time.monotonic()
+        if ev.trunk_steps > 0:  # id 0 is the trunk, the population 1..n
+            trunk = [self._trunk(progress)]
+            population = [pruned(trunk[0], i + 1, counts) for i, counts in enumerate(self._initial_counts())]
+        else:
+            trunk = []
+            rng = seeds.rng(self.seed, "init")
+            population = [random_genome(i, self.template, self.info, counts, Init.of(self.exp.training), rng)
+                          for i, counts in enumerate(self._initial_counts())]
         self._evaluate(population, 0, progress)
-        self.archive.update(population)
+        # The trunk is a network the run trained: it may be on the front like any other.
+        self.archive.update(trunk + population)
         self._score_test(population, 0)
-        self._record(0, parents=[], offspring=population, survivors=population, progress=progress)
-        self.front.update(0, population, population)
-        return State(0, population, list(self.archive), ev.population, self.front.members())
+        self._record(0, parents=[], offspring=trunk + population, survivors=population, progress=progress)
+        self.front.update(0, trunk + population, population)
+        return State(0, population, list(self.archive), ev.population + len(trunk), self.front.members())
+
+    def _trunk(self, progress: Progress) -> Genome:
+        """evolution.trunk_steps: one network at the largest size, initialised as the population
+        is, trained with its rate decayed by a cosine to zero (a polish from the start)."""
+        sp = self.exp.sparsity
+        density, key = (sp.density, "sparsity.density") if sp.fixed else (sp.max_density, "sparsity.max_density")
+        counts = self.variation.fit(target_counts(self.info, self.maskable, density, sp.init, key))
+        trunk = random_genome(0, self.template, self.info, counts, Init.of(self.exp.training),
+                              seeds.rng(self.seed, "trunk"))
+        trunk.operator = "trunk"
+        job = TrainJob(0, 0, seeds.derive(self.seed, "trunk"), trunk.masks, trunk.weights,
+                       steps=self.exp.evolution.trunk_steps, polish=True)
+        progress.jobs_dropped(-1)  # a job the total did not count
+        results = self._train([job], 0, progress)
+        self._all_failed(0, [(r.status, r.error) for r in results])
+        self._write_back([trunk], [job], results)
+        # Its only row is generation 0's, which the scoring of the last generation never
+        # reaches: on the front it would have no test accuracy, so it is scored now.
+        if trunk.metrics.get("status") == "ok" and trunk.metrics.get("test_accuracy") is None:
+            test = TrainJob(0, 0, 0, trunk.masks, trunk.network_weights(), test_only=True)
+            r = self.evaluator.evaluate([test])[0]
+            if r.status == "ok":
+                trunk.metrics = {**trunk.metrics, "test_accuracy": r.test_accuracy}
+        return trunk
 
     def _initial_counts(self) -> list[dict[str, int]]:
         """Per individual, its active connections per layer: all at `sparsity.density`, or with

@@ -204,3 +204,23 @@ def random_genome(gid: int, template: dict[str, np.ndarray], info: dict[str, Lay
         else:
             weights[name] = np.array(like, dtype=np.float32 if like.dtype.kind == "f" else like.dtype)
     return Genome(id=gid, masks=masks, weights=weights)
+
+
+def pruned(source: Genome, gid: int, counts: dict[str, int]) -> Genome:
+    """`source` pruned by magnitude: per masked tensor, its `counts[name]` active connections of
+    largest |w|, with the source's weights (masked) and lineage steps; its child (parent
+    `source.id`, operator "init"). Ties and a count beyond the source's active connections take
+    positions in index order (stable sort), those beyond starting at zero as grown ones do."""
+    masks, weights = {}, {}
+    for name, w in source.weights.items():
+        if name in counts:
+            score = np.where(source.masks[name].ravel(), np.abs(w).ravel(), -1.0)
+            keep = np.argsort(-score, kind="stable")[:counts[name]]
+            flat = np.zeros(w.size, dtype=bool)
+            flat[keep] = True
+            masks[name] = flat.reshape(w.shape)
+            weights[name] = np.where(masks[name], w, 0).astype(w.dtype)
+        else:  # arrays are never modified in place: sharing the source's is safe
+            weights[name] = w
+    return Genome(id=gid, masks=masks, weights=weights, parents=(source.id,),
+                  lineage_steps=source.lineage_steps)
