@@ -61,6 +61,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import harness  # noqa: E402  (benchmarks/, the script's own folder, is on sys.path)
+
 PARETO = ROOT / "experiments" / "fashion_mnist_pareto.toml"
 WORK = ROOT / "benchmarks" / "experiments" / "ga_work.toml"
 OUT = ROOT / "benchmarks" / "results" / "front"
@@ -251,11 +253,7 @@ def hypervolume(points: list[tuple[float, float]], log: bool = False) -> float:
 
 def welch(a: list[float], b: list[float]) -> float | None:
     """Welch's two-sided p-value of a difference of means (None with fewer than 2 each)."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    from scipy import stats
-
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    return harness.welch_p(a, b) if len(a) > 1 and len(b) > 1 else None
 
 
 def best_at_or_below(front: list[dict], density: float) -> float | None:
@@ -263,8 +261,7 @@ def best_at_or_below(front: list[dict], density: float) -> float | None:
     return max(fits, key=lambda p: (p["val_accuracy"], -p["active_params"]))["test_accuracy"] if fits else None
 
 
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+mean_sd = harness.mean_sd
 
 
 def ga_summary(variant: str) -> dict | None:
@@ -418,7 +415,7 @@ def figure(s: dict) -> None:
 def write_report() -> str:
     s = summarise()
     SUMMARY.parent.mkdir(parents=True, exist_ok=True)
-    SUMMARY.write_text(json.dumps(s, indent=1))
+    harness.write(SUMMARY, {**s, **harness.stamp("neuroevo_sparse.launch")})
     figure(s)
     text = table(s)
     head = DOC.read_text().split(MARK)[0] if DOC.exists() and MARK in DOC.read_text() else \
