@@ -386,11 +386,10 @@ def main() -> None:
             dense.append(run_dense(seed))
     text = summarise(runs, dense, peak, args.sets)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": "python benchmarks/end_to_end.py " + " ".join(sys.argv[1:]),
-                                    "machine": platform.machine(), "cpu": harness.cpu(), "peak_gflops": peak,
-                                    "sets": args.sets,
-                                    "runs": runs, "dense": dense, "table": text}, indent=1))
+    harness.write(args.out, {"command": "python benchmarks/end_to_end.py " + " ".join(sys.argv[1:]),
+                             "machine": platform.machine(), "cpu": harness.cpu(), "peak_gflops": peak,
+                             "sets": args.sets, "runs": runs, "dense": dense, "table": text,
+                             **harness.stamp("neuroevo_sparse.launch")})
 
 
 if __name__ == "__main__":
