@@ -169,7 +169,7 @@ def _check_checkpoint(run: RunDir, loaded, original: Experiment, exp: Experiment
     """The generation a checkpoint continues from, once it is known to belong to this run,
     this version and this request."""
     for why in loaded.skipped:
-        log.warning("checkpoint %s is damaged and was skipped: using an older one", why)
+        log.warning("damaged checkpoint skipped, using an older one: %s", why)
     written_by = str(loaded.state.get("versions", {}).get("neuroevo_sparse", "unknown"))
     if written_by.split(".")[:2] != __version__.split(".")[:2]:
         raise ConfigError([f"its checkpoints were written by neuroevo_sparse {written_by}; this is {__version__}, "

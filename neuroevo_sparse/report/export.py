@@ -45,9 +45,11 @@ class Individual:
 def exportable_ids(run_dir: str | Path) -> set[int]:
     """The individuals whose weights the newest checkpoint holds: the population, the archive
     and every point of the history's front. Empty before the first checkpoint."""
+    from ..store.checkpoint import NoValidCheckpoint
+
     try:
         loaded = RunDir(run_dir).load_checkpoint()
-    except Exception:  # noqa: BLE001 -- no (valid) checkpoint yet: nothing can be exported
+    except NoValidCheckpoint:  # none written yet, or none whole: nothing can be exported
         return set()
     return {int(m["id"]) for m in loaded.state["genomes"]}
 
