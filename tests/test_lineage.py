@@ -25,7 +25,8 @@ PARETO = ['fitness.mode="pareto"', 'fitness.objectives=["val_accuracy","active_p
           "sparsity.fixed=false", "sparsity.min_density=0.05", "sparsity.max_density=0.9",
           'evolution.mutations=["grow","prune","set"]', "evolution.offspring=4", "evolution.generations=3"]
 LINEAGE = ['training.lineage_schedule="cosine"', "training.lineage_horizon=50", "training.lineage_floor=0.1",
-           "evolution.polish_steps=7", "evolution.halving_at=0.5", "evolution.trunk_steps=20"]
+           "evolution.polish_steps=7", "evolution.halving_at=0.5", "evolution.trunk_steps=20",
+           "evolution.trunk_rungs=2", "evolution.trunk_rung_steps=6"]
 
 
 def load(tmp_path, sets):
@@ -65,6 +66,10 @@ def test_the_horizon_is_needed_with_the_schedule(tmp_path):
         load(tmp_path, ["evolution.polish_steps=-1"])
     with pytest.raises(ConfigError, match="evolution.trunk_steps"):
         load(tmp_path, ["evolution.trunk_steps=-1"])
+    with pytest.raises(ConfigError, match="evolution.trunk_rungs: a pruning ladder below the trunk needs"):
+        load(tmp_path, ["evolution.trunk_rungs=3"])  # no trunk to prune
+    with pytest.raises(ConfigError, match="evolution.trunk_rung_steps"):
+        load(tmp_path, ["evolution.trunk_steps=5", "evolution.trunk_rungs=3", "evolution.trunk_rung_steps=0"])
 
 
 def test_pruning_keeps_the_largest_weights_of_each_layer():
@@ -108,19 +113,36 @@ def test_every_step_is_in_the_history_and_lineages_add_up(lineage_run):
     assert total >= exp.evolution.population * exp.training.steps // 2
 
 
-def test_the_initial_population_is_pruned_from_one_trained_trunk(lineage_run):
+def test_the_initial_population_is_pruned_from_the_trunks_ladder(lineage_run):
     exp, run = lineage_run
+    ev = exp.evolution
     h = report.load(run)
     g0 = h[h.generation == 0]
-    trunk = g0[g0.operator == "trunk"]
-    assert len(trunk) == 1 and trunk.evaluated.all() and not trunk.selected.any()
-    assert trunk.steps.iloc[0] == exp.evolution.trunk_steps == trunk.lineage_steps.iloc[0]
-    assert trunk.density.iloc[0] == pytest.approx(exp.sparsity.max_density, abs=0.01)
-    assert trunk.test_accuracy.notna().all()  # it may be on the front, where every point has one
+    ladder = g0[g0.operator == "trunk"].sort_values("individual_id")
+    assert list(ladder.individual_id) == list(range(ev.trunk_rungs + 1))
+    assert ladder.evaluated.all() and not ladder.selected.any()
+    assert ladder.test_accuracy.notna().all()  # each may be on the front, where every point has one
+    trunk = ladder.iloc[0]
+    assert trunk.steps == ev.trunk_steps == trunk.lineage_steps
+    assert trunk.density == pytest.approx(exp.sparsity.max_density, abs=0.01)
+    # Each rung: the one above it pruned to the next density of the log-spaced ladder and
+    # trained on, its lineage the sum of the ladder above it.
+    lo, hi = exp.sparsity.min_density, exp.sparsity.max_density
+    for k in range(1, ev.trunk_rungs + 1):
+        rung, above = ladder.iloc[k], ladder.iloc[k - 1]
+        assert list(rung.parent_ids) == [above.individual_id] and rung.steps == ev.trunk_rung_steps
+        assert rung.lineage_steps == above.lineage_steps + ev.trunk_rung_steps
+        assert rung.density == pytest.approx(hi * (lo / hi) ** (k / ev.trunk_rungs), rel=0.1)
+    # Every initial individual comes from the smallest network of the ladder at least its size
+    # in every layer, or from the trunk when none is (a layer the trunk's allocation left smaller).
+    layers = [c for c in h.columns if c.startswith("density.")]
     rest = g0[g0.operator != "trunk"]
-    assert len(rest) == exp.evolution.population
-    assert all(list(p) == [trunk.individual_id.iloc[0]] for p in rest.parent_ids)
-    assert (rest.density <= trunk.density.iloc[0] + 1e-9).all()
+    assert len(rest) == ev.population
+    for _, r in rest.iterrows():
+        fits = ladder[(ladder[layers].values >= r[layers].values.astype(float) - 1e-9).all(axis=1)]
+        source = fits.sort_values("active_params").individual_id.iloc[0] if len(fits) else 0
+        assert list(r.parent_ids) == [source]
+    assert set(rest.parent_ids.map(tuple)) != {(0,)}  # the rungs are used, not only the trunk
 
 
 def history(run) -> pd.DataFrame:

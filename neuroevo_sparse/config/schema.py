@@ -194,6 +194,15 @@ class EvolutionConfig:
     # |w| per layer to its drawn size, inheriting its weights and lineage steps, so each size
     # starts from shared training instead of a random sparse network.
     trunk_steps: int = _range(0, default=0)
+    # With trunk_steps and sizes searched: after the trunk, this many rungs of a pruning ladder
+    # (0: none). Rung k is the rung above it pruned by |w| to density max_density x
+    # (min_density / max_density)^(k / trunk_rungs), then trained trunk_rung_steps with its rate
+    # decayed by a cosine to zero (operator "trunk"); each initial individual is pruned from the
+    # smallest rung at least its size. Small networks so start from many rounds of pruning and
+    # retraining, as gradual pruning's do, not from one cut of the trunk.
+    trunk_rungs: int = _range(0, default=0)
+    # Optimiser steps of each rung of the pruning ladder (trunk_rungs).
+    trunk_rung_steps: int = _range(1, default=300)
 
 
 @dataclass(frozen=True)
@@ -693,6 +702,10 @@ def _cross_checks(exp: Experiment, problems: list[str]) -> None:
         problems.append("evolution.mutations: empty while evolution.crossover = \"none\": nothing would vary")
     if exp.model.kind == "cnn" and exp.data.dataset in ("digits", "synthetic"):
         pass  # flat datasets are reshaped to images by data.py when their size is square
+    if ev.trunk_rungs > 0 and (sp.fixed or ev.trunk_steps == 0):
+        problems.append(f"evolution.trunk_rungs: a pruning ladder below the trunk needs evolution.trunk_steps > 0 "
+                        f"and sizes searched (sparsity.fixed = false); got trunk_steps = {ev.trunk_steps}, "
+                        f"fixed = {str(sp.fixed).lower()}")
     if exp.training.lineage_schedule != "none" and exp.training.lineage_horizon is None:
         problems.append(f"training.lineage_horizon: needed with training.lineage_schedule = "
                         f"{exp.training.lineage_schedule!r} (the lineage steps over which the rate decays)")

@@ -141,9 +141,10 @@ class Evolution:
         ev = self.exp.evolution
         progress.generation_started(0)
         self._started = time.monotonic()
-        if ev.trunk_steps > 0:  # id 0 is the trunk, the population 1..n
-            trunk = [self._trunk(progress)]
-            population = [pruned(trunk[0], i + 1, counts) for i, counts in enumerate(self._initial_counts())]
+        if ev.trunk_steps > 0:  # ids 0..R are the trunk and its rungs, the population R+1..R+n
+            trunk = self._trunk(progress)
+            population = [pruned(_rung_for(trunk, counts), len(trunk) + i, counts)
+                          for i, counts in enumerate(self._initial_counts())]
         else:
             trunk = []
             rng = seeds.rng(self.seed, "init")
@@ -157,29 +158,41 @@ class Evolution:
         self.front.update(0, trunk + population, population)
         return State(0, population, list(self.archive), ev.population + len(trunk), self.front.members())
 
-    def _trunk(self, progress: Progress) -> Genome:
+    def _trunk(self, progress: Progress) -> list[Genome]:
         """evolution.trunk_steps: one network at the largest size, initialised as the population
-        is, trained with its rate decayed by a cosine to zero (a polish from the start)."""
-        sp = self.exp.sparsity
+        is, trained with its rate decayed by a cosine to zero (a polish from the start); then,
+        with evolution.trunk_rungs, its pruning ladder, each rung pruned from the one above and
+        trained the same way. The trunk first, then the rungs from large to small."""
+        sp, ev = self.exp.sparsity, self.exp.evolution
         density, key = (sp.density, "sparsity.density") if sp.fixed else (sp.max_density, "sparsity.max_density")
         counts = self.variation.fit(target_counts(self.info, self.maskable, density, sp.init, key))
         trunk = random_genome(0, self.template, self.info, counts, Init.of(self.exp.training),
                               seeds.rng(self.seed, "trunk"))
-        trunk.operator = "trunk"
-        job = TrainJob(0, 0, seeds.derive(self.seed, "trunk"), trunk.masks, trunk.weights,
-                       steps=self.exp.evolution.trunk_steps, polish=True)
+        ladder = [self._train_alone(trunk, seeds.derive(self.seed, "trunk"), ev.trunk_steps, progress)]
+        for k in range(1, ev.trunk_rungs + 1):
+            d = sp.max_density * (sp.min_density / sp.max_density) ** (k / ev.trunk_rungs)
+            counts = self.variation.fit(target_counts(self.info, self.maskable, d, sp.init, "sparsity.min_density"))
+            rung = pruned(ladder[-1], k, counts)
+            ladder.append(self._train_alone(rung, seeds.derive(self.seed, "trunk", k), ev.trunk_rung_steps, progress))
+        return ladder
+
+    def _train_alone(self, genome: Genome, seed: int, steps: int, progress: Progress) -> Genome:
+        """One network of the trunk trained on its own (operator "trunk"), its rate decayed to zero."""
+        genome.operator = "trunk"
+        job = TrainJob(genome.id, 0, seed, genome.masks, genome.weights, lineage_step=genome.lineage_steps,
+                       steps=steps, polish=True)
         progress.jobs_dropped(-1)  # a job the total did not count
         results = self._train([job], 0, progress)
         self._all_failed(0, [(r.status, r.error) for r in results])
-        self._write_back([trunk], [job], results)
+        self._write_back([genome], [job], results)
         # Its only row is generation 0's, which the scoring of the last generation never
         # reaches: on the front it would have no test accuracy, so it is scored now.
-        if trunk.metrics.get("status") == "ok" and trunk.metrics.get("test_accuracy") is None:
-            test = TrainJob(0, 0, 0, trunk.masks, trunk.network_weights(), test_only=True)
+        if genome.metrics.get("status") == "ok" and genome.metrics.get("test_accuracy") is None:
+            test = TrainJob(genome.id, 0, 0, genome.masks, genome.network_weights(), test_only=True)
             r = self.evaluator.evaluate([test])[0]
             if r.status == "ok":
-                trunk.metrics = {**trunk.metrics, "test_accuracy": r.test_accuracy}
-        return trunk
+                genome.metrics = {**genome.metrics, "test_accuracy": r.test_accuracy}
+        return genome
 
     def _initial_counts(self) -> list[dict[str, int]]:
         """Per individual, its active connections per layer: all at `sparsity.density`, or with
@@ -614,3 +627,10 @@ def _versions() -> dict[str, str]:
     import torch
     return {"neuroevo_sparse": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "deap": deap.__version__}
+
+
+def _rung_for(ladder: list[Genome], counts: dict[str, int]) -> Genome:
+    """The smallest network of the trunk's ladder with at least `counts` active connections in
+    every layer (the trunk itself when no rung has): the closest larger network to prune from."""
+    fits = [g for g in ladder if all(int(g.masks[n].sum()) >= c for n, c in counts.items())]
+    return min(fits, key=lambda g: sum(int(m.sum()) for m in g.masks.values())) if fits else ladder[0]
