@@ -77,18 +77,48 @@ LOG_FLOOR = 0.01  # the density at x = 0 of the log-density hypervolume: the gri
 # "ga" is the file as it is). The budget of each stays within one baseline method's: without the
 # polish, its steps go to two more generations (the file before the polish).
 VARIANTS = {
+    # The trunk without its pruning ladder: every size one cut of the trunk (the file before the ladder).
+    "no-ladder": ["evolution.trunk_rungs=0", "evolution.trunk_steps=6000", "evolution.generations=5"],
+    # A shorter ladder of longer rungs, one generation more (over the budget on seed 2: 3.28M).
+    "ladder6": ["evolution.trunk_rungs=6", "evolution.trunk_rung_steps=300", "evolution.generations=5"],
     # The GA before evolution.trunk_steps (every lineage from a random sparse network).
-    "no-trunk": ["evolution.trunk_steps=0", "evolution.generations=9"],
-    "no-polish": ["evolution.trunk_steps=0", "evolution.polish_steps=0", "evolution.generations=11"],
-    "schedule": ["evolution.trunk_steps=0", "evolution.generations=9", 'training.lineage_schedule="cosine"',
-                 "training.lineage_horizon=4800", "training.lineage_floor=0.2"],
-    "schedule-no-polish": ["evolution.trunk_steps=0", 'training.lineage_schedule="cosine"',
+    "no-trunk": ["evolution.trunk_rungs=0", "evolution.trunk_steps=0", "evolution.generations=9"],
+    "no-polish": ["evolution.trunk_rungs=0", "evolution.trunk_steps=0", "evolution.polish_steps=0",
+                  "evolution.generations=11"],
+    "schedule": ["evolution.trunk_rungs=0", "evolution.trunk_steps=0", "evolution.generations=9",
+                 'training.lineage_schedule="cosine"', "training.lineage_horizon=4800", "training.lineage_floor=0.2"],
+    "schedule-no-polish": ["evolution.trunk_rungs=0", "evolution.trunk_steps=0", 'training.lineage_schedule="cosine"',
                            "training.lineage_horizon=4800", "training.lineage_floor=0.2",
                            "evolution.polish_steps=0", "evolution.generations=11"],
-    "trunk-no-grow": ["evolution.trunk_steps=5000", "evolution.generations=6",
+    "trunk-no-grow": ["evolution.trunk_rungs=0", "evolution.trunk_steps=5000", "evolution.generations=6",
                       'evolution.mutations=["prune","move","set"]'],
+    # The stretch goal: half the compute (1.45-1.55M samples), every part of the run shortened.
+    "half": ["evolution.trunk_steps=2500", "evolution.trunk_rung_steps=125", "training.steps=120",
+             "evolution.polish_steps=150"],
 }
 EPOCHS = 10
+# The second workload (--workload cnn): the same comparison on a small CNN, so that the GA's
+# settings are not tuned to one MLP. A convolution costs ~10x the MLP per sample, so its budget
+# is 3 epochs per density and its baselines the two best of the MLP's (static and gradual).
+WORKLOADS = {
+    "mlp": dict(experiment=PARETO, epochs=10, out="front", methods=METHODS, doc="FRONT.md",
+                title="Fashion-MNIST MLP"),
+    "cnn": dict(experiment=ROOT / "experiments" / "fashion_mnist_cnn_pareto.toml", epochs=3, out="front_cnn",
+                methods=["static", "gradual"], doc="FRONT_CNN.md", title="Fashion-MNIST CNN"),
+}
+WORKLOAD = "mlp"
+
+
+def use(workload: str) -> None:
+    """Point the module's paths and grid at one workload's experiment and stored runs."""
+    global WORKLOAD, PARETO, EPOCHS, OUT, SUMMARY, FIGURE, DOC, METHODS
+    w = WORKLOADS[workload]
+    WORKLOAD, PARETO, EPOCHS, METHODS = workload, w["experiment"], w["epochs"], list(w["methods"])
+    results = ROOT / "benchmarks" / "results"
+    OUT, SUMMARY, FIGURE = results / w["out"], results / f"{w['out']}.json", results / f"{w['out']}.png"
+    DOC = ROOT / "docs" / w["doc"]
+
+
 ALLOCATIONS = {  # name: overrides of ga_work.toml (at 10% density)
     "uniform": ['sparsity.init="uniform"'],
     "erk": ['sparsity.init="erdos_renyi"'],
@@ -144,6 +174,8 @@ def key_of(kind: str, *args) -> str:
     # stored before it existed keep their keys.
     if cfg["evolution"].get("trunk_steps") == 0:
         del cfg["evolution"]["trunk_steps"]
+    if cfg["evolution"].get("trunk_rungs") == 0:
+        del cfg["evolution"]["trunk_rungs"], cfg["evolution"]["trunk_rung_steps"]
     blob = json.dumps({"kind": kind, "config": cfg,
                        "version": neuroevo_sparse.__version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -221,7 +253,7 @@ def run_alloc(name: str, seed: int) -> dict:
 def run_and_store(kind: str, *args) -> dict:
     if (r := stored(kind, *args)) is not None:
         return r
-    cmd = [sys.executable, __file__, "--one", kind, *map(str, args)]
+    cmd = [sys.executable, __file__, "--workload", WORKLOAD, "--one", kind, *map(str, args)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     if out.returncode != 0:
@@ -405,7 +437,7 @@ def figure(s: dict) -> None:
         ax.plot([p["density"] for p in front], [p["test_accuracy"] for p in front], "k.-", lw=1.6,
                 alpha=0.8, label="GA front" if i == 0 else None)
     ax.set(xscale="log", xlabel="density of the masked weights", ylabel="test accuracy",
-           title="Fashion-MNIST MLP: GA front vs single networks at equal compute")
+           title=f"{WORKLOADS[WORKLOAD]['title']}: GA front vs single networks at equal compute")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -435,7 +467,9 @@ def main() -> None:
     p.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--parts", nargs="+", choices=["baseline", "ga", "variants", "alloc"],
                    default=["ga", "alloc", "baseline"])
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS, help="baselines to run")
+    p.add_argument("--workload", choices=list(WORKLOADS), default="mlp",
+                   help="the MLP of fashion_mnist_pareto.toml, or the CNN of fashion_mnist_cnn_pareto.toml")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=None, help="baselines to run (default: the workload's)")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                    help="GA ablations to run (--parts variants)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
@@ -444,6 +478,8 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
+    use(args.workload)
+    args.methods = args.methods or METHODS
     global STALE_OK
     STALE_OK = args.stale_ok
     SEEDS[:] = list(range(args.seeds))
