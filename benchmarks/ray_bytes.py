@@ -17,7 +17,7 @@ arrays out of band) of what the driver puts (parents and task arguments) and get
 between nodes, a parent crosses once to each node whose tasks use it. The data, put once per
 run, is listed apart. Generation 0 (a random population, no parents) is not in the means.
 
-    python benchmarks/ray_bytes.py                                   # quickstart, quickstart x4 offspring, fashion
+    python benchmarks/ray_bytes.py                   # quickstart, quickstart x4 offspring, fashion
     python benchmarks/ray_bytes.py --cases quickstart --generations 2
 """
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -126,8 +125,8 @@ def main() -> None:
         for case in args.cases:
             runs = {}
             for mode in MODES:
-                p = subprocess.run([sys.executable, __file__, "--generations", str(args.generations), "--one", case,
-                                    mode, cluster.address, str(Path(tmp) / f"{case}-{mode}")],
+                p = subprocess.run([sys.executable, __file__, "--generations", str(args.generations),
+                                    "--one", case, mode, cluster.address, str(Path(tmp) / f"{case}-{mode}")],
                                    capture_output=True, text=True, cwd=ROOT, env=cluster.driver_env())
                 if p.returncode != 0:
                     raise SystemExit(f"{case} ({mode}) failed:\n{p.stderr[-3000:]}")
@@ -162,22 +161,22 @@ def summarise(runs: dict[str, dict]) -> dict:
     mean = {mode: {part: {k: sum(g[mode][part][k] for g in later) / max(1, len(later)) for k in KEYS}
                    for part in ("train", "other")} for mode in MODES}
     same = {mode: same_history(first["run"], runs[mode]["run"]) for mode in MODES[1:]}
-    return {k: first[k] for k in ("case", "generations", "nodes", "population", "offspring", "density", "weights",
-                                  "data_bytes")} | {"same_history": all(same.values()), "mean": mean,
-                                                    "per_generation": generations}
+    described = ("case", "generations", "nodes", "population", "offspring", "density", "weights", "data_bytes")
+    return {k: first[k] for k in described} | {"same_history": all(same.values()), "mean": mean,
+                                               "per_generation": generations}
 
 
 def table(rows: list[dict]) -> str:
     import harness
 
     mb = lambda n: f"{n / 1e6:.3f}"  # noqa: E731
-    lines = [f"MB per generation through Ray's object store (mean of generations 1..G), 2 `ray start` nodes on "
-             f"one machine ({harness.described()})",
+    lines = [f"MB per generation through Ray's object store (mean of generations 1..G), 2 `ray start` "
+             f"nodes on one machine ({harness.described()})",
              f"{'':>14} {'':>8} {'':>7} {'':>8} {'':>7} | {'training: put':^26} | {'test scoring':^13} | "
              f"{'returned':^13} | {'total':^21} |",
              f"{'case':>14} {'weights':>8} {'density':>7} {'children':>8} {'parents':>7} | "
-             f"{'whole':>8} {'alone':>8} {'parents':>8} | {'whole':>6} {'now':>6} | {'whole':>6} {'now':>6} | "
-             f"{'whole':>6} {'now':>6} {'fewer':>7} | {'same':>4}"]
+             f"{'whole':>8} {'alone':>8} {'parents':>8} | {'whole':>6} {'now':>6} | "
+             f"{'whole':>6} {'now':>6} | {'whole':>6} {'now':>6} {'fewer':>7} | {'same':>4}"]
     for r in rows:
         m = r["mean"]
         new, alone, old = m["parents"], m["alone"], m["whole"]
@@ -190,9 +189,10 @@ def table(rows: list[dict]) -> str:
                      f"{mb(old['other']['put_bytes']):>6} {mb(new['other']['put_bytes']):>6} | "
                      f"{mb(returned(old)):>6} {mb(returned(new)):>6} | {mb(total_old):>6} {mb(total_new):>6} "
                      f"{total_old / max(1, total_new):>6.1f}x | {'yes' if r['same_history'] else 'NO':>4}")
-    lines += ["whole: every job's arrays inline, results dense (before #37); alone: each job packed on its own; "
-              "parents / now: each parent put once, children as what differs;",
-              "the data is put once per run: " + ", ".join(f"{r['case']} {r['data_bytes'] / 1e6:.1f} MB" for r in rows)]
+    data = ", ".join(f"{r['case']} {r['data_bytes'] / 1e6:.1f} MB" for r in rows)
+    lines += ["whole: every job's arrays inline, results dense (before #37); alone: each job packed on its "
+              "own; parents / now: each parent put once, children as what differs;",
+              f"the data is put once per run: {data}"]
     return "\n".join(lines)
 
 

@@ -298,11 +298,13 @@ def test_ray_start_nodes_get_each_parent_once_and_give_the_local_history(toml, t
     """Eight children of a population of four: each parent crosses to the object store once per
     generation whatever its number of children, the children as what they changed, far fewer
     bytes than every child whole; the history is the local backend's, bit for bit."""
-    sets = ["evolution.generations=2", "training.steps=300", "training.vectorise_group=2", "evolution.offspring=8"]
+    sets = ["evolution.generations=2", "training.steps=300", "training.vectorise_group=2",
+            "evolution.offspring=8"]
     local = cli("run", str(toml), "--run-dir", str(tmp_path / "local"), *[a for s in sets for a in ("--set", s)])
     assert local.returncode == 0, local.stderr[-3000:]
     p = subprocess.run([sys.executable, "-c", DRIVER, str(toml), str(tmp_path / "ray"), ray_start_nodes.address,
-                        *sets], capture_output=True, text=True, env=ray_start_nodes.driver_env(), timeout=600)
+                        *sets], capture_output=True, text=True, env=ray_start_nodes.driver_env(),
+                       timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["nodes"] == 2
