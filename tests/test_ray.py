@@ -1,7 +1,9 @@
-"""The Ray evaluator on real Ray: a 2-node cluster started with `ray start` on 127.0.0.1."""
+"""The Ray evaluator on real Ray: multi-node clusters on 127.0.0.1 (ray.cluster_utils), and a
+head and a worker node started with `ray start`, as on several machines."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -243,3 +245,86 @@ def test_cluster_gone_stops_with_checkpoint_and_message_then_resumes(toml, local
         ray_stop()
     assert r.returncode == 0, r.stderr[-3000:]
     pd.testing.assert_frame_equal(metrics(history(run)), metrics(local_history), check_exact=True)
+
+
+# ------------------------------------------------------------------ `ray start` nodes
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from ray_nodes import RayNodes  # noqa: E402
+
+# A driver that joins the cluster at argv[3], runs argv[1] into argv[2] with the --set values
+# that follow, and prints what its evaluator moved per call and a digest of each object it put.
+DRIVER = """
+import hashlib, json, sys
+import ray
+import neuroevo_sparse.launch as launch
+from neuroevo_sparse import config
+from neuroevo_sparse.evaluators import wire
+
+toml, run_dir, address, *sets = sys.argv[1:]
+made, puts = [], []
+real_put, real_make = ray.put, launch.make_evaluator
+
+def put(value, **kwargs):
+    if isinstance(value, wire.Packed):  # a parent: its arrays' digest, per evaluate() call
+        masks, weights = wire.unpack(value)
+        arrays = b"".join(a.tobytes() for d in (masks, weights) for a in d.values())
+        puts.append([len(made[0].bytes_moved), hashlib.sha256(arrays).hexdigest()])
+    return real_put(value, **kwargs)
+
+def make(*args, **kwargs):
+    made.append(real_make(*args, **kwargs))
+    return made[-1]
+
+ray.put, launch.make_evaluator = put, make
+exp = config.load(toml, sets + ['resources.backend="ray"', f'resources.address="{address}"'])
+launch.start(exp, run_dir)
+print(json.dumps({"calls": made[0].bytes_moved, "puts": puts, "nodes": len(ray.nodes())}))
+"""
+
+
+@pytest.fixture
+def ray_start_nodes():
+    """A head and a worker node started by `ray start` on this machine, token authentication
+    on; stopped when the test ends, passed or failed (only its own processes)."""
+    nodes = RayNodes(nodes=2, cpus=1, ray=RAY)
+    try:
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+def test_ray_start_nodes_get_each_parent_once_and_give_the_local_history(toml, tmp_path, ray_start_nodes):
+    """Eight children of a population of four: each parent crosses to the object store once per
+    generation whatever its number of children, the children as what they changed, far fewer
+    bytes than every child whole; the history is the local backend's, bit for bit."""
+    sets = ["evolution.generations=2", "training.steps=300", "training.vectorise_group=2",
+            "evolution.offspring=8"]
+    local = cli("run", str(toml), "--run-dir", str(tmp_path / "local"), *[a for s in sets for a in ("--set", s)])
+    assert local.returncode == 0, local.stderr[-3000:]
+    p = subprocess.run([sys.executable, "-c", DRIVER, str(toml), str(tmp_path / "ray"), ray_start_nodes.address,
+                        *sets], capture_output=True, text=True, env=ray_start_nodes.driver_env(),
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["nodes"] == 2
+    df = history(tmp_path / "ray")
+    pd.testing.assert_frame_equal(metrics(df), metrics(history(tmp_path / "local")), check_exact=True)
+    assert df[df.evaluated].worker.nunique() >= 2  # both nodes trained
+
+    training = {}  # a generation's first call trains its offspring (later ones score the test split)
+    for i, call in enumerate(out["calls"]):
+        training.setdefault(call["generation"], i)
+    assert sorted(training) == [0, 1, 2]
+    for g in (1, 2):
+        i = training[g]
+        call = out["calls"][i]
+        children = df[(df.generation == g) & (df.born == g)]
+        parents = {p for ids in children.parent_ids for p in ids}
+        digests = [d for at, d in out["puts"] if at == i]
+        assert call["on_parents"] == len(children) == 8             # every child on its parents
+        assert len(digests) == call["parents"] == len(set(digests))  # each parent once...
+        assert 1 <= call["parents"] <= len(parents) < len(children)  # ...though some have several children
+        assert call["put_bytes"] == call["parent_bytes"] + call["task_bytes"]
+        assert call["put_bytes"] < call["whole_put_bytes"] / 2      # every child whole, inline
+        assert call["returned_bytes"] < call["whole_returned_bytes"]

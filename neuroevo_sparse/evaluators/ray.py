@@ -1,10 +1,13 @@
 """Evaluation on Ray: a local Ray started for the run, or an existing cluster (`--address`).
 
-What is sent where: the dataset splits are put in the object store once per run; each Ray
-task carries one group of jobs (`training.vectorise_group` individuals for vectorised
-models, one otherwise) as plain arrays (masks and weights, ~5 bytes per weight) and seeds;
-the task returns the trained weights and metrics. Workers keep the
-dataset as tensors on their device between tasks, so a GPU receives it once per worker.
+What is sent where: the dataset splits are put in the object store once per run. Each
+generation (each `evaluate` call) puts every parent its jobs were made from once, as its
+active values and packed masks, however many children it has; each Ray task carries one group
+of jobs (`training.vectorise_group` individuals for vectorised models, one otherwise) as seeds
+and what each child changed of its parents (wire.py), with references to those parents; it
+returns the trained weights as active values, and the metrics. Workers keep the dataset as
+tensors on their device between tasks, so a GPU receives it once per worker. The bytes put
+and returned per call are in `RayEvaluator.bytes_moved`, and in the log at debug level.
 
 Faults: a task whose worker process or node dies is retried by Ray (`resources.max_retries`);
 one that still fails is recorded as failed and gets the worst fitness. A job that raises or
@@ -19,6 +22,7 @@ import math
 import os
 import threading
 import time
+from dataclasses import replace
 
 from ..config.schema import ConfigError, ResourcesConfig
 from ..problem.data import Splits
@@ -26,7 +30,7 @@ from ..train.jobs import TrainJob, TrainResult, TrainSpec
 from ..train.core import DeviceData, pick_device
 from ..train.worker import groups, train_group
 from .. import faults
-from . import ClusterLost, OnResult
+from . import ClusterLost, OnResult, wire
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +50,26 @@ def _import_ray(local: bool):
     return ray
 
 
-def _train_task(spec: TrainSpec, jobs: list[TrainJob], splits: Splits, data_key: str,
-                gpus: float) -> list[TrainResult]:
+def _train_task(spec: TrainSpec, jobs: list[TrainJob], packs: list[wire.Packed] | None,
+                links: list[tuple[int, ...]] | None, splits: Splits, data_key: str, gpus: float,
+                *bases: wire.Packed) -> list[TrainResult] | list[tuple[TrainResult, wire.Packed]]:
+    """Train a group. With `packs` (the jobs' arrays, each on the `bases` its `links` name: Ray
+    hands over the parents this task's jobs were made from), return each result with its
+    weights packed; without, the jobs carry their arrays and the results theirs (the shipping
+    before issue #37, `RayEvaluator.shipping = "whole"`)."""
     faults.hang("job", jobs[0].generation)
     data = _WORKER_DATA.get(data_key)
     if data is None:
         _WORKER_DATA.clear()  # one run's data at a time per worker
         data = _WORKER_DATA[data_key] = DeviceData(splits, pick_device(gpus))
-    return train_group(jobs, spec, data)
+    if packs is None:
+        return train_group(jobs, spec, data)
+    parents = [wire.unpack(b) for b in bases]  # each parent once per task, however many children
+    jobs = [replace(job, masks=masks, weights=weights)
+            for job, pack, link in zip(jobs, packs, links)
+            for masks, weights in [wire.unpack(pack, [parents[i] for i in link])]]
+    results = train_group(jobs, spec, data)
+    return [(replace(r, weights={}), wire.pack_weights(r.weights, job.masks)) for r, job in zip(results, jobs)]
 
 
 def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
@@ -215,9 +231,17 @@ def _stop_monitor(ray) -> None:
 
 
 class RayEvaluator:
+    # How jobs cross: "parents" (each parent put once, children as what differs from it);
+    # "alone" (each job packed on its own, no parent); "whole" (the shipping before issue #37:
+    # each job's arrays inline in its task, ~5 bytes per weight, results dense). Not a
+    # setting: benchmarks/ray_bytes.py changes it to measure what the others move.
+    shipping = "parents"
+
     def __init__(self, spec: TrainSpec, splits: Splits, resources: ResourcesConfig,
                  cluster: RayCluster | None = None):
         self.spec = spec
+        # Per evaluate() call: the bytes it put (parents, tasks) and got back (see _Shipment).
+        self.bytes_moved: list[dict[str, int]] = []
         self.cluster = cluster or RayCluster(resources, spec.builder.factory)
         self.ray = self.cluster.ray
         try:
@@ -241,6 +265,8 @@ class RayEvaluator:
         self.job_timeout_s = resources.job_timeout_s
         self.data_ref = ray.put(splits)
         self.data_key = self.data_ref.hex()
+        self.data_bytes = _nbytes(ray, splits)  # once per run
+        log.debug("Ray: put the data once: %s", _mb(self.data_bytes))
         self.task = ray.remote(_train_task).options(
             num_cpus=resources.cpus_per_job, num_gpus=gpus,
             max_retries=resources.max_retries, retry_exceptions=False)
@@ -249,7 +275,9 @@ class RayEvaluator:
         ray = self.ray
         try:
             batches = groups(jobs, self.spec, self.slots)
-            refs = [self.task.remote(self.spec, batch, self.data_ref, self.data_key, self.gpus) for batch in batches]
+            shipment = _Shipment(ray, self.spec, batches, self.shipping)
+            refs = [self.task.remote(self.spec, *args, self.data_ref, self.data_key, self.gpus, *parents)
+                    for args, parents in shipment.tasks]
             index = {ref: i for i, ref in enumerate(refs)}
             done: list[list[TrainResult] | None] = [None] * len(batches)
             pending = list(refs)
@@ -271,13 +299,15 @@ class RayEvaluator:
                     break
                 for ref in ready:
                     i = index[ref]
-                    done[i] = self._collect(ref, batches[i])
+                    done[i] = self._collect(ref, batches[i], shipment)
                     if self.gpus > 0 and done[i][0].device == "cpu" and not warned:
                         log.warning("a job given %s GPU by Ray trained on the CPU: CUDA is not available "
                                     "to torch on worker %s", self.gpus, done[i][0].worker)
                         warned = True
                     for result in done[i] if on_result else ():
                         on_result(result)
+            self.bytes_moved.append(shipment.moved)
+            shipment.log()
             return [r for batch in done for r in batch]  # type: ignore[union-attr]
         except (ray.exceptions.RaySystemError, ray.exceptions.LocalRayletDiedError,
                 ray.exceptions.RpcError, ConnectionError) as e:
@@ -298,13 +328,13 @@ class RayEvaluator:
     def _failed(jobs: list[TrainJob], error: str) -> list[TrainResult]:
         return [TrainResult(j.individual_id, j.weights, status="failed", error=error) for j in jobs]
 
-    def _collect(self, ref, jobs: list[TrainJob]) -> list[TrainResult]:
+    def _collect(self, ref, jobs: list[TrainJob], shipment: "_Shipment") -> list[TrainResult]:
         ex = self.ray.exceptions
         # Failures of the worker or node rather than of the job, left after Ray's retries.
         infrastructure = (ex.WorkerCrashedError, ex.NodeDiedError, ex.ObjectLostError,
                           ex.OwnerDiedError, ex.TaskCancelledError)
         try:
-            return self.ray.get(ref)
+            return shipment.received(self.ray.get(ref), jobs)
         except infrastructure as e:
             error = f"worker lost after retries: {type(e).__name__}: {str(e)[:300]}"
         except ex.RayTaskError as e:
@@ -317,3 +347,93 @@ class RayEvaluator:
 
     def close(self) -> None:
         self.cluster.close()
+
+
+def _nbytes(ray, obj) -> int:
+    """Bytes of `obj` as Ray serialises it: pickle protocol 5, arrays as out-of-band buffers
+    (counted, not copied)."""
+    buffers: list = []
+    head = ray.cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    return len(head) + sum(b.raw().nbytes for b in buffers)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.3f} MB"
+
+
+class _Shipment:
+    """One evaluate() call's jobs as they cross, and the bytes that moves.
+
+    Each job's arrays are packed on its bases (wire.pack); each base that some job's pack
+    starts from or takes from is put in the object store once, packed alone, and handed to
+    every task that needs it as a top-level argument (Ray fetches it to a node once, and
+    prefers nodes that hold it). A task's arguments are then its jobs without arrays, their
+    packs and which of its bases each one uses.
+
+    `moved`: generation, jobs, tasks, parents (bases put), on_parents (jobs shipped as what
+    differs from theirs), parent_bytes, task_bytes, put_bytes (their sum), returned_bytes; and
+    what the shipping before issue #37 moved for the same jobs (whole_put_bytes: every job's
+    arrays inline; whole_returned_bytes: the results dense)."""
+
+    def __init__(self, ray, spec: TrainSpec, batches: list[list[TrainJob]], shipping: str):
+        self.ray, self.whole = ray, shipping == "whole"
+        jobs = [j for batch in batches for j in batch]
+        inline = [(spec, [replace(j, bases=()) for j in batch]) for batch in batches]
+        self.moved = {"generation": jobs[0].generation if jobs else -1, "jobs": len(jobs),
+                      "tasks": len(batches), "parents": 0, "on_parents": 0, "parent_bytes": 0, "task_bytes": 0,
+                      "returned_bytes": 0, "whole_put_bytes": sum(_nbytes(ray, a) for a in inline),
+                      "whole_returned_bytes": 0}
+        if self.whole:
+            self.tasks = [((a[1], None, None), []) for a in inline]
+            self.moved["task_bytes"] = self.moved["whole_put_bytes"]
+        else:
+            self.tasks = self._packed(spec, batches, parents=shipping == "parents")
+        self.moved["put_bytes"] = self.moved["parent_bytes"] + self.moved["task_bytes"]
+
+    def _packed(self, spec: TrainSpec, batches: list[list[TrainJob]], parents: bool) -> list[tuple[tuple, list]]:
+        put: dict[tuple[int, int, int], object] = {}  # a base's identity -> its ObjectRef
+
+        def key(b) -> tuple[int, int, int]:
+            k = (b.id, id(b.masks), id(b.weights))  # the arrays, alive for the whole call
+            if k not in put:
+                packed = wire.pack(b.masks, b.weights)
+                put[k] = self.ray.put(packed)
+                self.moved["parents"] += 1
+                self.moved["parent_bytes"] += _nbytes(self.ray, packed)
+            return k
+
+        tasks = []
+        for batch in batches:
+            order: dict[tuple[int, int, int], int] = {}  # the task's bases, in its arguments' order
+            packs, links = [], []
+            for job in batch:
+                pack = wire.pack(job.masks, job.weights, job.bases if parents else ())
+                used = sorted({k for t in pack.tensors if t.form == wire.PATCH
+                               for k in (t.start, t.other) if k != wire.ZEROS})
+                at = {k: i for i, k in enumerate(used)}  # the job's bases -> the ones it ships with
+                packs.append(pack._replace(tensors=tuple(
+                    t._replace(start=at.get(t.start, wire.ZEROS), other=at.get(t.other, wire.ZEROS))
+                    if t.form == wire.PATCH else t for t in pack.tensors)))
+                links.append(tuple(order.setdefault(key(job.bases[k]), len(order)) for k in used))
+                self.moved["on_parents"] += bool(used)
+            bare = [replace(j, masks={}, weights={}, bases=()) for j in batch]
+            self.moved["task_bytes"] += _nbytes(self.ray, (spec, bare, packs, links))
+            tasks.append(((bare, packs, links), [put[k] for k in order]))
+        return tasks
+
+    def received(self, got: list, jobs: list[TrainJob]) -> list[TrainResult]:
+        """A task's results, their weights unpacked with the driver's own copies of the jobs' masks."""
+        self.moved["returned_bytes"] += _nbytes(self.ray, got)
+        results = got if self.whole else [replace(r, weights=wire.unpack_weights(p, j.masks))
+                                          for (r, p), j in zip(got, jobs)]
+        self.moved["whole_returned_bytes"] += _nbytes(self.ray, results)
+        return results
+
+    def log(self) -> None:
+        m = self.moved
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("Ray: generation %d, %d jobs (%d on their parents) in %d tasks: put %s (%d parents %s, "
+                      "tasks %s), returned %s; each job whole would have put %s and returned %s",
+                      m["generation"], m["jobs"], m["on_parents"], m["tasks"], _mb(m["put_bytes"]), m["parents"],
+                      _mb(m["parent_bytes"]), _mb(m["task_bytes"]), _mb(m["returned_bytes"]),
+                      _mb(m["whole_put_bytes"]), _mb(m["whole_returned_bytes"]))

@@ -32,7 +32,7 @@ from ..config.schema import Experiment
 from ..evaluators import Evaluator
 from .fitness import Objectives, restore_archive
 from ..topology.genome import Genome, Init, pruned, random_genome, target_counts
-from ..train.jobs import TrainJob, TrainResult
+from ..train.jobs import Base, TrainJob, TrainResult
 from ..problem.models import Architecture
 from .operators import Variation, clone, make_toolbox
 from .progress import Progress
@@ -217,7 +217,7 @@ class Evolution:
         offspring = self._vary(parents, state.next_id, g, rng)[:n]
 
         trained = offspring + (state.population if ev.retrain_survivors else [])
-        self._evaluate(trained, g, progress)
+        self._evaluate(trained, g, progress, made_from=state.population)
 
         if ev.survival == "plus":
             survivors = self.objectives.select_survivors(state.population + offspring, ev.population)
@@ -283,12 +283,23 @@ class Evolution:
         return children
 
     # ------------------------------------------------------------------------ evaluation
-    def _evaluate(self, genomes: list[Genome], generation: int, progress: Progress) -> None:
+    def _evaluate(self, genomes: list[Genome], generation: int, progress: Progress,
+                  made_from: Sequence[Genome] = ()) -> None:
         """Train on the evaluator, write the results back (Lamarckian), assign fitness. With
-        evolution.halving_at, in two parts: all of them to that point, then the best on."""
+        evolution.halving_at, in two parts: all of them to that point, then the best on.
+        `made_from`: the population the genomes were varied from; each job names the arrays
+        of its parents there (or its own, for a survivor trained again) as its bases, which
+        the Ray evaluator ships once for all their children."""
         ev = self.exp.evolution
+        known = {p.id: p for p in made_from}
+
+        def bases(g: Genome) -> tuple[Base, ...]:
+            found = [known[g.id]] if g.id in known else [known[p] for p in g.parents if p in known]
+            return tuple(Base(p.id, p.masks, p.weights) for p in found)
+
         jobs = [TrainJob(g.id, generation, seeds.derive(self.seed, "train", generation, g.id),
-                         g.masks, g.weights, until=ev.halving_at or 1.0, lineage_step=g.lineage_steps)
+                         g.masks, g.weights, until=ev.halving_at or 1.0, lineage_step=g.lineage_steps,
+                         bases=bases(g))
                 for g in genomes]
         results = self._train(jobs, generation, progress)
         self._all_failed(generation, [(r.status, r.error) for r in results])  # before any write-back

@@ -60,6 +60,18 @@ class Resume:
     rng: np.ndarray | None = None      # torch's generator (dropout draws), per-individual path
 
 
+@dataclass(frozen=True, eq=False)
+class Base:
+    """The arrays a job's masks and weights were made from: a parent's, as variation found
+    them (or the individual's own, for a survivor trained again). Training never reads it;
+    the Ray evaluator ships each base once per generation and a job as what differs from its
+    bases (evaluators/wire.py)."""
+
+    id: int
+    masks: dict[str, np.ndarray]
+    weights: dict[str, np.ndarray]
+
+
 @dataclass(frozen=True)
 class TrainJob:
     individual_id: int
@@ -81,6 +93,9 @@ class TrainJob:
     steps: int | None = None
     # A polish: the rate decays by a cosine from the lineage's rate to zero over the job's steps.
     polish: bool = False
+    # What `masks` and `weights` were made from (a mutant's parent, a crossover child's two
+    # parents): only for shipping, never sent as it is.
+    bases: tuple[Base, ...] = field(default=(), compare=False, repr=False)
 
     def span(self, total: int) -> tuple[int, int]:
         """The steps [first, last) of the individual's `total` that this job trains."""
