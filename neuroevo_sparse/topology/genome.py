@@ -35,31 +35,49 @@ class Genome:
     # (a mutant its parent's, a crossover child its parents' mean); what the learning rate of
     # training.lineage_schedule is read from.
     lineage_steps: int = 0
+    # Active connections per masked tensor, with the mask arrays they were counted on.
+    _counted: tuple[tuple[np.ndarray, ...], dict[str, int]] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     def network_weights(self) -> dict[str, np.ndarray]:
         """The weights of the network its metrics describe: what an export holds."""
         return self.weights if self.trained is None else self.trained
 
     # --------------------------------------------------------------------- counting
+    def counts(self) -> dict[str, int]:
+        """Active connections per masked tensor, counted once per set of mask arrays.
+
+        The driver asks for them several times per individual and generation (fitness, the
+        history's row, the front); a genome's masks are never modified in place once an
+        operator has returned it (write-back replaces weights, never masks), so a count holds
+        as long as the mask arrays are the same objects, which is what is checked."""
+        masks = tuple(self.masks.values())
+        if self._counted is None or len(self._counted[0]) != len(masks) or \
+                any(a is not b for a, b in zip(self._counted[0], masks)):
+            self._counted = (masks, {name: int(np.count_nonzero(m)) for name, m in self.masks.items()})
+        return self._counted[1]
+
     def active(self, name: str) -> int:
-        return int(self.masks[name].sum())
+        return self.counts()[name]
 
     def density(self) -> float:
         """Active fraction of the maskable weights (the quantity sparsity.density targets)."""
         total = sum(m.size for m in self.masks.values())
-        return sum(int(m.sum()) for m in self.masks.values()) / total
+        return sum(self.counts().values()) / total
 
     def layer_density(self) -> dict[str, float]:
-        return {name: float(m.mean()) for name, m in self.masks.items()}
+        counts = self.counts()
+        return {name: counts[name] / m.size for name, m in self.masks.items()}
 
     def active_params(self) -> int:
         """Parameters that can be non-zero: active masked entries plus every unmasked tensor."""
         dense = sum(w.size for name, w in self.weights.items() if name not in self.masks)
-        return dense + sum(int(m.sum()) for m in self.masks.values())
+        return dense + sum(self.counts().values())
 
     def flops(self, info: dict[str, LayerInfo]) -> int:
         """Forward FLOPs per sample of the masked layers (a multiply-add counts as 2)."""
-        return sum(2 * int(m.sum()) * info[name].positions for name, m in self.masks.items())
+        counts = self.counts()
+        return sum(2 * counts[name] * info[name].positions for name in self.masks)
 
     # --------------------------------------------------------------------- storage
     def to_arrays(self) -> dict[str, np.ndarray]:
