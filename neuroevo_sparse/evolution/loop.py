@@ -220,8 +220,8 @@ class Evolution:
         self._score_test(survivors, g, trained + polished)
         self._record(g, state.population, offspring + polished, survivors, progress)
         # In the order of the history's rows: the parents, then the offspring, then the polished.
-        self.front.update(g, [p for p in state.population if any(p is t for t in trained)] + offspring + polished,
-                          survivors)
+        retrained = {id(t) for t in trained}
+        self.front.update(g, [p for p in state.population if id(p) in retrained] + offspring + polished, survivors)
         return State(g, survivors, list(self.archive), state.next_id + len(offspring) + len(polished),
                      self.front.members())
 
