@@ -101,10 +101,8 @@ def encode(arrays: dict[str, np.ndarray]) -> bytes:
         mask = masks.get(key.split("/", 1)[1]) if "/" in key else None
         if key.startswith("mask/") and v.dtype == bool:
             entry["enc"], data = "bits", np.packbits(v.ravel())
-        elif (mask is not None and mask.dtype == bool and v.shape == mask.shape and v.dtype.kind in "fiu"
-              and not np.any(np.ascontiguousarray(v[~mask]).view(np.uint8))):
-            # Zero outside the mask down to the bit (a -0.0 is kept dense): the round trip is exact.
-            entry["enc"], data = "active", v[mask]
+        elif mask is not None and (active := _active_values(v, mask)) is not None:
+            entry["enc"], data = "active", active
         else:
             entry["enc"], data = "dense", np.ascontiguousarray(v)
         if data.dtype.hasobject:
@@ -114,6 +112,26 @@ def encode(arrays: dict[str, np.ndarray]) -> bytes:
         chunks.append(data)
     head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     return b"".join([MAGIC, len(head).to_bytes(8, "little"), head, *(memoryview(c).cast("B") for c in chunks)])
+
+
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _active_values(v: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """`v`'s values on `mask`, in mask order, if `v` is zero outside the mask down to the bit (a
+    -0.0 keeps it dense), so that the round trip is exact; else None.
+
+    Counted rather than gathered: `v` is zero outside the mask exactly when its values on the
+    mask hold all of its non-zero bit patterns, which spares a copy of the (larger) inactive part."""
+    if mask.dtype != bool or v.shape != mask.shape or v.dtype.kind not in "fiu":
+        return None
+    data = np.compress(mask.ravel(), v.ravel())  # v[mask], in half the time
+    unsigned = _UNSIGNED.get(v.dtype.itemsize)
+    if unsigned is None:
+        zero = not np.any(np.ascontiguousarray(v[~mask]).view(np.uint8))
+    else:
+        zero = np.count_nonzero(v.view(unsigned)) == np.count_nonzero(data.view(unsigned))
+    return data if zero else None
 
 
 def digest(blob: bytes) -> str:
@@ -208,8 +226,7 @@ class Writer:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        (tmp / "state.json").write_text(json.dumps(_json_safe({"format": FORMAT, **state, "individuals": refs}),
-                                                   separators=(",", ":"), allow_nan=False))
+        (tmp / "state.json").write_text(_state_json({"format": FORMAT, **state, "individuals": refs}))
         manifest = {"format": FORMAT, "files": {f: _sha256(tmp / f) for f in FILES},
                     "individuals": sorted(set(refs.values()))}
         for f in FILES:
@@ -334,6 +351,15 @@ def _check_shape(state: dict[str, Any], stored: dict[str, Any]) -> None:
         for g in state.get(kind, []):
             if not isinstance(g, dict) or f"{prefix}{g.get('id')}" not in stored:
                 raise ValueError(f"state.json: an entry of {kind!r} has no stored individual")
+
+
+def _state_json(state: dict[str, Any]) -> str:
+    """`state` as compact standard JSON. Walked for NaN and infinities only when the encoder
+    finds one: the walk costs more than the encoding, and most states have none."""
+    try:
+        return json.dumps(state, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(_json_safe(state), separators=(",", ":"), allow_nan=False)
 
 
 def _json_safe(obj: Any) -> Any:
