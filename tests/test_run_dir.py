@@ -145,6 +145,49 @@ def test_a_reader_racing_the_writer_reads_a_whole_checkpoint(tmp_path):
     assert not errors and reads
 
 
+def test_a_checkpoint_written_in_steps_is_the_one_written_at_once(tmp_path):
+    rng = np.random.default_rng(5)
+    pool = {f"g{i}": individual(rng) for i in range(3)}
+    checkpoint.Writer(tmp_path / "once").save(0, state([0, 1, 2]), pool, keep=2)
+    steps = checkpoint.Writer(tmp_path / "steps").saving(0, state([0, 1, 2]), pool, keep=2)
+    assert sum(1 for _ in steps) == len(pool)  # one step per individual; the last one finishes
+    files = lambda root: {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}  # noqa: E731
+    assert files(tmp_path / "once") == files(tmp_path / "steps")
+
+
+def test_the_checkpoint_writer_hands_its_steps_to_whoever_joins():
+    """The writer thread runs at idle priority; whoever joins finishes the steps left in a thread of
+    its own priority. Every step runs once and in order, whichever thread takes it; the error of a
+    step comes back from join."""
+    from neuroevo_sparse.evolution.loop import _Background
+
+    started, release, done = threading.Event(), threading.Event(), []
+
+    def steps(fail: bool = False):
+        for i in range(50):
+            if i == 1:
+                started.set()
+                release.wait(10)  # the idle thread is held here: the rest is left to the joiner
+            done.append((i, threading.current_thread().name))
+            yield
+        if fail:
+            raise OSError("disk full")
+
+    writer = _Background(steps())
+    started.wait(10)
+    threading.Timer(0.2, release.set).start()  # once join has taken over
+    writer.join()
+    assert [i for i, _ in done] == list(range(50))
+    assert {name for _, name in done} == {"neuroevo-checkpoint", "neuroevo-checkpoint-finish"}
+    release.clear(), started.clear(), done.clear()
+    writer = _Background(steps(fail=True))
+    started.wait(10)
+    threading.Timer(0.2, release.set).start()
+    with pytest.raises(OSError, match="disk full"):
+        writer.join()
+    assert [i for i, _ in done] == list(range(50))
+
+
 def test_checkpoint_bytes_scale_with_what_changed(tiny, tmp_path):
     """A run's checkpoints after the first write the individuals that are new, sparse."""
     from dataclasses import replace

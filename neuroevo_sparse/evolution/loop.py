@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -478,11 +478,12 @@ class Evolution:
         best = self.objectives.best(state.population)
         summary = self.summary(best)
 
-        def write() -> None:
-            self.run_dir.save_checkpoint(state.generation, meta, individuals, self.exp.output.keep_checkpoints)
+        def write() -> Iterator[None]:
+            yield from self.run_dir.saving_checkpoint(state.generation, meta, individuals,
+                                                      self.exp.output.keep_checkpoints)
             self.run_dir.save_model(self.run_dir.best, best.network_weights(), best.masks, summary)
 
-        self._writer = _Background(write)
+        self._writer = _Background(write())
         self._saved_generation = state.generation
 
     def _finish_checkpoint(self) -> None:
@@ -575,22 +576,49 @@ class Front:
 
 
 class _Background:
-    """One function run in a thread, its exception kept for whoever joins it."""
+    """The steps of a generator run in a thread at idle priority (`_idle_priority`); its
+    exception kept for whoever joins it.
 
-    def __init__(self, fn: Callable[[], None]):
+    Whoever joins hands the steps left to a thread of its own priority: a driver that needs the
+    checkpoint finished must not wait on a thread that only runs when a core has nothing else
+    to do (on a loaded machine, hardly ever). A lock runs the steps one at a time and in
+    order, whichever thread takes them."""
+
+    def __init__(self, steps: Iterator[None]):
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(fn,), name="neuroevo-checkpoint")
-        self.thread.start()
+        self._steps = steps
+        self._lock = threading.Lock()
+        self._done = False
+        self._handed_over = False
+        self.threads = [threading.Thread(target=self._run, args=(True,), name="neuroevo-checkpoint")]
+        self.threads[0].start()
 
-    def _run(self, fn: Callable[[], None]) -> None:
-        _idle_priority()
-        try:
-            fn()
-        except BaseException as e:  # re-raised in the driver's thread by join()
-            self.error = e
+    def _step(self) -> bool:
+        """Run the next step; False once none is left (or one failed)."""
+        with self._lock:
+            if self._done:
+                return False
+            try:
+                next(self._steps)
+            except StopIteration:
+                self._done = True
+            except BaseException as e:  # re-raised in the driver's thread by join()
+                self.error, self._done = e, True
+            return not self._done
+
+    def _run(self, idle: bool) -> None:
+        if idle:
+            _idle_priority()
+        while not (idle and self._handed_over) and self._step():
+            pass
 
     def join(self) -> None:
-        self.thread.join()
+        if not self._done:
+            self._handed_over = True
+            self.threads.append(threading.Thread(target=self._run, args=(False,), name="neuroevo-checkpoint-finish"))
+            self.threads[-1].start()
+        for thread in self.threads:
+            thread.join()
         if self.error is not None:
             raise self.error
 

@@ -40,7 +40,7 @@ import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generator
 
 import numpy as np
 
@@ -215,10 +215,24 @@ class Writer:
     def save(self, generation: int, state: dict[str, Any], individuals: dict[str, dict[str, np.ndarray]],
              keep: int) -> Path:
         """Checkpoint `state` with `individuals` (entry -> `Genome.to_arrays()`); keep the newest `keep`."""
+        steps = self.saving(generation, state, individuals, keep)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def saving(self, generation: int, state: dict[str, Any], individuals: dict[str, dict[str, np.ndarray]],
+               keep: int) -> Generator[None, None, Path]:
+        """`save` in steps: each `next` stores one individual, the last one does the rest. Another
+        thread may take the steps over between two (the driver's checkpoint writer does)."""
         objects = self.dir / OBJECTS
         objects.mkdir(parents=True, exist_ok=True)
         written: list[Path] = []
-        refs = {entry: self._store(entry, arrays, objects, written) for entry, arrays in individuals.items()}
+        refs: dict[str, str] = {}
+        for entry, arrays in individuals.items():
+            refs[entry] = self._store(entry, arrays, objects, written)
+            yield
         self._known = {e: self._known[e] for e in refs}
         _sync(objects, written)  # on disk before any checkpoint that refers to them
         final = self.dir / name(generation)
