@@ -70,9 +70,9 @@ class Variation:
     def grow(self, name: str, mask: np.ndarray, w: np.ndarray, n: int,
              rng: np.random.Generator, exclude: np.ndarray | None = None) -> None:
         """Activate `n` random inactive positions of a flat mask, with newborn weights."""
-        candidates = np.flatnonzero(~mask if exclude is None else ~(mask | exclude))
+        candidates = structure.positions(~mask if exclude is None else ~(mask | exclude))
         if len(candidates) < n:  # nothing else free: allow re-growing the excluded positions
-            candidates = np.flatnonzero(~mask)
+            candidates = structure.positions(~mask)
         new = structure.choose(candidates, min(n, len(candidates)), rng)
         mask[new] = True
         w[new] = self.born(name, len(new), int(np.count_nonzero(mask)), rng)
@@ -248,7 +248,7 @@ def mut_rewire(var: Variation, g: Genome, gid: int, generation: int, rng: np.ran
     masks, weights = _copy(g)
     for name in masks:
         mask, w = masks[name].reshape(-1), weights[name].reshape(-1)
-        active = np.flatnonzero(mask)
+        active = structure.positions(mask)
         n = int(round(fraction * len(active)))
         if n == 0:
             continue

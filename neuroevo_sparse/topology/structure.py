@@ -53,13 +53,19 @@ class Change:
         return len(self.added) / max(active, 1)
 
 
+def positions(mask: np.ndarray) -> np.ndarray:
+    """`np.flatnonzero(mask)` without the cost of its wrappers, which is as much as the search on
+    a layer of the driver's (it lists positions several times per layer and child)."""
+    return mask.ravel().nonzero()[0]
+
+
 def smallest(mask: np.ndarray, w: np.ndarray, n: int) -> np.ndarray:
     """The `n` active positions with the smallest |w|, in position order; ties (and NaNs, which
     count as largest) are broken by position, so the set is the one a stable argsort picks.
 
     A partition rather than a sort: this runs on the driver between generations, where every
     millisecond is a millisecond all workers wait."""
-    return smallest_of(np.flatnonzero(mask), w, n)
+    return smallest_of(positions(mask), w, n)
 
 
 def smallest_of(active: np.ndarray, w: np.ndarray, n: int) -> np.ndarray:
@@ -102,9 +108,13 @@ def choose(candidates: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarr
 
 def grow_random(free: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """`n` positions drawn uniformly without replacement from the boolean `free`."""
-    candidates = np.flatnonzero(free)
+    candidates = positions(free)
     n = min(n, len(candidates))
-    return np.sort(choose(candidates, n, rng)) if n > 0 else candidates[:0]
+    if n <= 0:
+        return candidates[:0]
+    chosen = choose(candidates, n, rng)
+    chosen.sort()
+    return chosen
 
 
 def grow_weighted(free: np.ndarray, score: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -162,7 +172,7 @@ def update(method: str, mask: np.ndarray, w: np.ndarray, shape: tuple[int, ...],
     connection starts silent and is grown by the gradient, so an update never jolts the
     network's function). `t` is the update index (epoch, step block or generation).
     """
-    active = np.flatnonzero(mask)
+    active = positions(mask)
     if method == "set" and signed:
         parts = [smallest(mask & side, w, int(round(fraction * np.count_nonzero(mask & side)))) for side in (w > 0, w < 0)]
         removed = np.sort(np.concatenate(parts))
