@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import math
+import operator
 import os
 import shutil
 import zipfile
@@ -194,17 +195,18 @@ class Writer:
         self.dir = ckpt_dir
         self._known: dict[str, tuple[list[np.ndarray], str]] = {}
 
-    def _store(self, entry: str, arrays: dict[str, np.ndarray], objects: Path, written: list[Path]) -> str:
+    def _store(self, entry: str, arrays: dict[str, np.ndarray], objects: str, written: list[str]) -> str:
         same = self._known.get(entry)
         values = [arrays[k] for k in sorted(arrays)]
-        if same is not None and len(same[0]) == len(values) and all(a is b for a, b in zip(same[0], values)):
+        if same is not None and len(same[0]) == len(values) and all(map(operator.is_, same[0], values)):
             key = same[1]
         else:
             blob = encode(arrays)
             key = digest(blob)
-            path = objects / f"{key}{SUFFIX}"
-            if not path.exists():
-                tmp = objects / f".tmp-{key}-{os.getpid()}"
+            # Paths as strings: pathlib's objects cost more than these calls do.
+            path = os.path.join(objects, f"{key}{SUFFIX}")
+            if not os.path.exists(path):
+                tmp = os.path.join(objects, f".tmp-{key}-{os.getpid()}")
                 with open(tmp, "wb") as f:
                     f.write(blob)
                 os.replace(tmp, path)
@@ -228,10 +230,10 @@ class Writer:
         thread may take the steps over between two (the driver's checkpoint writer does)."""
         objects = self.dir / OBJECTS
         objects.mkdir(parents=True, exist_ok=True)
-        written: list[Path] = []
+        written: list[str] = []
         refs: dict[str, str] = {}
         for entry, arrays in individuals.items():
-            refs[entry] = self._store(entry, arrays, objects, written)
+            refs[entry] = self._store(entry, arrays, str(objects), written)
             yield
         self._known = {e: self._known[e] for e in refs}
         _sync(objects, written)  # on disk before any checkpoint that refers to them
@@ -427,7 +429,7 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _sync(directory: Path, files: list[Path]) -> None:
+def _sync(directory: Path, files: list[str]) -> None:
     """Make `files` and their names in `directory` durable: one syncfs(2) of the filesystem on
     Linux (one fsync per small file costs milliseconds each, more than writing it), else an
     fsync per file."""
@@ -451,7 +453,7 @@ def _syncfs(fd: int) -> int:
         return -1
 
 
-def _fsync(path: Path) -> None:
+def _fsync(path: Path | str) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
 
