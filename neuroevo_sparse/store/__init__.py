@@ -132,8 +132,9 @@ class RunDir:
         return load_config(self.config_path, overrides)
 
     # ------------------------------------------------------------------ history
-    def write_history(self, generation: int, rows: list[dict[str, Any]]) -> Path:
-        return history.write_part(self.history, generation, rows)
+    def write_history(self, generation: int, columns: dict[str, list[Any]]) -> Path:
+        """One generation's history part, its rows given column by column (history.write_part)."""
+        return history.write_part(self.history, generation, columns)
 
     def drop_history_after(self, generation: int) -> list[Path]:
         return history.drop_parts_after(self.history, generation) if self.history.exists() else []
