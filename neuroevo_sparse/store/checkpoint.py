@@ -395,7 +395,10 @@ def _prune(ckpt_dir: Path, keep: int) -> None:
     complete = sorted(p for p in ckpt_dir.glob("gen-*") if p.is_dir())
     for old in complete[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    for tmp in [*ckpt_dir.glob(".tmp-*"), *(ckpt_dir / OBJECTS).glob(".tmp-*")]:
+    objects = ckpt_dir / OBJECTS
+    # Listed once, as names: a Path per stored individual costs more than the rest of this.
+    stored = [entry.name for entry in os.scandir(objects)] if objects.is_dir() else []
+    for tmp in [*ckpt_dir.glob(".tmp-*"), *(objects / n for n in stored if n.startswith(".tmp-"))]:
         if f"-{os.getpid()}" not in tmp.name:
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process
@@ -409,9 +412,9 @@ def _prune(ckpt_dir: Path, keep: int) -> None:
         except (OSError, ValueError, TypeError, AttributeError) as e:
             log.warning("individuals of old checkpoints are kept: the manifest of %s cannot be read (%s)", kept, e)
             return
-    for path in (ckpt_dir / OBJECTS).glob(f"*{SUFFIX}"):
-        if path.stem not in referenced and not path.name.startswith("."):
-            path.unlink(missing_ok=True)
+    for n in stored:
+        if n.endswith(SUFFIX) and not n.startswith(".") and n[:-len(SUFFIX)] not in referenced:
+            (objects / n).unlink(missing_ok=True)
 
 
 def _sha256(path: Path) -> str:
