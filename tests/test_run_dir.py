@@ -151,7 +151,9 @@ def test_a_checkpoint_written_in_steps_is_the_one_written_at_once(tmp_path):
     checkpoint.Writer(tmp_path / "once").save(0, state([0, 1, 2]), pool, keep=2)
     steps = checkpoint.Writer(tmp_path / "steps").saving(0, state([0, 1, 2]), pool, keep=2)
     assert sum(1 for _ in steps) == len(pool)  # one step per individual; the last one finishes
-    files = lambda root: {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}  # noqa: E731
+    def files(root):
+        return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
     assert files(tmp_path / "once") == files(tmp_path / "steps")
 
 

@@ -225,7 +225,8 @@ class Evolution:
         self._record(g, state.population, offspring + polished, survivors, progress)
         # In the order of the history's rows: the parents, then the offspring, then the polished.
         retrained = {id(t) for t in trained}
-        self.front.update(g, [p for p in state.population if id(p) in retrained] + offspring + polished, survivors)
+        self.front.update(g, [p for p in state.population if id(p) in retrained] + offspring + polished,
+                          survivors)
         return State(g, survivors, list(self.archive), state.next_id + len(offspring) + len(polished),
                      self.front.members())
 
@@ -430,7 +431,8 @@ class Evolution:
             "seed": get("seed"), "evaluated": [m.get("evaluated_in") == g for m in metrics],
             "selected": [ind.id in chosen for ind in individuals],
             "status": get("status"), "error": get("error"), "train_loss": get("train_loss"),
-            "val_loss": get("val_loss"), "val_accuracy": get("val_accuracy"), "test_accuracy": get("test_accuracy"),
+            "val_loss": get("val_loss"), "val_accuracy": get("val_accuracy"),
+            "test_accuracy": get("test_accuracy"),
             "active_params": [ind.active_params() for ind in individuals],
             "density": [ind.density() for ind in individuals],
             "flops": [ind.flops(self.info) for ind in individuals],
@@ -632,8 +634,9 @@ class _Background:
     def join(self) -> None:
         if not self._done:
             self._handed_over = True
-            self.threads.append(threading.Thread(target=self._run, args=(False,), name="neuroevo-checkpoint-finish"))
-            self.threads[-1].start()
+            finish = threading.Thread(target=self._run, args=(False,), name="neuroevo-checkpoint-finish")
+            self.threads.append(finish)
+            finish.start()
         for thread in self.threads:
             thread.join()
         if self.error is not None:

@@ -155,7 +155,8 @@ class RunDir:
         return self._checkpoint_writer().save(generation, state, individuals, keep)
 
     def saving_checkpoint(self, generation: int, state: dict[str, Any],
-                          individuals: dict[str, dict[str, np.ndarray]], keep: int) -> Generator[None, None, Path]:
+                          individuals: dict[str, dict[str, np.ndarray]], keep: int
+                          ) -> Generator[None, None, Path]:
         """`save_checkpoint` in steps (checkpoint.Writer.saving): one individual per `next`."""
         return self._checkpoint_writer().saving(generation, state, individuals, keep)
 

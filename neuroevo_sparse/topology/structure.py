@@ -174,7 +174,8 @@ def update(method: str, mask: np.ndarray, w: np.ndarray, shape: tuple[int, ...],
     """
     active = positions(mask)
     if method == "set" and signed:
-        parts = [smallest(mask & side, w, int(round(fraction * np.count_nonzero(mask & side)))) for side in (w > 0, w < 0)]
+        parts = [smallest(mask & side, w, int(round(fraction * np.count_nonzero(mask & side))))
+                 for side in (w > 0, w < 0)]
         removed = np.sort(np.concatenate(parts))
         n_add = len(removed)
     elif method == "set":
