@@ -121,6 +121,10 @@ class Evolution:
             if state is None:
                 state = self._initial(progress)
                 self._checkpoint(state)
+                # Finished before generation 1 trains: there is no older checkpoint to fall back on,
+                # and a driver that dies with no checkpoint (a vanished Ray cluster ends it natively,
+                # no handler runs) leaves a run that cannot be resumed.
+                self._finish_checkpoint()
                 last_checkpoint = time.monotonic()
             while state.generation < last and not self.should_stop():
                 state = self._generation(state, progress)
