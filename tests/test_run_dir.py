@@ -52,6 +52,20 @@ def test_an_individual_comes_back_bit_for_bit_and_small(tmp_path):
         checkpoint.encode({"mask/x": np.ones(3, bool), "odd/x": np.array([object()])})
 
 
+def test_an_individuals_header_is_the_json_of_its_entries():
+    """The header comes from a template per layout, its sizes put in: the same bytes as
+    json.dumps of the entries, whatever the names hold."""
+    rng = np.random.default_rng(6)
+    odd = {'mask/a"nbytes":0': np.array([True, False]), 'weight/a"nbytes":0': np.array([1.5, 0.0]),
+           "weight/\u00e9\\": np.arange(3), "mask/b": rng.random((4, 5)) < 0.5}
+    for arrays in (individual(rng, extra=True), odd, {}):
+        blob = checkpoint.encode(arrays)
+        size = int.from_bytes(blob[len(checkpoint.MAGIC):len(checkpoint.MAGIC) + 8], "little")
+        head = blob[len(checkpoint.MAGIC) + 8:len(checkpoint.MAGIC) + 8 + size]
+        assert head == json.dumps(json.loads(head), sort_keys=True, separators=(",", ":")).encode()
+        assert same(checkpoint.decode(blob), arrays)
+
+
 def test_an_individual_comes_back_in_its_networks_order():
     """The operators draw per tensor in the genome's order (the network's): tensors that came
     back sorted by name made a resumed run of a network whose names do not sort in that order

@@ -31,6 +31,7 @@ listing again. Format-1 checkpoints (every individual dense in one arrays.npz) s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -111,8 +112,28 @@ def encode(arrays: dict[str, np.ndarray]) -> bytes:
         entry["nbytes"] = data.nbytes  # the arrays follow the header in the header's (sorted) order
         header[key] = entry
         chunks.append(data)
-    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    head = _header_json(header).encode()
     return b"".join([MAGIC, len(head).to_bytes(8, "little"), head, *(memoryview(c).cast("B") for c in chunks)])
+
+
+def _header_json(header: dict[str, dict[str, Any]]) -> str:
+    """`json.dumps(header, sort_keys=True, separators=(",", ":"))`, from a template per layout
+    (the entries without their sizes: the same for every individual of a run), with the sizes
+    put in: the encoding costs more than the rest of an individual's file."""
+    parts = _header_template(tuple((key, tuple(e["shape"]), e["dtype"], e["at"], e["enc"])
+                                   for key, e in sorted(header.items())))
+    sizes = [str(header[key]["nbytes"]) for key in sorted(header)]
+    return "".join(part + size for part, size in zip(parts, sizes)) + parts[-1]
+
+
+@functools.lru_cache(maxsize=64)
+def _header_template(layout: tuple[tuple[str, tuple[int, ...], str, int, str], ...]) -> tuple[str, ...]:
+    """The header's JSON split where each entry's "nbytes" value goes (in sorted key order: the
+    only unescaped '"nbytes":' in the text are those fields)."""
+    header = {key: {"shape": list(shape), "dtype": dtype, "at": at, "enc": enc, "nbytes": 0}
+              for key, shape, dtype, at, enc in layout}
+    parts = json.dumps(header, sort_keys=True, separators=(",", ":")).split('"nbytes":0')
+    return tuple(part + '"nbytes":' for part in parts[:-1]) + (parts[-1],)
 
 
 _UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
