@@ -253,7 +253,7 @@ def mut_rewire(var: Variation, g: Genome, gid: int, generation: int, rng: np.ran
         if n == 0:
             continue
         drop = structure.choose(active, n, rng)
-        moved = np.zeros_like(mask)
+        moved = np.zeros(mask.shape, dtype=bool)
         moved[drop] = True
         mask[drop] = False
         w[drop] = 0.0

@@ -77,7 +77,7 @@ def smallest_of(active: np.ndarray, w: np.ndarray, n: int) -> np.ndarray:
         return active
     mag = np.abs(w[active])
     kth = np.partition(mag, n - 1)[n - 1]
-    nan = np.isnan(kth)
+    nan = kth != kth  # NaN (np.isnan costs a ufunc call on a scalar)
     pick = ~np.isnan(mag) if nan else mag < kth
     tied = np.isnan(mag) if nan else mag == kth
     short = n - np.count_nonzero(pick)
