@@ -16,6 +16,8 @@ can be counted):
   ckpt MB/gen     bytes a checkpoint writes (its directory and the individuals new to it), mean
                   of generations 1..G
   dense MB/gen    the same checkpoints with every individual's arrays dense (checkpoint format 1)
+  load            the machine's 1-minute load average before and after the case (a shared machine
+                  slows the driver: compare runs at similar loads)
 
     python benchmarks/driver_scaling.py                      # both networks, populations 64 256 1024
     python benchmarks/driver_scaling.py --networks quickstart --populations 64 --generations 2
@@ -161,11 +163,15 @@ def main() -> None:
                              f"genomes need ~{need:.0f} GB in memory (dense), over --max-gb {args.max_gb:g}"})
                 print(f"{network} {pop}: skipped ({rows[-1]['skipped']})", file=sys.stderr)
                 continue
+            load = os.getloadavg()[0]
             out = subprocess.run([sys.executable, __file__, "--one", network, str(pop),
                                   "--generations", str(args.generations)], capture_output=True, text=True, cwd=ROOT)
             if out.returncode != 0:
                 raise SystemExit(f"{network} {pop} failed:\n{out.stderr[-3000:]}")
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            # The machine's 1-minute load average before and after the case: on a shared machine
+            # the driver's wall time is only comparable between runs at similar loads.
+            rows.append({**json.loads(out.stdout.strip().splitlines()[-1]),
+                         "load_average": [round(load, 2), round(os.getloadavg()[0], 2)]})
             print(f"{network} {pop}: {rows[-1]}", file=sys.stderr)
     text = table(rows, args.generations)
     print(text)
@@ -182,7 +188,7 @@ def table(rows: list[dict], generations: int) -> str:
     lines = [f"Driver cost per generation (instant evaluator, {generations} generations, survival plus, "
              f"offspring = population)",
              f"{'network':>10} {'weights':>9} {'active':>8} {'population':>10} {'driver ms/ind':>13} {'peak MB':>8} "
-             f"{'B/(ind x act)':>13} {'ckpt MB/gen':>11} {'dense MB/gen':>12} {'fewer':>6}"]
+             f"{'B/(ind x act)':>13} {'ckpt MB/gen':>11} {'dense MB/gen':>12} {'fewer':>6} {'load':>11}"]
     for r in rows:
         if "skipped" in r:
             lines.append(f"{r['network']:>10} {'':>9} {'':>8} {r['population']:>10}  skipped: {r['skipped']}")
@@ -190,7 +196,8 @@ def table(rows: list[dict], generations: int) -> str:
         lines.append(f"{r['network']:>10} {r['parameters']:>9,} {r['active_weights']:>8,} {r['population']:>10} "
                      f"{1e3 * r['driver_s_per_individual']:>13.3f} {r['peak_mb']:>8.0f} "
                      f"{r['bytes_per_ind_x_active']:>13.1f} {r['ckpt_mb_per_gen']:>11.2f} "
-                     f"{r['dense_mb_per_gen']:>12.2f} {r['dense_mb_per_gen'] / max(r['ckpt_mb_per_gen'], 1e-9):>5.1f}x")
+                     f"{r['dense_mb_per_gen']:>12.2f} {r['dense_mb_per_gen'] / max(r['ckpt_mb_per_gen'], 1e-9):>5.1f}x"
+                     + (" {:>11}".format("{:.2f}-{:.2f}".format(*r["load_average"])) if "load_average" in r else ""))
     return "\n".join(lines)
 
 

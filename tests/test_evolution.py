@@ -33,6 +33,22 @@ def test_end_to_end_history(tiny, tmp_path):
     assert state.generation == G
 
 
+def test_a_run_leaves_older_objects_out_of_full_collections_only_while_it_runs(tiny, tmp_path):
+    """The objects that exist when a run starts are frozen out of the garbage collector while it
+    runs (gc.freeze) and given back when it ends; a freeze made by someone else is left as it is."""
+    import gc
+
+    seen: list[int] = []
+    launch.start(tiny, tmp_path / "a", callbacks=[lambda info: seen.append(gc.get_freeze_count())])
+    assert seen and all(n > 0 for n in seen) and gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        launch.start(tiny, tmp_path / "b")
+        assert gc.get_freeze_count() > 0  # theirs, not unfrozen by the run
+    finally:
+        gc.unfreeze()
+
+
 def test_density_stays_at_target(tiny, tmp_path):
     run, _ = launch.start(tiny, tmp_path / "run")
     df = pd.read_parquet(run.path / "history")

@@ -47,6 +47,11 @@ def test_counting_and_round_trip():
     back = Genome.from_arrays(g.meta(), g.to_arrays())
     assert back.id == 3 and all(np.array_equal(back.weights[k], g.weights[k]) for k in g.weights)
     assert all(np.array_equal(back.masks[k], g.masks[k]) for k in g.masks)
+    # Counted once per set of mask arrays: a mask replaced by another array is counted again.
+    name = next(iter(g.masks))
+    assert g.counts()[name] == counts[name] and g.layer_density()[name] == float(g.masks[name].mean())
+    g.masks[name] = np.ones_like(g.masks[name])
+    assert g.counts()[name] == g.masks[name].size and g.active(name) == g.masks[name].size
 
 
 def test_cnn_flops_count_positions():

@@ -31,6 +31,7 @@ def population(template, info, counts, n, rng):
 
 
 def check_invariants(g, counts):
+    assert g.counts() == {name: int(m.sum()) for name, m in g.masks.items()}  # no count taken before a change
     for name, m in g.masks.items():
         assert m.dtype == bool
         assert int(m.sum()) == counts[name], f"{name}: {int(m.sum())} active, target {counts[name]}"

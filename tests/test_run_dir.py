@@ -52,6 +52,20 @@ def test_an_individual_comes_back_bit_for_bit_and_small(tmp_path):
         checkpoint.encode({"mask/x": np.ones(3, bool), "odd/x": np.array([object()])})
 
 
+def test_an_individuals_header_is_the_json_of_its_entries():
+    """The header comes from a template per layout, its sizes put in: the same bytes as
+    json.dumps of the entries, whatever the names hold."""
+    rng = np.random.default_rng(6)
+    odd = {'mask/a"nbytes":0': np.array([True, False]), 'weight/a"nbytes":0': np.array([1.5, 0.0]),
+           "weight/\u00e9\\": np.arange(3), "mask/b": rng.random((4, 5)) < 0.5}
+    for arrays in (individual(rng, extra=True), odd, {}):
+        blob = checkpoint.encode(arrays)
+        size = int.from_bytes(blob[len(checkpoint.MAGIC):len(checkpoint.MAGIC) + 8], "little")
+        head = blob[len(checkpoint.MAGIC) + 8:len(checkpoint.MAGIC) + 8 + size]
+        assert head == json.dumps(json.loads(head), sort_keys=True, separators=(",", ":")).encode()
+        assert same(checkpoint.decode(blob), arrays)
+
+
 def test_an_individual_comes_back_in_its_networks_order():
     """The operators draw per tensor in the genome's order (the network's): tensors that came
     back sorted by name made a resumed run of a network whose names do not sort in that order
@@ -143,6 +157,51 @@ def test_a_reader_racing_the_writer_reads_a_whole_checkpoint(tmp_path):
             errors.append(e)
     thread.join()
     assert not errors and reads
+
+
+def test_a_checkpoint_written_in_steps_is_the_one_written_at_once(tmp_path):
+    rng = np.random.default_rng(5)
+    pool = {f"g{i}": individual(rng) for i in range(3)}
+    checkpoint.Writer(tmp_path / "once").save(0, state([0, 1, 2]), pool, keep=2)
+    steps = checkpoint.Writer(tmp_path / "steps").saving(0, state([0, 1, 2]), pool, keep=2)
+    assert sum(1 for _ in steps) == len(pool)  # one step per individual; the last one finishes
+    def files(root):
+        return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    assert files(tmp_path / "once") == files(tmp_path / "steps")
+
+
+def test_the_checkpoint_writer_hands_its_steps_to_whoever_joins():
+    """The writer thread runs at idle priority; whoever joins finishes the steps left in a thread of
+    its own priority. Every step runs once and in order, whichever thread takes it; the error of a
+    step comes back from join."""
+    from neuroevo_sparse.evolution.loop import _Background
+
+    started, release, done = threading.Event(), threading.Event(), []
+
+    def steps(fail: bool = False):
+        for i in range(50):
+            if i == 1:
+                started.set()
+                release.wait(10)  # the idle thread is held here: the rest is left to the joiner
+            done.append((i, threading.current_thread().name))
+            yield
+        if fail:
+            raise OSError("disk full")
+
+    writer = _Background(steps())
+    started.wait(10)
+    threading.Timer(0.2, release.set).start()  # once join has taken over
+    writer.join()
+    assert [i for i, _ in done] == list(range(50))
+    assert {name for _, name in done} == {"neuroevo-checkpoint", "neuroevo-checkpoint-finish"}
+    release.clear(), started.clear(), done.clear()
+    writer = _Background(steps(fail=True))
+    started.wait(10)
+    threading.Timer(0.2, release.set).start()
+    with pytest.raises(OSError, match="disk full"):
+        writer.join()
+    assert [i for i, _ in done] == list(range(50))
 
 
 def test_checkpoint_bytes_scale_with_what_changed(tiny, tmp_path):

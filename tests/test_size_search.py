@@ -48,6 +48,7 @@ def trained(g, rng):
 def consistent(g, var: Variation) -> None:
     lo, hi = var.bounds
     total = sum(int(m.sum()) for m in g.masks.values())
+    assert g.counts() == {name: int(m.sum()) for name, m in g.masks.items()}  # no count taken before a change
     assert lo <= total <= hi, f"{total} active connections outside [{lo}, {hi}]"
     for name, m in g.masks.items():
         assert m.dtype == bool and m.shape == g.weights[name].shape

@@ -54,7 +54,7 @@ class Objectives:
     def bounds(self, g: Genome) -> dict[str, tuple[float, float]]:
         """The range each objective can take for a network of this model."""
         masked = [self.info[n] for n in g.masks]
-        unmasked = g.active_params() - sum(int(m.sum()) for m in g.masks.values())
+        unmasked = g.active_params() - sum(g.counts().values())
         return {"val_accuracy": (0.0, 1.0), "density": (0.0, 1.0),
                 "active_params": (float(unmasked), float(unmasked + sum(i.size for i in masked))),
                 "flops": (0.0, float(sum(2 * i.size * i.positions for i in masked)))}

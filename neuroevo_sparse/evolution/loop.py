@@ -15,13 +15,14 @@ evolution.trunk_steps: the trunk's, in generation 0; plus the polished, in the l
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -115,10 +116,15 @@ class Evolution:
             (last - max(first, 1) + 1) * trainings(self.exp.jobs_per_generation)
         progress = Progress(self.exp.output.progress, max(jobs, 0), first, last)
         last_checkpoint = time.monotonic()
+        frozen = _freeze_older_objects()
         try:
             if state is None:
                 state = self._initial(progress)
                 self._checkpoint(state)
+                # Finished before generation 1 trains: there is no older checkpoint to fall back on,
+                # and a driver that dies with no checkpoint (a vanished Ray cluster ends it natively,
+                # no handler runs) leaves a run that cannot be resumed.
+                self._finish_checkpoint()
                 last_checkpoint = time.monotonic()
             while state.generation < last and not self.should_stop():
                 state = self._generation(state, progress)
@@ -135,6 +141,8 @@ class Evolution:
         finally:
             progress.close()
             self._finish_checkpoint()
+            if frozen:
+                gc.unfreeze()
         return state
 
     def _initial(self, progress: Progress) -> State:
@@ -233,7 +241,8 @@ class Evolution:
         self._score_test(survivors, g, trained + polished)
         self._record(g, state.population, offspring + polished, survivors, progress)
         # In the order of the history's rows: the parents, then the offspring, then the polished.
-        self.front.update(g, [p for p in state.population if any(p is t for t in trained)] + offspring + polished,
+        retrained = {id(t) for t in trained}
+        self.front.update(g, [p for p in state.population if id(p) in retrained] + offspring + polished,
                           survivors)
         return State(g, survivors, list(self.archive), state.next_id + len(offspring) + len(polished),
                      self.front.members())
@@ -396,26 +405,22 @@ class Evolution:
     # ------------------------------------------------------------------------ records
     def _record(self, g: int, parents: list[Genome], offspring: list[Genome],
                 survivors: list[Genome], progress: Progress) -> None:
-        chosen = {s.id for s in survivors}
-        rows = [self._row(ind, g, ind.id in chosen) for ind in parents + offspring]
         hypervolume = self.objectives.hypervolume(list(self.archive))
-        if hypervolume is not None:  # the archive's, after this generation: the same on each row of it
-            for row in rows:
-                row["hypervolume"] = hypervolume
-        self.run_dir.write_history(g, rows)
+        columns = self._columns(parents + offspring, g, {s.id for s in survivors}, hypervolume)
+        self.run_dir.write_history(g, columns)
         faults.point("history-written", g)
         best = self.objectives.best(survivors)
-        evaluated = [r for r in rows if r["evaluated"]]
+        evaluated = sum(columns["evaluated"])
         progress.generation_done({"fitness": list(best.fitness.values), **best.metrics,
                                   "density": best.density(), "hypervolume": hypervolume},
-                                 evaluated=len(evaluated))
-        failed = sum(r["status"] != "ok" for r in evaluated)
-        info = GenerationInfo(g, self.run_dir.path, len(evaluated), failed,
+                                 evaluated=evaluated)
+        failed = sum(e and status != "ok" for e, status in zip(columns["evaluated"], columns["status"]))
+        info = GenerationInfo(g, self.run_dir.path, evaluated, failed,
                               {"id": best.id, "fitness": list(best.fitness.values),
                                "val_accuracy": best.metrics.get("val_accuracy"),
                                "test_accuracy": best.metrics.get("test_accuracy"),
                                "density": best.density(), "active_params": best.active_params()},
-                              hypervolume, self._scalars(best, survivors, len(evaluated), failed, hypervolume))
+                              hypervolume, self._scalars(best, survivors, evaluated, failed, hypervolume))
         for callback in self.callbacks:
             _call(callback, info)
 
@@ -435,24 +440,42 @@ class Evolution:
             out["hypervolume"] = float(hypervolume)
         return out
 
-    def _row(self, ind: Genome, g: int, selected: bool) -> dict:
-        m = ind.metrics
-        row = {
-            "run_id": self.run_dir.run_id, "generation": g, "individual_id": ind.id,
-            "parent_ids": list(ind.parents), "operator": ind.operator, "born": ind.born,
-            "seed": m.get("seed"), "evaluated": m.get("evaluated_in") == g, "selected": selected,
-            "status": m.get("status"), "error": m.get("error"),
-            "train_loss": m.get("train_loss"), "val_loss": m.get("val_loss"),
-            "val_accuracy": m.get("val_accuracy"), "test_accuracy": m.get("test_accuracy"),
-            "active_params": ind.active_params(), "density": ind.density(),
-            "flops": ind.flops(self.info), "fitness": list(ind.fitness.values),
-            "steps": m.get("steps"), "train_seconds": m.get("train_seconds"), "worker": m.get("worker"),
-            "device": m.get("device"),
+    def _columns(self, individuals: list[Genome], g: int, chosen: set[int],
+                 hypervolume: float | None) -> dict[str, list]:
+        """The history's rows of `individuals` in generation `g`, column by column: one list per
+        column, which costs a fraction of a dict per row. `chosen`: the ids of the survivors;
+        `hypervolume`, the archive's after this generation, goes on every row (pareto mode)."""
+        metrics = [ind.metrics for ind in individuals]
+        n = len(individuals)
+
+        def get(key: str) -> list:
+            return [m.get(key) for m in metrics]
+
+        columns = {
+            "run_id": [self.run_dir.run_id] * n, "generation": [g] * n,
+            "individual_id": [ind.id for ind in individuals],
+            "parent_ids": [list(ind.parents) for ind in individuals],
+            "operator": [ind.operator for ind in individuals], "born": [ind.born for ind in individuals],
+            "seed": get("seed"), "evaluated": [m.get("evaluated_in") == g for m in metrics],
+            "selected": [ind.id in chosen for ind in individuals],
+            "status": get("status"), "error": get("error"), "train_loss": get("train_loss"),
+            "val_loss": get("val_loss"), "val_accuracy": get("val_accuracy"),
+            "test_accuracy": get("test_accuracy"),
+            "active_params": [ind.active_params() for ind in individuals],
+            "density": [ind.density() for ind in individuals],
+            "flops": [ind.flops(self.info) for ind in individuals],
+            "fitness": [list(ind.fitness.values) for ind in individuals],
+            "steps": get("steps"), "train_seconds": get("train_seconds"), "worker": get("worker"),
+            "device": get("device"),
         }
-        row.update({f"density.{k}": v for k, v in ind.layer_density().items()})
+        if hypervolume is not None:
+            columns["hypervolume"] = [hypervolume] * n
         if self.lineages:
-            row["lineage_steps"] = ind.lineage_steps
-        return row
+            columns["lineage_steps"] = [ind.lineage_steps for ind in individuals]
+        layers = [ind.layer_density() for ind in individuals]
+        for name in dict.fromkeys(name for layer in layers for name in layer):
+            columns[f"density.{name}"] = [layer.get(name) for layer in layers]
+        return columns
 
     # ------------------------------------------------------------------------ checkpoints
     def _checkpoint_due(self, state: State, last: int, since: float) -> bool:
@@ -502,11 +525,12 @@ class Evolution:
         best = self.objectives.best(state.population)
         summary = self.summary(best)
 
-        def write() -> None:
-            self.run_dir.save_checkpoint(state.generation, meta, individuals, self.exp.output.keep_checkpoints)
+        def write() -> Iterator[None]:
+            yield from self.run_dir.saving_checkpoint(state.generation, meta, individuals,
+                                                      self.exp.output.keep_checkpoints)
             self.run_dir.save_model(self.run_dir.best, best.network_weights(), best.masks, summary)
 
-        self._writer = _Background(write)
+        self._writer = _Background(write())
         self._saved_generation = state.generation
 
     def _finish_checkpoint(self) -> None:
@@ -599,24 +623,64 @@ class Front:
 
 
 class _Background:
-    """One function run in a thread, its exception kept for whoever joins it."""
+    """The steps of a generator run in a thread at idle priority (`_idle_priority`); its
+    exception kept for whoever joins it.
 
-    def __init__(self, fn: Callable[[], None]):
+    Whoever joins hands the steps left to a thread of its own priority: a driver that needs the
+    checkpoint finished must not wait on a thread that only runs when a core has nothing else
+    to do (on a loaded machine, hardly ever). A lock runs the steps one at a time and in
+    order, whichever thread takes them."""
+
+    def __init__(self, steps: Iterator[None]):
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(fn,), name="neuroevo-checkpoint")
-        self.thread.start()
+        self._steps = steps
+        self._lock = threading.Lock()
+        self._done = False
+        self._handed_over = False
+        self.threads = [threading.Thread(target=self._run, args=(True,), name="neuroevo-checkpoint")]
+        self.threads[0].start()
 
-    def _run(self, fn: Callable[[], None]) -> None:
-        _idle_priority()
-        try:
-            fn()
-        except BaseException as e:  # re-raised in the driver's thread by join()
-            self.error = e
+    def _step(self) -> bool:
+        """Run the next step; False once none is left (or one failed)."""
+        with self._lock:
+            if self._done:
+                return False
+            try:
+                next(self._steps)
+            except StopIteration:
+                self._done = True
+            except BaseException as e:  # re-raised in the driver's thread by join()
+                self.error, self._done = e, True
+            return not self._done
+
+    def _run(self, idle: bool) -> None:
+        if idle:
+            _idle_priority()
+        while not (idle and self._handed_over) and self._step():
+            pass
 
     def join(self) -> None:
-        self.thread.join()
+        if not self._done:
+            self._handed_over = True
+            finish = threading.Thread(target=self._run, args=(False,), name="neuroevo-checkpoint-finish")
+            self.threads.append(finish)
+            finish.start()
+        for thread in self.threads:
+            thread.join()
         if self.error is not None:
             raise self.error
+
+
+def _freeze_older_objects() -> bool:
+    """Leave the objects that exist when a run starts (modules, torch's among them, the data)
+    out of the cyclic garbage collector until the run ends (`gc.freeze`): none of them becomes
+    garbage, yet each full collection, which the driver's turnover of individuals sets off
+    every few generations, would traverse them all (a few hundred thousand, about 0.1 s).
+    False, and nothing frozen, where something else froze objects already: theirs to manage."""
+    if gc.get_freeze_count():
+        return False
+    gc.freeze()
+    return True
 
 
 def _idle_priority() -> None:

@@ -70,12 +70,12 @@ class Variation:
     def grow(self, name: str, mask: np.ndarray, w: np.ndarray, n: int,
              rng: np.random.Generator, exclude: np.ndarray | None = None) -> None:
         """Activate `n` random inactive positions of a flat mask, with newborn weights."""
-        candidates = np.flatnonzero(~mask if exclude is None else ~(mask | exclude))
+        candidates = structure.positions(~mask if exclude is None else ~(mask | exclude))
         if len(candidates) < n:  # nothing else free: allow re-growing the excluded positions
-            candidates = np.flatnonzero(~mask)
-        new = rng.choice(candidates, size=min(n, len(candidates)), replace=False)
+            candidates = structure.positions(~mask)
+        new = structure.choose(candidates, min(n, len(candidates)), rng)
         mask[new] = True
-        w[new] = self.born(name, len(new), int(mask.sum()), rng)
+        w[new] = self.born(name, len(new), int(np.count_nonzero(mask)), rng)
 
     def grow_by_rule(self, name: str, mask: np.ndarray, w: np.ndarray, n: int, rng: np.random.Generator) -> None:
         """Activate `n` inactive positions chosen by `evolution.grow_rule`, with newborn weights."""
@@ -85,7 +85,7 @@ class Variation:
         else:
             new = structure.grow_random(~mask, n, rng)
         mask[new] = True
-        w[new] = self.born(name, len(new), int(mask.sum()), rng)
+        w[new] = self.born(name, len(new), int(np.count_nonzero(mask)), rng)
 
     # ------------------------------------------------------------------ size
     def fit(self, counts: dict[str, int]) -> dict[str, int]:
@@ -116,7 +116,7 @@ class Variation:
         """Bring every layer to `counts`: remove the smallest |w|; grow by `grow_rule` (or `grow`)."""
         for name, target in counts.items():
             mask, w = masks[name].reshape(-1), weights[name].reshape(-1)
-            count = int(mask.sum())
+            count = int(np.count_nonzero(mask))
             if count > target:
                 drop = structure.smallest(mask, w, count - target)
                 mask[drop] = False
@@ -129,10 +129,11 @@ def _targets(a: Genome, b: Genome) -> dict[str, int]:
     """Per layer the parents' mean count. When the parents have the same total (fixed size,
     allocations moved by "move") the children get exactly that total: half-counts rounded the
     wrong way are turned, first layers first."""
-    sums = {n: a.active(n) + b.active(n) for n in a.masks}
+    ca, cb = a.counts(), b.counts()
+    sums = {n: ca[n] + cb[n] for n in a.masks}
     out = {n: int(round(s / 2)) for n, s in sums.items()}
-    total = sum(a.active(n) for n in a.masks)
-    if total == sum(b.active(n) for n in b.masks):
+    total = sum(ca[n] for n in a.masks)
+    if total == sum(cb[n] for n in b.masks):
         gap = total - sum(out.values())
         for n in (n for n, s in sums.items() if s % 2):
             if gap == 0:
@@ -211,8 +212,8 @@ def _finish(var, a, b, ids, generation, op, first, second, rng):
     if var.bounds is None:  # fixed size: every layer back to the parents' mean count
         targets = _targets(a, b)
         return tuple(var.repair(c, targets, rng) for c in children)
-    for c in children:  # size searched: the inherited counts, within the bounds
-        var.resize(c.masks, c.weights, var.fit({n: c.active(n) for n in c.masks}), rng)
+    for masks, weights in (first, second):  # size searched: the inherited counts, within the bounds
+        var.resize(masks, weights, var.fit({n: int(np.count_nonzero(m)) for n, m in masks.items()}), rng)
     return tuple(children)
 
 
@@ -237,7 +238,7 @@ def mut_set(var: Variation, g: Genome, gid: int, generation: int, rng: np.random
         change = structure.update("set", mask, w, masks[name].shape, generation, rng,
                                   fraction=fraction, signed=signed)
         if len(change.added):
-            w[change.added] = var.born(name, len(change.added), int(mask.sum()), rng)
+            w[change.added] = var.born(name, len(change.added), int(np.count_nonzero(mask)), rng)
     return _child(gid, (g,), generation, "mut_set", masks, weights)
 
 
@@ -247,12 +248,12 @@ def mut_rewire(var: Variation, g: Genome, gid: int, generation: int, rng: np.ran
     masks, weights = _copy(g)
     for name in masks:
         mask, w = masks[name].reshape(-1), weights[name].reshape(-1)
-        active = np.flatnonzero(mask)
+        active = structure.positions(mask)
         n = int(round(fraction * len(active)))
         if n == 0:
             continue
-        drop = rng.choice(active, size=n, replace=False)
-        moved = np.zeros_like(mask)
+        drop = structure.choose(active, n, rng)
+        moved = np.zeros(mask.shape, dtype=bool)
         moved[drop] = True
         mask[drop] = False
         w[drop] = 0.0
@@ -272,13 +273,13 @@ def mut_structure(var: Variation, g: Genome, gid: int, generation: int, rng: np.
                                   threshold=params.threshold, threshold_decay=params.threshold_decay,
                                   max_fraction=params.max_fraction, regrow_ratio=params.regrow_ratio)
         if len(change.added):
-            w[change.added] = var.born(name, len(change.added), int(mask.sum()), rng)
+            w[change.added] = var.born(name, len(change.added), int(np.count_nonzero(mask)), rng)
     # regrow_ratio < 1 regrows fewer than died: with sizes searched that is a smaller network,
     # never below min_density; at a fixed size every layer gets back its parent's count.
     if var.bounds is None:
         var.resize(masks, weights, {n: g.active(n) for n in masks}, rng)
     else:
-        var.resize(masks, weights, var.fit({n: int(m.sum()) for n, m in masks.items()}), rng)
+        var.resize(masks, weights, var.fit({n: int(np.count_nonzero(m)) for n, m in masks.items()}), rng)
     return _child(gid, (g,), generation, f"mut_{method}", masks, weights)
 
 

@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Generator
 
 import numpy as np
 
@@ -132,8 +132,9 @@ class RunDir:
         return load_config(self.config_path, overrides)
 
     # ------------------------------------------------------------------ history
-    def write_history(self, generation: int, rows: list[dict[str, Any]]) -> Path:
-        return history.write_part(self.history, generation, rows)
+    def write_history(self, generation: int, columns: dict[str, list[Any]]) -> Path:
+        """One generation's history part, its rows given column by column (history.write_part)."""
+        return history.write_part(self.history, generation, columns)
 
     def drop_history_after(self, generation: int) -> list[Path]:
         return history.drop_parts_after(self.history, generation) if self.history.exists() else []
@@ -151,9 +152,18 @@ class RunDir:
                         keep: int) -> Path:
         """Checkpoint `state` with `individuals` ("g<id>" or "a<id>" -> `Genome.to_arrays()`);
         an individual stored by an earlier checkpoint of this RunDir is not written again."""
+        return self._checkpoint_writer().save(generation, state, individuals, keep)
+
+    def saving_checkpoint(self, generation: int, state: dict[str, Any],
+                          individuals: dict[str, dict[str, np.ndarray]], keep: int
+                          ) -> Generator[None, None, Path]:
+        """`save_checkpoint` in steps (checkpoint.Writer.saving): one individual per `next`."""
+        return self._checkpoint_writer().saving(generation, state, individuals, keep)
+
+    def _checkpoint_writer(self) -> checkpoint.Writer:
         if self._writer is None:
             self._writer = checkpoint.Writer(self.checkpoints)
-        return self._writer.save(generation, state, individuals, keep)
+        return self._writer
 
     def has_checkpoint(self) -> bool:
         """Whether any checkpoint was ever completed or started here (valid or not)."""

@@ -43,12 +43,14 @@ def part_path(history_dir: Path, generation: int) -> Path:
     return history_dir / f"gen-{generation:06d}.parquet"
 
 
-def write_part(history_dir: Path, generation: int, rows: list[dict[str, Any]]) -> Path:
+def write_part(history_dir: Path, generation: int, columns: dict[str, list[Any]]) -> Path:
+    """One generation's part from its rows given column by column (name -> one value per row):
+    every FIXED column, any of OPTIONAL, and the per-layer densities."""
     history_dir.mkdir(parents=True, exist_ok=True)
-    layer_cols = sorted({k for r in rows for k in r if k.startswith("density.")})
-    optional = [(c, t) for c, t in OPTIONAL if any(c in r for r in rows)]
+    layer_cols = sorted(c for c in columns if c.startswith("density."))
+    optional = [(c, t) for c, t in OPTIONAL if c in columns]
     schema = pa.schema(FIXED + optional + [(c, pa.float64()) for c in layer_cols])
-    table = pa.Table.from_pylist(rows, schema=schema)
+    table = pa.Table.from_pydict(columns, schema=schema)
     path = part_path(history_dir, generation)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp)

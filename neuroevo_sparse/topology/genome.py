@@ -9,6 +9,7 @@ data and is saved without pickle.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,31 +36,53 @@ class Genome:
     # (a mutant its parent's, a crossover child its parents' mean); what the learning rate of
     # training.lineage_schedule is read from.
     lineage_steps: int = 0
+    # The mask arrays last counted, with their counts, the sum of these and the masks' size.
+    _counted: tuple[tuple[np.ndarray, ...], dict[str, int], int, int] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     def network_weights(self) -> dict[str, np.ndarray]:
         """The weights of the network its metrics describe: what an export holds."""
         return self.weights if self.trained is None else self.trained
 
     # --------------------------------------------------------------------- counting
+    def counts(self) -> dict[str, int]:
+        """Active connections per masked tensor, counted once per set of mask arrays.
+
+        The driver asks for them several times per individual and generation (fitness, the
+        history's row, the front); a genome's masks are never modified in place once an
+        operator has returned it (write-back replaces weights, never masks), so a count holds
+        as long as the mask arrays are the same objects, which is what is checked."""
+        return self._count()[1]
+
+    def _count(self) -> tuple[tuple[np.ndarray, ...], dict[str, int], int, int]:
+        masks = tuple(self.masks.values())
+        counted = self._counted
+        if counted is None or len(counted[0]) != len(masks) or not all(map(operator.is_, counted[0], masks)):
+            counts = {name: int(np.count_nonzero(m)) for name, m in self.masks.items()}
+            counted = self._counted = (masks, counts, sum(counts.values()), sum(m.size for m in masks))
+        return counted
+
     def active(self, name: str) -> int:
-        return int(self.masks[name].sum())
+        return self.counts()[name]
 
     def density(self) -> float:
         """Active fraction of the maskable weights (the quantity sparsity.density targets)."""
-        total = sum(m.size for m in self.masks.values())
-        return sum(int(m.sum()) for m in self.masks.values()) / total
+        _, _, active, total = self._count()
+        return active / total
 
     def layer_density(self) -> dict[str, float]:
-        return {name: float(m.mean()) for name, m in self.masks.items()}
+        counts = self.counts()
+        return {name: counts[name] / m.size for name, m in self.masks.items()}
 
     def active_params(self) -> int:
         """Parameters that can be non-zero: active masked entries plus every unmasked tensor."""
         dense = sum(w.size for name, w in self.weights.items() if name not in self.masks)
-        return dense + sum(int(m.sum()) for m in self.masks.values())
+        return dense + self._count()[2]
 
     def flops(self, info: dict[str, LayerInfo]) -> int:
         """Forward FLOPs per sample of the masked layers (a multiply-add counts as 2)."""
-        return sum(2 * int(m.sum()) * info[name].positions for name, m in self.masks.items())
+        counts = self.counts()
+        return sum(2 * counts[name] * info[name].positions for name in self.masks)
 
     # --------------------------------------------------------------------- storage
     def to_arrays(self) -> dict[str, np.ndarray]:

@@ -53,13 +53,23 @@ class Change:
         return len(self.added) / max(active, 1)
 
 
+def positions(mask: np.ndarray) -> np.ndarray:
+    """`np.flatnonzero(mask)` without the cost of its wrappers, which is as much as the search on
+    a layer of the driver's (it lists positions several times per layer and child)."""
+    return mask.ravel().nonzero()[0]
+
+
 def smallest(mask: np.ndarray, w: np.ndarray, n: int) -> np.ndarray:
     """The `n` active positions with the smallest |w|, in position order; ties (and NaNs, which
     count as largest) are broken by position, so the set is the one a stable argsort picks.
 
     A partition rather than a sort: this runs on the driver between generations, where every
     millisecond is a millisecond all workers wait."""
-    active = np.flatnonzero(mask)
+    return smallest_of(positions(mask), w, n)
+
+
+def smallest_of(active: np.ndarray, w: np.ndarray, n: int) -> np.ndarray:
+    """`smallest` of the sorted positions `active` (a mask's, already listed)."""
     n = min(n, len(active))
     if n <= 0:
         return np.empty(0, dtype=np.int64)
@@ -67,10 +77,15 @@ def smallest(mask: np.ndarray, w: np.ndarray, n: int) -> np.ndarray:
         return active
     mag = np.abs(w[active])
     kth = np.partition(mag, n - 1)[n - 1]
-    nan = np.isnan(kth)
-    below = np.flatnonzero(~np.isnan(mag) if nan else mag < kth)
-    tied = np.flatnonzero(np.isnan(mag) if nan else mag == kth)[: n - len(below)]
-    return active[np.sort(np.concatenate([below, tied]))]
+    nan = kth != kth  # NaN (np.isnan costs a ufunc call on a scalar)
+    pick = ~np.isnan(mag) if nan else mag < kth
+    tied = np.isnan(mag) if nan else mag == kth
+    short = n - np.count_nonzero(pick)
+    if short == np.count_nonzero(tied):  # every tie is taken (the usual case: one value at kth)
+        pick |= tied
+    else:
+        pick[np.flatnonzero(tied)[:short]] = True
+    return active[pick]
 
 
 def below_threshold(mask: np.ndarray, w: np.ndarray, level: float, max_fraction: float) -> np.ndarray:
@@ -84,11 +99,22 @@ def below_threshold(mask: np.ndarray, w: np.ndarray, level: float, max_fraction:
     return smallest(weak, w, int(math.floor(max_fraction * len(active))))
 
 
+def choose(candidates: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """`rng.choice(candidates, size=n, replace=False)` for a 1-d array: the same draws and the
+    same result, without the checks `choice` adds for an array argument, which cost as much
+    as the draw itself on the driver's layer sizes."""
+    return candidates[rng.choice(len(candidates), size=n, replace=False)]
+
+
 def grow_random(free: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """`n` positions drawn uniformly without replacement from the boolean `free`."""
-    candidates = np.flatnonzero(free)
+    candidates = positions(free)
     n = min(n, len(candidates))
-    return np.sort(rng.choice(candidates, size=n, replace=False)) if n > 0 else candidates[:0]
+    if n <= 0:
+        return candidates[:0]
+    chosen = choose(candidates, n, rng)
+    chosen.sort()
+    return chosen
 
 
 def grow_weighted(free: np.ndarray, score: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -146,17 +172,19 @@ def update(method: str, mask: np.ndarray, w: np.ndarray, shape: tuple[int, ...],
     connection starts silent and is grown by the gradient, so an update never jolts the
     network's function). `t` is the update index (epoch, step block or generation).
     """
+    active = positions(mask)
     if method == "set" and signed:
-        parts = [smallest(mask & side, w, int(round(fraction * (mask & side).sum()))) for side in (w > 0, w < 0)]
+        parts = [smallest(mask & side, w, int(round(fraction * np.count_nonzero(mask & side))))
+                 for side in (w > 0, w < 0)]
         removed = np.sort(np.concatenate(parts))
         n_add = len(removed)
     elif method == "set":
-        removed = smallest(mask, w, int(round(fraction * mask.sum())))
+        removed = smallest_of(active, w, int(round(fraction * len(active))))
         n_add = len(removed)
     elif method == "rigl":
         if grad is None:
             raise ValueError("structure.method = \"rigl\" needs gradients: it runs inside training only")
-        removed = smallest(mask, w, int(round(rigl_fraction(fraction, t, t_end) * mask.sum())))
+        removed = smallest_of(active, w, int(round(rigl_fraction(fraction, t, t_end) * len(active))))
         n_add = len(removed)
     elif method in ("threshold", "strength"):
         removed = below_threshold(mask, w, threshold_level(threshold, threshold_decay, t), max_fraction)
@@ -166,7 +194,7 @@ def update(method: str, mask: np.ndarray, w: np.ndarray, shape: tuple[int, ...],
     mask[removed] = False
     w[removed] = 0.0
     free = ~mask
-    if method != "rigl" and free.sum() - len(removed) >= n_add:
+    if method != "rigl" and mask.size - len(active) >= n_add:
         free[removed] = False  # RigL may regrow a just-removed position; the others only if
         # the layer has no other free position
     if method == "rigl":
