@@ -9,8 +9,9 @@ generation g gives exactly the run that never stopped.
 History: generation 0 records the initial population; generation g >= 1 records the
 population that entered it (parents) and the offspring born in it, one row each, with
 `evaluated` (trained in g) and `selected` (survived g). A run of G generations, population
-mu and lambda offspring therefore has mu + G * (mu + lambda) rows (one more with
-evolution.trunk_steps: the trunk's, in generation 0; plus the polished, in the last).
+mu and lambda offspring therefore has mu + G * (mu + lambda) rows (1 + evolution.trunk_rungs
+more with evolution.trunk_steps: the trunk's and its rungs', in generation 0; plus the
+polished, in the last).
 """
 
 from __future__ import annotations
@@ -707,5 +708,5 @@ def _versions() -> dict[str, str]:
 def _rung_for(ladder: list[Genome], counts: dict[str, int]) -> Genome:
     """The smallest network of the trunk's ladder with at least `counts` active connections in
     every layer (the trunk itself when no rung has): the closest larger network to prune from."""
-    fits = [g for g in ladder if all(int(g.masks[n].sum()) >= c for n, c in counts.items())]
-    return min(fits, key=lambda g: sum(int(m.sum()) for m in g.masks.values())) if fits else ladder[0]
+    fits = [g for g in ladder if all(g.counts()[n] >= c for n, c in counts.items())]
+    return min(fits, key=lambda g: sum(g.counts().values())) if fits else ladder[0]
