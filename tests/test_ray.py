@@ -125,6 +125,20 @@ def test_halving_on_a_cluster_gives_the_local_history(toml, tmp_path, cluster_fa
     assert set(ray[ray.evaluated].steps) == {90, 300}  # stopped at 30% of 300 steps, or trained on
 
 
+def test_inherited_optimiser_states_on_a_cluster_give_the_local_history(toml, tmp_path, cluster_factory):
+    """training.inherit_optimizer: each child's state crosses with its job and each trained
+    state comes back with its result, and the run ends as it does locally."""
+    inherit = ["--set", "training.inherit_optimizer=true", "--set", 'training.optimizer="sgd"']
+    p = cli("run", str(toml), "--run-dir", str(tmp_path / "local"), *ARGS, *inherit)
+    assert p.returncode == 0, p.stderr[-3000:]
+    cluster = cluster_factory()
+    p = cli("run", str(toml), "--run-dir", str(tmp_path / "ray"), *ARGS, *inherit, "--address", cluster.address,
+            "--set", 'resources.backend="ray"')
+    assert p.returncode == 0, p.stderr[-3000:]
+    pd.testing.assert_frame_equal(metrics(history(tmp_path / "ray")), metrics(history(tmp_path / "local")),
+                                  check_exact=True)
+
+
 def test_one_worker_gives_the_same_history(toml, local_history, tmp_path):
     run = tmp_path / "run"
     try:

@@ -213,8 +213,15 @@ class TrainingConfig:
     steps: int | None = _range(1, default=None)
     # Samples per optimiser step.
     batch_size: int = _range(1, default=64)
-    # Optimiser of every training; a fresh one per evaluation.
+    # Optimiser of every training; a fresh one per evaluation (unless `inherit_optimizer`).
     optimizer: Literal["sgd", "adam"] = "adam"
+    # Lamarckian runs: keep an individual's optimiser state (SGD's momentum, Adam's moments and
+    # step) with its trained weights in the genome and its checkpoints, and start its
+    # children's training from it instead of a fresh optimiser. The state follows the weights:
+    # a child's state at a connection is the parent's whose weight it holds there, zero where
+    # its weight is new (genome.inherited_optimiser). Trains one individual at a time (a
+    # vectorised group shares one Adam step count), so `vectorise` must not be "on".
+    inherit_optimizer: bool = False
     # Learning rate (the peak of lr_schedule).
     lr: float = _range(0.0, lo_open=True, default=1e-3)
     # SGD momentum (optimizer = "sgd").
@@ -709,6 +716,12 @@ def _cross_checks(exp: Experiment, problems: list[str]) -> None:
     if exp.training.lineage_schedule != "none" and exp.training.lineage_horizon is None:
         problems.append(f"training.lineage_horizon: needed with training.lineage_schedule = "
                         f"{exp.training.lineage_schedule!r} (the lineage steps over which the rate decays)")
+    if exp.training.inherit_optimizer and ev.inheritance != "lamarckian":
+        problems.append("training.inherit_optimizer: needs evolution.inheritance = \"lamarckian\" (the state "
+                        "belongs to the trained weights, which a Baldwinian child does not inherit)")
+    if exp.training.inherit_optimizer and exp.training.vectorise == "on":
+        problems.append("training.inherit_optimizer: inherited optimiser states train one individual at a time; "
+                        "set training.vectorise = \"auto\" or \"off\"")
     if exp.structure.gradual_start >= exp.structure.gradual_end:
         problems.append(f"structure.gradual_start: must be < structure.gradual_end ({exp.structure.gradual_end}); "
                         f"got {exp.structure.gradual_start}")

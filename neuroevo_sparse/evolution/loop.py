@@ -33,7 +33,7 @@ from .. import seeds
 from ..config.schema import Experiment
 from ..evaluators import Evaluator
 from .fitness import Objectives, restore_archive
-from ..topology.genome import Genome, Init, pruned, random_genome, target_counts
+from ..topology.genome import Genome, Init, inherited_optimiser, pruned, random_genome, target_counts
 from ..train.jobs import Base, TrainJob, TrainResult
 from ..problem.models import Architecture
 from .operators import Variation, clone, make_toolbox
@@ -152,7 +152,7 @@ class Evolution:
         self._started = time.monotonic()
         if ev.trunk_steps > 0:  # ids 0..R are the trunk and its rungs, the population R+1..R+n
             trunk = self._trunk(progress)
-            population = [pruned(_rung_for(trunk, counts), len(trunk) + i, counts)
+            population = [self._inherit(pruned(_rung_for(trunk, counts), len(trunk) + i, counts), trunk)
                           for i, counts in enumerate(self._initial_counts())]
         else:
             trunk = []
@@ -181,7 +181,7 @@ class Evolution:
         for k in range(1, ev.trunk_rungs + 1):
             d = sp.max_density * (sp.min_density / sp.max_density) ** (k / ev.trunk_rungs)
             counts = self.variation.fit(target_counts(self.info, self.maskable, d, sp.init, "sparsity.min_density"))
-            rung = pruned(ladder[-1], k, counts)
+            rung = self._inherit(pruned(ladder[-1], k, counts), ladder)
             ladder.append(self._train_alone(rung, seeds.derive(self.seed, "trunk", k), ev.trunk_rung_steps, progress))
         return ladder
 
@@ -189,7 +189,7 @@ class Evolution:
         """One network of the trunk trained on its own (operator "trunk"), its rate decayed to zero."""
         genome.operator = "trunk"
         job = TrainJob(genome.id, 0, seed, genome.masks, genome.weights, lineage_step=genome.lineage_steps,
-                       steps=steps, polish=True)
+                       steps=steps, polish=True, optimiser=genome.optimiser)
         progress.jobs_dropped(-1)  # a job the total did not count
         results = self._train([job], 0, progress)
         self._all_failed(0, [(r.status, r.error) for r in results])
@@ -255,11 +255,12 @@ class Evolution:
         members = [m for m in self.archive if m.metrics.get("status") == "ok"]
         polished = []
         for i, m in enumerate(members):
-            child = clone(m, next_id + i, g)
+            child = self._inherit(clone(m, next_id + i, g), [m])
             child.operator = "polish"
             polished.append(child)
         jobs = [TrainJob(p.id, g, seeds.derive(self.seed, "polish", g, p.id), p.masks, p.weights,
-                         lineage_step=p.lineage_steps, steps=self.exp.evolution.polish_steps, polish=True)
+                         lineage_step=p.lineage_steps, steps=self.exp.evolution.polish_steps, polish=True,
+                         optimiser=p.optimiser)
                 for p in polished]
         progress.jobs_dropped(-len(jobs))  # jobs the total did not count
         self._write_back(polished, jobs, self._train(jobs, g, progress))
@@ -289,8 +290,16 @@ class Evolution:
                     child = mutant
                 if child is a or child is b:  # no operator applied: a new individual, not the parent
                     child = clone(child, gid, g)
-                children.append(child)
+                children.append(self._inherit(child, [a, b]))
         return children
+
+    def _inherit(self, child: Genome, parents: Sequence[Genome]) -> Genome:
+        """`child`, its optimiser state inherited from `parents` (those among them that are its
+        parents, in its order) under training.inherit_optimizer; as it is otherwise."""
+        if self.exp.training.inherit_optimizer:
+            mine = {g.id: g for g in parents}
+            child.optimiser = inherited_optimiser(child, [mine[p] for p in child.parents if p in mine])
+        return child
 
     # ------------------------------------------------------------------------ evaluation
     def _evaluate(self, genomes: list[Genome], generation: int, progress: Progress,
@@ -309,7 +318,7 @@ class Evolution:
 
         jobs = [TrainJob(g.id, generation, seeds.derive(self.seed, "train", generation, g.id),
                          g.masks, g.weights, until=ev.halving_at or 1.0, lineage_step=g.lineage_steps,
-                         bases=bases(g))
+                         optimiser=g.optimiser, bases=bases(g))
                 for g in genomes]
         results = self._train(jobs, generation, progress)
         self._all_failed(generation, [(r.status, r.error) for r in results])  # before any write-back
@@ -361,6 +370,8 @@ class Evolution:
                 g.weights = r.weights
                 if r.status == "ok":  # a failed training returns the weights it was given
                     g.lineage_steps = job.lineage_step + r.steps
+                    if self.exp.training.inherit_optimizer:  # and with them the state it was given
+                        g.optimiser = r.optimiser
             else:  # Baldwinian: offspring inherit the untrained weights; exports show the trained
                 g.trained = r.weights if r.status == "ok" else None
             g.metrics = {**r.metrics(), "seed": job.seed, "evaluated_in": job.generation}

@@ -36,6 +36,11 @@ class Genome:
     # (a mutant its parent's, a crossover child its parents' mean); what the learning rate of
     # training.lineage_schedule is read from.
     lineage_steps: int = 0
+    # training.inherit_optimizer: the optimiser state its weights were trained to (per parameter
+    # under its dense name: SGD's "momentum_buffer", Adam's "exp_avg", "exp_avg_sq" and "step"),
+    # what its next training starts from; its children's is `inherited_optimiser`. None: a
+    # fresh optimiser.
+    optimiser: dict[str, dict[str, np.ndarray | int]] | None = None
     # The mask arrays last counted, with their counts, the sum of these and the masks' size.
     _counted: tuple[tuple[np.ndarray, ...], dict[str, int], int, int] | None = field(
         default=None, init=False, repr=False, compare=False)
@@ -89,6 +94,12 @@ class Genome:
         arrays = {f"mask/{k}": v for k, v in self.masks.items()}
         arrays.update({f"weight/{k}": v for k, v in self.weights.items()})
         arrays.update({f"trained/{k}": v for k, v in (self.trained or {}).items()})
+        # "optim.<key>/<parameter>": after the "/", the parameter's name, so that a checkpoint
+        # stores a masked tensor's state as its active values (store/checkpoint.py); a step
+        # count as a 0-d int64 array.
+        for name, state in (self.optimiser or {}).items():
+            arrays.update({f"optim.{key}/{name}": v if isinstance(v, np.ndarray) else np.array(v, dtype=np.int64)
+                           for key, v in state.items()})
         return arrays
 
     def meta(self) -> dict[str, Any]:
@@ -102,10 +113,59 @@ class Genome:
         masks = {k[5:]: v.astype(bool) for k, v in arrays.items() if k.startswith("mask/")}
         weights = {k[7:]: v for k, v in arrays.items() if k.startswith("weight/")}
         trained = {k[8:]: v for k, v in arrays.items() if k.startswith("trained/")}
+        optimiser: dict[str, dict[str, np.ndarray | int]] = {}
+        for k, v in arrays.items():
+            if k.startswith("optim."):
+                key, name = k[6:].split("/", 1)
+                optimiser.setdefault(name, {})[key] = int(v) if v.ndim == 0 and v.dtype.kind in "iu" else v
         return cls(id=int(meta["id"]), masks=masks, weights=weights,
                    parents=tuple(meta["parents"]), born=int(meta["born"]),
                    operator=meta["operator"], metrics=dict(meta["metrics"]), trained=trained or None,
-                   lineage_steps=int(meta.get("lineage_steps", 0)))
+                   lineage_steps=int(meta.get("lineage_steps", 0)), optimiser=optimiser or None)
+
+
+def inherited_optimiser(child: Genome, parents: list[Genome]) -> dict[str, dict[str, np.ndarray | int]] | None:
+    """The optimiser state `child` starts its training from (training.inherit_optimizer): its
+    parents' states (the first parent first, then the second of a crossover), following the weights.
+
+    Per masked tensor, the state at a position is the first parent's whose weight the child
+    holds there (the same value, active in both), else zero; unmasked tensors (biases, norms)
+    and Adam's step count take the first parent's that has a state for them. Why by the weights:
+    a connection's momentum belongs to the weight it was built up on, and comparing values
+    tells which weights a child kept without the operators saying so. A mutant keeps its
+    parent's state where its weights are unchanged; a connection grown or regrown (or any weight
+    an operator changed) starts at zero momentum, as a fresh optimiser starts it; a pruned one
+    drops its state; a crossover child's weights each keep their own parent's momentum; a network
+    pruned by magnitude (the trunk's ladder) keeps the state of the connections it keeps. None
+    where no parent has a state (the initial population): a fresh optimiser."""
+    parents = [p for p in parents if p.optimiser]
+    if not parents:
+        return None
+    state: dict[str, dict[str, np.ndarray | int]] = {}
+    for name in child.weights:
+        sources = [p for p in parents if name in p.optimiser]
+        if not sources:
+            continue
+        mask = child.masks.get(name)
+        first = sources[0].optimiser[name]
+        entry: dict[str, np.ndarray | int] = {}
+        for key, value in first.items():
+            if not isinstance(value, np.ndarray) or mask is None:
+                entry[key] = value  # arrays are never modified in place: sharing them is safe
+                continue
+            out = np.zeros_like(value)
+            taken = ~mask  # positions decided: inactive ones stay zero
+            for p in sources:
+                theirs = p.optimiser[name].get(key)
+                w = p.weights.get(name)
+                if theirs is None or w is None or w.shape != mask.shape or p.masks.get(name) is None:
+                    continue
+                same = ~taken & p.masks[name] & (child.weights[name] == w)
+                out[same] = theirs[same]
+                taken = taken | same
+            entry[key] = out
+        state[name] = entry
+    return state
 
 
 # ------------------------------------------------------------------------- initialising

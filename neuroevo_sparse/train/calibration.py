@@ -119,7 +119,8 @@ def _candidates(exp: Experiment, arch: Architecture, rules: TrainSpec, job: Trai
     # Other networks than the built-in MLP are vmapped whole in fixed groups (paths.FIXED_GROUP):
     # on a cluster with more slots than groups, a step faster per individual could make a
     # generation slower. Their way of training stays the rules'.
-    if cfg.vectorise == "auto" and (rules.vectorise or arch.is_chain()):
+    # With training.inherit_optimizer, one by one only (paths._vectorise says why).
+    if cfg.vectorise == "auto" and (rules.vectorise or arch.is_chain()) and not cfg.inherit_optimizer:
         modes.append(not rules.vectorise)
     density = layer_densities(arch.info, arch.maskable, exp.sparsity.density, exp.sparsity.init)
     total = sum(arch.info[n].size for n in arch.maskable)

@@ -118,6 +118,8 @@ def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
         total = job.resume.loss_sum
         if job.resume.rng is not None:
             torch.set_rng_state(torch.from_numpy(np.array(job.resume.rng)))
+    elif job.optimiser is not None:  # training.inherit_optimizer: the state its weights came with
+        load_optimiser_state(model, optimiser, job.optimiser)
 
     deadline = None if spec.time_limit_s is None else time.perf_counter() + spec.time_limit_s
     order = itertools.islice(batches(n, cfg.batch_size, last, job.seed, device), first, None)
@@ -139,10 +141,11 @@ def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
                            error="weights became non-finite during training")
     val_loss, val_acc = evaluate(model, *data.val)
     test_acc = evaluate(model, *data.test)[1] if spec.score_test else None
-    resume = None if done == steps else Resume(done, total, optimiser_state(model, optimiser),
-                                               torch.get_rng_state().numpy().copy())
+    state = optimiser_state(model, optimiser) if done < steps or cfg.inherit_optimizer else None
+    resume = None if done == steps else Resume(done, total, state, torch.get_rng_state().numpy().copy())
     return TrainResult(job.individual_id, weights, train_loss=total / done, val_loss=val_loss,
-                       val_accuracy=val_acc, test_accuracy=test_acc, steps=done, resume=resume)
+                       val_accuracy=val_acc, test_accuracy=test_acc, steps=done, resume=resume,
+                       optimiser=state if cfg.inherit_optimizer else None)
 
 
 def total_steps(cfg, n: int) -> int:

@@ -93,6 +93,10 @@ class TrainJob:
     steps: int | None = None
     # A polish: the rate decays by a cosine from the lineage's rate to zero over the job's steps.
     polish: bool = False
+    # training.inherit_optimizer: the optimiser state (per parameter under its dense name, as a
+    # Resume holds it) this training starts from, inherited with `weights`; None: a fresh one.
+    # A `resume` replaces it.
+    optimiser: dict[str, dict[str, np.ndarray | int]] | None = None
     # What `masks` and `weights` were made from (a mutant's parent, a crossover child's two
     # parents): only for shipping, never sent as it is.
     bases: tuple[Base, ...] = field(default=(), compare=False, repr=False)
@@ -122,7 +126,9 @@ class TrainResult:
     extra: dict[str, float] = field(default_factory=dict)
     # Set where the job stopped before the individual's last step (TrainJob.until).
     resume: Resume | None = None
+    # training.inherit_optimizer: the optimiser state its `weights` were reached with (status "ok").
+    optimiser: dict[str, dict[str, np.ndarray | int]] | None = None
 
     def metrics(self) -> dict:
-        """Everything but the weights (and a resume state), for the genome's record and the history."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("weights", "individual_id", "resume")}
+        """Everything but the weights (and optimiser states), for the genome's record and the history."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("weights", "individual_id", "resume", "optimiser")}

@@ -27,7 +27,8 @@ def spec_for(exp: Experiment, arch: Architecture, plan: Plan | None = None) -> T
     from ..topology import genome  # only when a spec is made, never when jobs are unpickled
     density = genome.layer_densities(arch.info, arch.maskable, exp.sparsity.density, exp.sparsity.init)
     return TrainSpec(arch.builder, exp.training, exp.resources.torch_threads, exp.resources.job_timeout_s,
-                     _vectorise(exp, arch) if plan is None else plan.vectorise, exp.output.test_accuracy == "all",
+                     _vectorise(exp, arch) if plan is None else plan.vectorise and not exp.training.inherit_optimizer,
+                     exp.output.test_accuracy == "all",
                      _native_kernels(exp), _group(exp, arch), None if plan is None else plan.sparse_layers,
                      tuple((n, float(density[n])) for n in arch.maskable))
 
@@ -69,7 +70,9 @@ def _vectorise(exp: Experiment, arch: Architecture) -> bool:
     where they can be vmapped (grouped convolutions are slower on a CPU). "on" for a network
     that cannot be vmapped trains one by one, and says why once."""
     mode = exp.training.vectorise
-    if mode == "off":
+    # An inherited optimiser state (training.inherit_optimizer) has its own Adam step count per
+    # individual, where a vectorised group's optimiser keeps one for all its members.
+    if mode == "off" or exp.training.inherit_optimizer:
         return False
     gpu = exp.resources.gpus_per_job > 0
     if not arch.is_chain():
