@@ -89,6 +89,8 @@ VARIANTS = {
     "gen-5": ["evolution.generations=5"],
     "lineage-cosine": ["sparsity.min_density=0.002", 'training.lineage_schedule="cosine"',
                        "training.lineage_horizon=8000", "training.lineage_floor=0.2"],
+    # Optimiser state (momentum) inherited with the weights instead of a fresh optimiser per training.
+    "inherit-optimizer": ["training.inherit_optimizer=true"],
     # The ablations below were measured with sizes searched down to 0.2% ("wide"), and keep it.
     # The trunk without its pruning ladder: every size one cut of the trunk (the file before the ladder).
     "no-ladder": ["sparsity.min_density=0.002", "evolution.trunk_rungs=0", "evolution.trunk_steps=6000",
@@ -193,6 +195,8 @@ def key_of(kind: str, *args) -> str:
         del cfg["evolution"]["trunk_steps"]
     if cfg["evolution"].get("trunk_rungs") == 0:
         del cfg["evolution"]["trunk_rungs"], cfg["evolution"]["trunk_rung_steps"]
+    if cfg["training"].get("inherit_optimizer") is False:
+        del cfg["training"]["inherit_optimizer"]
     blob = json.dumps({"kind": kind, "config": cfg,
                        "version": neuroevo_sparse.__version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
