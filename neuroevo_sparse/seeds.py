@@ -8,6 +8,7 @@ order, nor on whether the run was interrupted and resumed in between.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -18,13 +19,22 @@ def _key_int(key: int | str) -> int:
         if key < 0:
             raise ValueError(f"seed keys must be non-negative, got {key}")
         return int(key)
-    return int.from_bytes(hashlib.sha256(str(key).encode()).digest()[:8], "little")
+    return _name_int(str(key))
+
+
+@functools.lru_cache(maxsize=256)
+def _name_int(name: str) -> int:
+    """A key that names a purpose ("train", "variation"), hashed once: the driver derives a seed
+    per individual and generation, always under the same few names."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
 
 
 def derive(seed: int, *keys: int | str) -> int:
-    """A 63-bit seed for the stream named by `keys` under the run seed `seed`."""
-    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=tuple(_key_int(k) for k in keys))
-    return int(ss.generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+    """A 63-bit seed for the stream named by `keys` under the run seed `seed`: the first 64-bit
+    word of the stream's state, shifted right by one (as a Python int: numpy's scalar
+    arithmetic costs more than the shift; one word is all a longer state would start with)."""
+    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=tuple(map(_key_int, keys)))
+    return int(ss.generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
 def rng(seed: int, *keys: int | str) -> np.random.Generator:

@@ -310,11 +310,12 @@ class Evolution:
         of its parents there (or its own, for a survivor trained again) as its bases, which
         the Ray evaluator ships once for all their children."""
         ev = self.exp.evolution
-        known = {p.id: p for p in made_from}
+        # One Base per member, shared by the jobs of all its children (an evaluator tells bases
+        # apart by their arrays, never by the Base object).
+        known = {p.id: Base(p.id, p.masks, p.weights) for p in made_from}
 
         def bases(g: Genome) -> tuple[Base, ...]:
-            found = [known[g.id]] if g.id in known else [known[p] for p in g.parents if p in known]
-            return tuple(Base(p.id, p.masks, p.weights) for p in found)
+            return (known[g.id],) if g.id in known else tuple(known[p] for p in g.parents if p in known)
 
         jobs = [TrainJob(g.id, generation, seeds.derive(self.seed, "train", generation, g.id),
                          g.masks, g.weights, until=ev.halving_at or 1.0, lineage_step=g.lineage_steps,

@@ -69,8 +69,12 @@ class Variation:
 
     def grow(self, name: str, mask: np.ndarray, w: np.ndarray, n: int,
              rng: np.random.Generator, exclude: np.ndarray | None = None) -> None:
-        """Activate `n` random inactive positions of a flat mask, with newborn weights."""
-        candidates = structure.positions(~mask if exclude is None else ~(mask | exclude))
+        """Activate `n` random inactive positions of a flat mask, with newborn weights; not at the
+        flat positions `exclude` (those a mutation just removed) unless nothing else is free."""
+        free = ~mask
+        if exclude is not None:  # cleared by position: no mask of the layer's size to build and join
+            free[exclude] = False
+        candidates = structure.positions(free)
         if len(candidates) < n:  # nothing else free: allow re-growing the excluded positions
             candidates = structure.positions(~mask)
         new = structure.choose(candidates, min(n, len(candidates)), rng)
@@ -253,11 +257,9 @@ def mut_rewire(var: Variation, g: Genome, gid: int, generation: int, rng: np.ran
         if n == 0:
             continue
         drop = structure.choose(active, n, rng)
-        moved = np.zeros(mask.shape, dtype=bool)
-        moved[drop] = True
         mask[drop] = False
         w[drop] = 0.0
-        var.grow(name, mask, w, n, rng, exclude=moved)
+        var.grow(name, mask, w, n, rng, exclude=drop)
     return _child(gid, (g,), generation, "mut_rewire", masks, weights)
 
 

@@ -91,39 +91,58 @@ def name(generation: int) -> str:
 
 def encode(arrays: dict[str, np.ndarray]) -> bytes:
     """An individual's arrays as the bytes of its file (see the module's docstring)."""
-    masks = {k[5:]: np.asarray(v) for k, v in arrays.items() if k.startswith("mask/")}
-    header: dict[str, dict[str, Any]] = {}
+    values = [np.asarray(v) for v in arrays.values()]
+    # What the names, shapes and dtypes decide is decided once per layout (_Plan): per individual
+    # only its data is looked at, which is a checkpoint's cost per new individual.
+    plan = _plan(tuple((key, v.shape, v.dtype) for key, v in zip(arrays, values)))
+    encs: list[str] = []
     chunks: list[np.ndarray] = []
-    # Each entry's place in the given order ("at"): a genome's tensors come back in the order
-    # its network has them, which the operators' draws follow.
-    order = {key: i for i, key in enumerate(arrays)}
-    for key in sorted(arrays):
-        v = np.asarray(arrays[key])
-        entry: dict[str, Any] = {"shape": list(v.shape), "dtype": v.dtype.str, "at": order[key]}
-        mask = masks.get(key.split("/", 1)[1]) if "/" in key else None
-        if key.startswith("mask/") and v.dtype == bool:
-            entry["enc"], data = "bits", np.packbits(v.ravel())
-        elif mask is not None and (active := _active_values(v, mask)) is not None:
-            entry["enc"], data = "active", active
+    for at, mask_at, bits in plan.entries:  # in the header's (sorted) order
+        v = values[at]
+        if bits:
+            enc, data = "bits", np.packbits(v.ravel())
+        elif mask_at is not None and (active := _active_values(v, values[mask_at])) is not None:
+            enc, data = "active", active
         else:
-            entry["enc"], data = "dense", np.ascontiguousarray(v)
-        if data.dtype.hasobject:
-            raise ValueError(f"{key}: an array of Python objects cannot be stored (numbers and booleans only)")
-        entry["nbytes"] = data.nbytes  # the arrays follow the header in the header's (sorted) order
-        header[key] = entry
+            enc, data = "dense", np.ascontiguousarray(v)
+        encs.append(enc)
         chunks.append(data)
-    head = _header_json(header).encode()
+    parts = plan.header(tuple(encs))
+    head = ("".join(part + str(c.nbytes) for part, c in zip(parts, chunks)) + parts[-1]).encode()
     return b"".join([MAGIC, len(head).to_bytes(8, "little"), head, *(memoryview(c).cast("B") for c in chunks)])
 
 
-def _header_json(header: dict[str, dict[str, Any]]) -> str:
-    """`json.dumps(header, sort_keys=True, separators=(",", ":"))`, from a template per layout
-    (the entries without their sizes: the same for every individual of a run), with the sizes
-    put in: the encoding costs more than the rest of an individual's file."""
-    parts = _header_template(tuple((key, tuple(e["shape"]), e["dtype"], e["at"], e["enc"])
-                                   for key, e in sorted(header.items())))
-    sizes = [str(header[key]["nbytes"]) for key in sorted(header)]
-    return "".join(part + size for part, size in zip(parts, sizes)) + parts[-1]
+class _Plan:
+    """What `encode` decides from an individual's layout alone (names, shapes, dtypes: the same
+    for every individual of a run), worked out once: the keys in sorted order, each with its place
+    in the given order ("at": a genome's tensors come back in the order its network has them,
+    which the operators' draws follow), the place of the mask of its tensor, whether it is a
+    mask stored as bits; and per choice of encodings, the header's JSON without its sizes."""
+
+    def __init__(self, layout: tuple[tuple[str, tuple[int, ...], np.dtype], ...]):
+        at = {key: i for i, (key, _, _) in enumerate(layout)}
+        self.keys = sorted(at)
+        for key in self.keys:
+            if layout[at[key]][2].hasobject:
+                raise ValueError(f"{key}: an array of Python objects cannot be stored (numbers and booleans only)")
+        self.entries = tuple((at[key], at.get("mask/" + key.split("/", 1)[1]) if "/" in key else None,
+                              key.startswith("mask/") and layout[at[key]][2] == bool) for key in self.keys)
+        self.layout = layout
+        self._headers: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    def header(self, encs: tuple[str, ...]) -> tuple[str, ...]:
+        """The header's JSON for these encodings (in sorted key order), split where each size goes."""
+        parts = self._headers.get(encs)
+        if parts is None:
+            parts = self._headers[encs] = _header_template(tuple(
+                (key, self.layout[at][1], self.layout[at][2].str, at, enc)
+                for key, (at, _, _), enc in zip(self.keys, self.entries, encs)))
+        return parts
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(layout: tuple[tuple[str, tuple[int, ...], np.dtype], ...]) -> _Plan:
+    return _Plan(layout)
 
 
 @functools.lru_cache(maxsize=64)

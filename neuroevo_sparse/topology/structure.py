@@ -78,13 +78,14 @@ def smallest_of(active: np.ndarray, w: np.ndarray, n: int) -> np.ndarray:
     mag = np.abs(w[active])
     kth = np.partition(mag, n - 1)[n - 1]
     nan = kth != kth  # NaN (np.isnan costs a ufunc call on a scalar)
+    if not nan:
+        pick = mag <= kth
+        if np.count_nonzero(pick) == n:  # the usual case: no tie at kth beyond the n, one comparison
+            return active[pick]
+    # More ties at kth (or NaNs) than can be taken: the first ones in position order.
     pick = ~np.isnan(mag) if nan else mag < kth
     tied = np.isnan(mag) if nan else mag == kth
-    short = n - np.count_nonzero(pick)
-    if short == np.count_nonzero(tied):  # every tie is taken (the usual case: one value at kth)
-        pick |= tied
-    else:
-        pick[np.flatnonzero(tied)[:short]] = True
+    pick[np.flatnonzero(tied)[:n - np.count_nonzero(pick)]] = True
     return active[pick]
 
 
