@@ -125,6 +125,20 @@ def test_a_child_trains_on_from_its_inherited_momentum(sgd):
     assert fresh.optimiser is not None and "optimiser" not in got.metrics()
 
 
+def test_a_trained_momentum_is_stored_as_its_active_values(sgd):
+    """Masked gradients leave -0.0 in SGD's momentum at inactive connections; the state a
+    training returns has +0.0 there, so a checkpoint stores it as active values, as it stores
+    the weights, not dense."""
+    _, spec, dd, job = sgd
+    fresh = train(replace(job, optimiser=None), spec, dd)
+    g = Genome(1, masks=job.masks, weights=fresh.weights, optimiser=fresh.optimiser)
+    blob = checkpoint.encode(g.to_arrays())
+    for n in job.masks:
+        buf = fresh.optimiser[n]["momentum_buffer"]
+        assert not np.signbit(buf[~job.masks[n]]).any()
+        assert b'"enc":"active"' in blob.split(f'"optim.momentum_buffer/{n}"'.encode())[1][:160]
+
+
 def test_the_state_crosses_to_ray_workers_and_back(sgd):
     """The Ray evaluator's shipping (children as patches on their parents) with the object
     store and the task call stood in by pickling: the same result as training in process."""

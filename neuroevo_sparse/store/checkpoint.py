@@ -134,6 +134,8 @@ class _Plan:
         """The header's JSON for these encodings (in sorted key order), split where each size goes."""
         parts = self._headers.get(encs)
         if parts is None:
+            if len(self._headers) >= 64:  # encodings that flip between individuals: keep it bounded
+                self._headers.clear()
             parts = self._headers[encs] = _header_template(tuple(
                 (key, self.layout[at][1], self.layout[at][2].str, at, enc)
                 for key, (at, _, _), enc in zip(self.keys, self.entries, encs)))

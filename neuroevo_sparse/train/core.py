@@ -145,7 +145,17 @@ def _train(job: TrainJob, spec: TrainSpec, data: DeviceData) -> TrainResult:
     resume = None if done == steps else Resume(done, total, state, torch.get_rng_state().numpy().copy())
     return TrainResult(job.individual_id, weights, train_loss=total / done, val_loss=val_loss,
                        val_accuracy=val_acc, test_accuracy=test_acc, steps=done, resume=resume,
-                       optimiser=state if cfg.inherit_optimizer else None)
+                       optimiser=_positive_zeros(state) if cfg.inherit_optimizer else None)
+
+
+def _positive_zeros(state: dict[str, dict[str, np.ndarray | int]]) -> dict[str, dict[str, np.ndarray | int]]:
+    """`state` with every -0.0 made +0.0 (x + 0.0; every other value is left as it is, bit for
+    bit). Masked gradients are -0.0 where a negative one was zeroed, so SGD's momentum holds
+    -0.0 at inactive connections; a checkpoint stores an array as its active values only where
+    it is zero to the bit outside the mask, and would store such a state dense. The sign of a
+    zero there changes no weight: an inactive weight stays +0.0 either way."""
+    return {name: {k: v + v.dtype.type(0) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
+                   for k, v in entry.items()} for name, entry in state.items()}
 
 
 def total_steps(cfg, n: int) -> int:
