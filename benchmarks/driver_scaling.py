@@ -13,11 +13,15 @@ can be counted):
   driver s/ind    wall time of generations 1..G, less the evaluator's, over the offspring made
   peak MB         the process's peak RSS less its RSS before the first generation
   B/(ind x act)   that memory over (population + offspring) x active weights per individual
-  ckpt MB/gen     bytes a checkpoint writes (its directory and the individuals new to it), mean
+  ckpt MB/gen     bytes a checkpoint writes (its directory and its pack: the individuals new to it
+                  and any it copies from a mostly dead pack), mean
                   of generations 1..G
   dense MB/gen    the same checkpoints with every individual's arrays dense (checkpoint format 1)
   load            the machine's 1-minute load average before and after the case (a shared machine
                   slows the driver: compare runs at similar loads)
+  ref s           seconds of a fixed pure-Python loop (10M additions) just before the case: a VM's
+                  speed varies from day to day by more than the load shows (1.9 s to 3.2 s seen on
+                  the same VM), and the driver is Python: compare driver times at similar ref s
 
     python benchmarks/driver_scaling.py                      # both networks, populations 64 256 1024
     python benchmarks/driver_scaling.py --networks quickstart --populations 64 --generations 2
@@ -111,15 +115,15 @@ def measure(network: str, population: int, generations: int, root: Path) -> dict
     finally:
         run.release()
     ckpts = sorted(run.checkpoints.glob("gen-*"))
-    sizes = {p.stem: p.stat().st_size for p in (run.checkpoints / "individuals").glob("*.ind")}
+    sizes = {p.stem: p.stat().st_size for p in (run.checkpoints / "packs").glob("*.pack")}
     seen: set[str] = set()
     written, dense = [], []
-    for c in ckpts:
+    for c in ckpts:  # a checkpoint writes its own files and the packs no earlier one refers to
         manifest = json.loads((c / "MANIFEST.json").read_text())
-        refs = set(manifest["individuals"])
+        packs = set(manifest["packs"])
         own = sum(f.stat().st_size for f in c.iterdir())
-        written.append(own + sum(sizes[r] for r in refs - seen))
-        seen |= refs
+        written.append(own + sum(sizes[p] for p in packs - seen))
+        seen |= packs
         st = json.loads((c / "state.json").read_text())
         dense.append(own + len(st["individuals"]) * per_individual_dense(arch))
     active = int(np.mean([g.active_params() for g in state.population]))
@@ -163,7 +167,7 @@ def main() -> None:
                              f"genomes need ~{need:.0f} GB in memory (dense), over --max-gb {args.max_gb:g}"})
                 print(f"{network} {pop}: skipped ({rows[-1]['skipped']})", file=sys.stderr)
                 continue
-            load = os.getloadavg()[0]
+            load, ref = os.getloadavg()[0], reference_seconds()
             out = subprocess.run([sys.executable, __file__, "--one", network, str(pop),
                                   "--generations", str(args.generations)], capture_output=True, text=True, cwd=ROOT)
             if out.returncode != 0:
@@ -171,12 +175,20 @@ def main() -> None:
             # The machine's 1-minute load average before and after the case: on a shared machine
             # the driver's wall time is only comparable between runs at similar loads.
             rows.append({**json.loads(out.stdout.strip().splitlines()[-1]),
-                         "load_average": [round(load, 2), round(os.getloadavg()[0], 2)]})
+                         "load_average": [round(load, 2), round(os.getloadavg()[0], 2)], "reference_s": round(ref, 3)})
             print(f"{network} {pop}: {rows[-1]}", file=sys.stderr)
     text = table(rows, args.generations)
     print(text)
     import harness  # benchmarks/, the script's own folder, is on sys.path
     harness.write(args.json, {"rows": rows, "table": text, **harness.stamp("neuroevo_sparse.launch")})
+
+
+def reference_seconds() -> float:
+    """The machine's speed at Python, now: seconds for 10M additions in a loop."""
+    start, total = time.perf_counter(), 0
+    for i in range(10_000_000):
+        total += i
+    return time.perf_counter() - start
 
 
 def _genome_gb(network: str, population: int) -> float:
@@ -188,7 +200,7 @@ def table(rows: list[dict], generations: int) -> str:
     lines = [f"Driver cost per generation (instant evaluator, {generations} generations, survival plus, "
              f"offspring = population)",
              f"{'network':>10} {'weights':>9} {'active':>8} {'population':>10} {'driver ms/ind':>13} {'peak MB':>8} "
-             f"{'B/(ind x act)':>13} {'ckpt MB/gen':>11} {'dense MB/gen':>12} {'fewer':>6} {'load':>11}"]
+             f"{'B/(ind x act)':>13} {'ckpt MB/gen':>11} {'dense MB/gen':>12} {'fewer':>6} {'load':>11} {'ref s':>6}"]
     for r in rows:
         if "skipped" in r:
             lines.append(f"{r['network']:>10} {'':>9} {'':>8} {r['population']:>10}  skipped: {r['skipped']}")
@@ -197,7 +209,8 @@ def table(rows: list[dict], generations: int) -> str:
                      f"{1e3 * r['driver_s_per_individual']:>13.3f} {r['peak_mb']:>8.0f} "
                      f"{r['bytes_per_ind_x_active']:>13.1f} {r['ckpt_mb_per_gen']:>11.2f} "
                      f"{r['dense_mb_per_gen']:>12.2f} {r['dense_mb_per_gen'] / max(r['ckpt_mb_per_gen'], 1e-9):>5.1f}x"
-                     + (" {:>11}".format("{:.2f}-{:.2f}".format(*r["load_average"])) if "load_average" in r else ""))
+                     + (" {:>11}".format("{:.2f}-{:.2f}".format(*r["load_average"])) if "load_average" in r else "")
+                     + (f" {r['reference_s']:>6.2f}" if "reference_s" in r else ""))
     return "\n".join(lines)
 
 

@@ -128,15 +128,17 @@ def test_malicious_checkpoint_runs_no_code(reference, tmp_path, how):
         with open(tmp, "wb") as f:
             np.savez(f, evil=np.array([Exploit(marker)], dtype=object))
     evil = checkpoint.digest(tmp.read_bytes())  # named by its hash, as the loader checks
-    tmp.rename(run / "checkpoints" / "individuals" / f"{evil}{checkpoint.SUFFIX}")
+    size = tmp.stat().st_size
+    tmp.rename(run / "checkpoints" / checkpoint.PACKS / f"{evil}{checkpoint.PACK_SUFFIX}")
     # The attacker also points the checkpoint at it and fixes the checksums, so only the
     # loader's refusal to unpickle stands.
     state = json.loads((ckpt / "state.json").read_text())
     state["individuals"] = {entry: evil for entry in state["individuals"]}
+    state["packs"], state["places"] = [evil], {evil: [0, 0, size]}
     (ckpt / "state.json").write_text(json.dumps(state))
     manifest = json.loads((ckpt / "MANIFEST.json").read_text())
     manifest["files"]["state.json"] = checkpoint._sha256(ckpt / "state.json")
-    manifest["individuals"] = [evil]
+    manifest["individuals"], manifest["packs"] = [evil], [evil]
     (ckpt / "MANIFEST.json").write_text(json.dumps(manifest))
     r = cli("resume", str(run), "--generations", "3")
     assert not marker.exists(), "code from the checkpoint ran"
@@ -220,3 +222,26 @@ def test_a_killed_writers_lock_is_taken_over(reference, tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"took over the writer lock of {run} from host {dead['host']}, pid {dead['pid']}" in r.stderr
     assert_same_run(ref, run)
+
+
+def test_a_holder_that_is_ending_is_told_from_a_live_one():
+    """A writer waits for a holder that is ending (`neuroevo` killed: its supervised child gets
+    SIGKILL from the kernel and frees the lock a moment later) instead of refusing."""
+    import socket
+
+    from neuroevo_sparse.store.lock import ending
+
+    host = socket.gethostname()
+    live = subprocess.Popen(["sleep", "30"])
+    zombie = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{zombie.pid}/stat").read_text().split(")")[-1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert ending({"host": host, "pid": zombie.pid})
+        assert not ending({"host": host, "pid": live.pid})
+        assert not ending({"host": host + "-elsewhere", "pid": zombie.pid})
+        assert not ending(None) and not ending({"host": host, "pid": "x"})
+    finally:
+        live.kill(), zombie.wait(), live.wait()

@@ -79,27 +79,55 @@ def test_an_individual_comes_back_in_its_networks_order():
     assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype for k, v in arrays.items())
 
 
+def packs(root) -> dict[str, int]:
+    """pack name -> mtime of each pack in a checkpoint directory."""
+    return {p.name: p.stat().st_mtime_ns for p in (root / checkpoint.PACKS).glob(f"*{checkpoint.PACK_SUFFIX}")}
+
+
+def pack_of(root, generation: int, arrays: dict[str, np.ndarray]) -> str:
+    """The pack file in which checkpoint `generation` holds `arrays`."""
+    st = json.loads((root / checkpoint.name(generation) / "state.json").read_text())
+    return st["packs"][st["places"][checkpoint.digest(checkpoint.encode(arrays))][0]] + checkpoint.PACK_SUFFIX
+
+
 def test_a_survivor_is_written_once_and_removed_when_no_checkpoint_needs_it(tmp_path):
     rng = np.random.default_rng(1)
     a, b, c, d = (individual(rng) for _ in range(4))
     writer = checkpoint.Writer(tmp_path)
-    objects = tmp_path / checkpoint.OBJECTS
     writer.save(0, state([0, 1]), {"g0": a, "g1": b}, keep=2)
-    first = {p.name: p.stat().st_mtime_ns for p in objects.iterdir()}
-    assert len(first) == 2
+    first = packs(tmp_path)
+    assert len(first) == 1 and pack_of(tmp_path, 0, a) == pack_of(tmp_path, 0, b)
     writer.save(1, state([0, 2]), {"g0": a, "g2": c}, keep=2)  # 0 survives, 1 is gone, 2 is born
-    after = {p.name: p.stat().st_mtime_ns for p in objects.iterdir()}
-    assert len(after) == 3 and all(after[n] == t for n, t in first.items())  # 1 is still in gen-000000
-    writer.save(2, state([2, 3]), {"g2": c, "g3": d}, keep=2)  # gen-000000 goes, and with it 1
-    names = {p.name for p in objects.iterdir()}
-    assert len(names) == 3 and names == {f"{checkpoint.digest(checkpoint.encode(x))}{checkpoint.SUFFIX}" for x in (a, c, d)}
+    after = packs(tmp_path)
+    assert len(after) == 2 and all(after[n] == t for n, t in first.items())  # a is not written again
+    assert pack_of(tmp_path, 1, a) in first and pack_of(tmp_path, 1, c) not in first
+    writer.save(2, state([2, 3]), {"g2": c, "g3": d}, keep=2)  # gen-000000 goes; gen-000001 keeps a's pack
+    assert set(packs(tmp_path)) == {pack_of(tmp_path, 1, a), pack_of(tmp_path, 2, c), pack_of(tmp_path, 2, d)}
     loaded = checkpoint.load_latest(tmp_path)
     assert loaded.path.name == "gen-000002" and same(loaded.arrays_of("g3"), d) and same(loaded.arrays_of("g2"), c)
-    # A new writer (a resumed run) finds the same individuals by their content, writes none again.
-    again = {p.name: p.stat().st_mtime_ns for p in objects.iterdir()}
+    # A new writer (a resumed run) finds the same individuals where the newest checkpoint has them,
+    # writes none again; gen-000001 goes, and with it the pack only it needed (a's).
+    again, a_pack = packs(tmp_path), pack_of(tmp_path, 1, a)
     checkpoint.Writer(tmp_path).save(3, state([2, 3]), {"g2": c, "g3": d}, keep=2)
-    now = {p.name: p.stat().st_mtime_ns for p in objects.iterdir()}
-    assert now == {n: t for n, t in again.items() if n != f"{checkpoint.digest(checkpoint.encode(a))}{checkpoint.SUFFIX}"}
+    assert packs(tmp_path) == {n: t for n, t in again.items() if n != a_pack}
+    assert same(checkpoint.load_latest(tmp_path).arrays_of("g2"), c)
+
+
+def test_a_pack_mostly_dead_has_its_survivors_copied_and_goes(tmp_path):
+    """A checkpoint holding under a quarter of an older pack's bytes copies those individuals into
+    its own pack, so the older one goes with the checkpoints that still need it."""
+    rng = np.random.default_rng(7)
+    pool = [individual(rng) for _ in range(6)]
+    writer = checkpoint.Writer(tmp_path)
+    writer.save(0, state([0, 1, 2, 3, 4]), {f"g{i}": pool[i] for i in range(5)}, keep=1)
+    old = pack_of(tmp_path, 0, pool[0])
+    writer.save(1, state([0, 1]), {"g0": pool[0], "g1": pool[1]}, keep=1)  # 2 of 5 live: stays
+    assert pack_of(tmp_path, 1, pool[0]) == old and set(packs(tmp_path)) == {old, pack_of(tmp_path, 1, pool[0])}
+    writer.save(2, state([0, 5]), {"g0": pool[0], "g5": pool[5]}, keep=1)  # 1 of 5 live: copied
+    assert pack_of(tmp_path, 2, pool[0]) == pack_of(tmp_path, 2, pool[5]) != old
+    assert set(packs(tmp_path)) == {pack_of(tmp_path, 2, pool[0])}
+    loaded = checkpoint.load_latest(tmp_path)
+    assert same(loaded.arrays_of("g0"), pool[0]) and same(loaded.arrays_of("g5"), pool[5])
 
 
 def test_a_damaged_individual_falls_back_to_an_older_checkpoint(tmp_path):
@@ -108,12 +136,16 @@ def test_a_damaged_individual_falls_back_to_an_older_checkpoint(tmp_path):
     writer = checkpoint.Writer(tmp_path)
     writer.save(0, state([0]), {"g0": a}, keep=3)
     writer.save(1, state([1]), {"g1": b}, keep=3)
-    path = tmp_path / checkpoint.OBJECTS / f"{checkpoint.digest(checkpoint.encode(b))}{checkpoint.SUFFIX}"
-    blob = path.read_bytes()
-    path.write_bytes(blob[:-40])
+    path = tmp_path / checkpoint.PACKS / pack_of(tmp_path, 1, b)
+    blob = bytearray(path.read_bytes())
+    blob[-40] ^= 1
+    path.write_bytes(bytes(blob))
     loaded = checkpoint.load_latest(tmp_path)
-    assert loaded.path.name == "gen-000000" and f"individuals/{path.name} cannot be used" in loaded.skipped[0]
-    assert "does not match its hash" in loaded.skipped[0]
+    assert loaded.path.name == "gen-000000"
+    assert f"packs/{path.name}: individual {checkpoint.digest(checkpoint.encode(b))[:12]} cannot be used" \
+        in loaded.skipped[0] and "does not match its hash" in loaded.skipped[0]
+    path.write_bytes(bytes(blob[:-100]))
+    assert "bytes short (truncated)" in checkpoint.load_latest(tmp_path).skipped[0]
 
 
 def test_format_1_checkpoints_still_load(tmp_path):
@@ -129,6 +161,31 @@ def test_format_1_checkpoints_still_load(tmp_path):
         f: _sha256(ckpt / f) for f in ("state.json", "arrays.npz")}}))
     loaded = checkpoint.load_latest(tmp_path)
     assert loaded.path == ckpt and same(loaded.arrays_of("g0"), a)
+
+
+def test_format_2_checkpoints_load_and_go_once_no_checkpoint_needs_them(tmp_path):
+    """One file per individual (format 2): read as before; a run that goes on writes packs, and
+    the old files go with the last checkpoint that refers to them."""
+    from neuroevo_sparse.store.checkpoint import _sha256
+
+    rng = np.random.default_rng(8)
+    a, b = individual(rng), individual(rng)
+    blob = checkpoint.encode(a)
+    (tmp_path / checkpoint.OBJECTS).mkdir()
+    old = tmp_path / checkpoint.OBJECTS / f"{checkpoint.digest(blob)}{checkpoint.SUFFIX}"
+    old.write_bytes(blob)
+    ckpt = tmp_path / "gen-000004"
+    ckpt.mkdir()
+    (ckpt / "state.json").write_text(json.dumps({"format": 2, **state([0]), "individuals": {"g0": old.stem}}))
+    (ckpt / "MANIFEST.json").write_text(json.dumps({"format": 2, "files": {"state.json": _sha256(ckpt / "state.json")},
+                                                    "individuals": [old.stem]}))
+    loaded = checkpoint.load_latest(tmp_path)
+    assert loaded.path == ckpt and same(loaded.arrays_of("g0"), a)
+    writer = checkpoint.Writer(tmp_path)
+    writer.save(5, state([0, 1]), {"g0": a, "g1": b}, keep=2)
+    assert old.exists() and same(checkpoint.load_latest(tmp_path).arrays_of("g0"), a)
+    writer.save(6, state([0, 1]), {"g0": a, "g1": b}, keep=2)
+    assert not old.exists() and same(checkpoint.load_latest(tmp_path).arrays_of("g1"), b)
 
 
 def test_a_reader_racing_the_writer_reads_a_whole_checkpoint(tmp_path):
@@ -205,7 +262,8 @@ def test_the_checkpoint_writer_hands_its_steps_to_whoever_joins():
 
 
 def test_checkpoint_bytes_scale_with_what_changed(tiny, tmp_path):
-    """A run's checkpoints after the first write the individuals that are new, sparse."""
+    """A run's checkpoints after the first write the individuals that are new, sparse, in one
+    file each."""
     from dataclasses import replace
 
     from neuroevo_sparse import launch
@@ -214,12 +272,13 @@ def test_checkpoint_bytes_scale_with_what_changed(tiny, tmp_path):
                   output=replace(tiny.output, keep_checkpoints=10))
     run, _ = launch.start(exp, tmp_path / "run")
     ckpts = run.checkpoints
-    manifests = [json.loads((p / "MANIFEST.json").read_text()) for p in sorted(ckpts.glob("gen-*"))]
-    size = {p.stem: p.stat().st_size for p in (ckpts / "individuals").glob(f"*{checkpoint.SUFFIX}")}
-    assert set(size) == set().union(*(m["individuals"] for m in manifests))
-    # The population of 4 survives in part from one generation to the next: fewer files than references.
-    assert len(size) < sum(len(m["individuals"]) for m in manifests)
+    states = [json.loads((p / "state.json").read_text()) for p in sorted(ckpts.glob("gen-*"))]
+    stored = {p.stem: p.stat().st_size for p in (ckpts / checkpoint.PACKS).glob(f"*{checkpoint.PACK_SUFFIX}")}
+    assert set(stored) == set().union(*(s["packs"] for s in states)) and len(stored) <= len(states)
+    # The population of 4 survives in part from one generation to the next: fewer bytes than references.
+    held = [sum(length for _, _, length in s["places"].values()) for s in states]
+    assert sum(stored.values()) < sum(held)
     # every stored individual is far smaller than its dense arrays (masks 1 byte, weights 4)
     loaded = run.load_checkpoint()
     dense = sum(v.nbytes for v in loaded.arrays_of(f"g{loaded.state['population'][0]}").values())
-    assert max(size.values()) < 0.6 * dense
+    assert max(length for s in states for _, _, length in s["places"].values()) < 0.6 * dense

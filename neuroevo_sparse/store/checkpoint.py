@@ -1,32 +1,42 @@
 """Atomic, checksummed checkpoints made of JSON and raw arrays: loading one never runs code.
 
 Layout of RUN_DIR/checkpoints/:
-    individuals/<sha256>.ind  one individual (masks, weights, any other per-individual arrays),
-                              stored sparse and named by the sha256 of its bytes: written once,
-                              shared by every checkpoint that holds it
+    packs/<sha256>.pack       the individuals new to one checkpoint, one after another (see below):
+                              written once, shared by every later checkpoint that holds them
     gen-000005/state.json     plain JSON (generation, counters, lineage, fitness, config hash) and,
-                              per individual, the hash of its file
-    gen-000005/MANIFEST.json  sha256 of state.json and the individuals it refers to, written last
+                              per individual, the sha256 of its bytes and where they lie (pack,
+                              offset, length)
+    gen-000005/MANIFEST.json  sha256 of state.json, the individuals and the packs it refers to,
+                              written last
     LATEST                    name of the newest complete checkpoint
 
-An individual's file holds each array of `Genome.to_arrays()` under its own name, encoded by
+An individual's bytes hold each array of `Genome.to_arrays()` under its own name, encoded by
 what it is: a mask as packed bits; an array of a masked tensor's shape that is zero outside the
 mask (weights, trained weights, anything else a genome carries per connection) as its active
-values in mask order; anything else as it is. The file is a magic line, the length of a JSON
+values in mask order; anything else as it is. They are a magic line, the length of a JSON
 header that says which (with each array's dtype, shape and length), the header, then the raw
-bytes in the header's (sorted) order: any per-individual array a genome adds is carried without a change here, and reading
-one is `np.frombuffer` of plain numeric dtypes, so no code and no pickle can come from it.
-Its name is the sha256 of its bytes, checked again on every load. A survivor is therefore
-written once however many checkpoints hold it, and a checkpoint costs the individuals that
-are new since the last one, at about (4 x density + 1/8) bytes per maskable weight.
+bytes in the header's (sorted) order: any per-individual array a genome adds is carried without a
+change here, and reading one is `np.frombuffer` of plain numeric dtypes, so no code and no pickle
+can come from it. An individual is named by the sha256 of its bytes, checked again on every load.
 
-A checkpoint's individuals are written first, then its directory is built under a hidden
-temporary name and renamed into place, then LATEST is replaced; a kill at any moment leaves
-the previous checkpoint intact and named. Only then are the checkpoints beyond
-`keep` removed, and an individual's file only once no checkpoint left refers to it. On load,
-a checkpoint whose files are missing, truncated or do not match their hashes is reported and
-the next older one is tried; a reader racing a writer that removes old checkpoints reads the
-listing again. Format-1 checkpoints (every individual dense in one arrays.npz) still load.
+A checkpoint writes one pack: the individuals that no earlier kept checkpoint stored, so a
+survivor is written once however many checkpoints hold it, and a checkpoint costs the new
+individuals, at about (4 x density + 1/8) bytes per maskable weight, in one file (one file per
+individual made the file system, not the data, a checkpoint's cost: 0.2-1 ms per file here). A
+pack is removed once no kept checkpoint refers to it. So that packs whose individuals mostly died
+do not pile up, a checkpoint copies the individuals it holds from a pack of which it holds less
+than a quarter of the bytes into its own pack: the older pack then goes with the checkpoints
+that still refer to it, and each byte is copied at most once per fourfold fall of its pack's
+live share (at most a third more bytes written than the new individuals' in all).
+
+A checkpoint's pack is written first, then its directory is built under a hidden temporary name
+and renamed into place, then LATEST is replaced; a kill at any moment leaves the previous
+checkpoint intact and named. Only then are the checkpoints beyond `keep` removed, and a pack
+only once no checkpoint left refers to it. On load, a checkpoint whose files are missing,
+truncated or do not match their hashes is reported and the next older one is tried; a reader
+racing a writer that removes old checkpoints reads the listing again. Format-1 checkpoints
+(every individual dense in one arrays.npz) and format-2 ones (one file per individual in
+individuals/<sha256>.ind) still load.
 """
 
 from __future__ import annotations
@@ -48,11 +58,16 @@ import numpy as np
 
 from .. import faults
 
-FORMAT = 2
-READABLE = (1, 2)
+FORMAT = 3
+READABLE = (1, 2, 3)
 FILES = ("state.json",)
-OBJECTS = "individuals"
+PACKS = "packs"
+PACK_SUFFIX = ".pack"
+OBJECTS = "individuals"  # format 2: one file per individual
 SUFFIX = ".ind"
+# A pack of which a checkpoint holds less than this share of the bytes has those individuals
+# copied into the checkpoint's own pack (see the module's docstring).
+COMPACT_BELOW = 0.25
 MAGIC = b"neuroevo_sparse individual 1\n"
 
 log = logging.getLogger("neuroevo_sparse")
@@ -229,32 +244,50 @@ def _read_individual(path: Path) -> bytes:
 # ---------------------------------------------------------------------------- writing
 
 class Writer:
-    """Writes the checkpoints of one run directory; remembers which individuals it has stored,
-    so a survivor whose arrays are the same objects as last time is neither encoded nor hashed
-    again (a genome's arrays are never modified in place: operators copy, write-back replaces)."""
+    """Writes the checkpoints of one run directory. It knows where each individual it stored lies
+    (and, for a resumed run, those of the newest checkpoint), so a survivor is not written again;
+    and which arrays it last stored per entry, so a survivor whose arrays are the same objects as
+    last time is neither encoded nor hashed again (a genome's arrays are never modified in place:
+    operators copy, write-back replaces)."""
 
     def __init__(self, ckpt_dir: Path):
         self.dir = ckpt_dir
         self._known: dict[str, tuple[list[np.ndarray], str]] = {}
+        self._where: dict[str, tuple[str, int, int]] | None = None  # key -> (pack, offset, length)
+        self._sizes: dict[str, int] = {}  # pack -> its bytes
 
-    def _store(self, entry: str, arrays: dict[str, np.ndarray], objects: str, written: list[str]) -> str:
+    def _key(self, entry: str, arrays: dict[str, np.ndarray]) -> tuple[str, bytes | None]:
+        """The individual's name, and its bytes unless they were not needed to find it."""
         same = self._known.get(entry)
         values = [arrays[k] for k in sorted(arrays)]
         if same is not None and len(same[0]) == len(values) and all(map(operator.is_, same[0], values)):
-            key = same[1]
-        else:
-            blob = encode(arrays)
-            key = digest(blob)
-            # Paths as strings: pathlib's objects cost more than these calls do.
-            path = os.path.join(objects, f"{key}{SUFFIX}")
-            if not os.path.exists(path):
-                tmp = os.path.join(objects, f".tmp-{key}-{os.getpid()}")
-                with open(tmp, "wb") as f:
-                    f.write(blob)
-                os.replace(tmp, path)
-                written.append(path)
+            return same[1], None
+        blob = encode(arrays)
+        key = digest(blob)
         self._known[entry] = (values, key)
-        return key
+        return key, blob
+
+    def _locations(self) -> dict[str, tuple[str, int, int]]:
+        """Where the individuals of the newest checkpoint that verifies lie (a resumed run's
+        writer starts from them), once; then kept up to date by `saving`."""
+        if self._where is None:
+            self._where, self._sizes = {}, {}
+            for path in (self.dir / n for n in reversed(_listing(self.dir))):
+                try:
+                    state = _verified_state(path)
+                    if state.get("format") != FORMAT:
+                        break
+                    places = _places(state)
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+                for key, (pack, offset, length) in places.items():
+                    file = self.dir / PACKS / f"{pack}{PACK_SUFFIX}"
+                    if pack not in self._sizes and file.is_file():
+                        self._sizes[pack] = file.stat().st_size
+                    if pack in self._sizes and offset + length <= self._sizes[pack]:
+                        self._where[key] = (pack, offset, length)
+                break
+        return self._where
 
     def save(self, generation: int, state: dict[str, Any], individuals: dict[str, dict[str, np.ndarray]],
              keep: int) -> Path:
@@ -270,23 +303,48 @@ class Writer:
                keep: int) -> Generator[None, None, Path]:
         """`save` in steps: each `next` stores one individual, the last one does the rest. Another
         thread may take the steps over between two (the driver's checkpoint writer does)."""
-        objects = self.dir / OBJECTS
-        objects.mkdir(parents=True, exist_ok=True)
-        written: list[str] = []
+        packs = self.dir / PACKS
+        packs.mkdir(parents=True, exist_ok=True)
+        where = self._locations()
         refs: dict[str, str] = {}
-        for entry, arrays in individuals.items():
-            refs[entry] = self._store(entry, arrays, str(objects), written)
-            yield
-        self._known = {e: self._known[e] for e in refs}
-        _sync(objects, written)  # on disk before any checkpoint that refers to them
+        new: dict[str, tuple[int, int]] = {}  # key -> (offset, length) in this checkpoint's pack
+        tmp = packs / f".tmp-{name(generation)}-{os.getpid()}"
+        with open(tmp, "wb") as out:
+            def append(key: str, blob: bytes) -> None:
+                new[key] = (out.tell(), len(blob))
+                out.write(blob)
+
+            for entry, arrays in individuals.items():
+                key, blob = self._key(entry, arrays)
+                if key not in where and key not in new:
+                    append(key, blob if blob is not None else encode(arrays))
+                refs[entry] = key
+                yield
+            self._known = {e: self._known[e] for e in refs}
+            for key, entry in self._to_compact(refs, new).items():
+                append(key, encode(individuals[entry]))
+            size = out.tell()
+        if new:
+            pack = hashlib.sha256("\n".join(new).encode()).hexdigest()  # the keys in order fix the bytes
+            os.replace(tmp, packs / f"{pack}{PACK_SUFFIX}")
+            _sync(packs, [str(packs / f"{pack}{PACK_SUFFIX}")])  # on disk before a checkpoint refers to it
+            self._sizes[pack] = size
+            where.update({key: (pack, offset, length) for key, (offset, length) in new.items()})
+        else:
+            tmp.unlink()
         final = self.dir / name(generation)
         tmp = self.dir / f".tmp-{name(generation)}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        (tmp / "state.json").write_text(_state_json({"format": FORMAT, **state, "individuals": refs}))
-        manifest = {"format": FORMAT, "files": {f: _sha256(tmp / f) for f in FILES},
-                    "individuals": sorted(set(refs.values()))}
+        keys = sorted(set(refs.values()))
+        held = sorted({where[k][0] for k in keys})
+        index = {pack: i for i, pack in enumerate(held)}
+        places = {k: [index[where[k][0]], where[k][1], where[k][2]] for k in keys}
+        (tmp / "state.json").write_text(_state_json({"format": FORMAT, **state, "individuals": refs,
+                                                     "packs": held, "places": places}))
+        manifest = {"format": FORMAT, "files": {f: _sha256(tmp / f) for f in FILES}, "individuals": keys,
+                    "packs": held}
         for f in FILES:
             _fsync(tmp / f)
         faults.point("checkpoint-files", generation)
@@ -298,8 +356,26 @@ class Writer:
         faults.point("checkpoint-renamed", generation)
         _write_atomic(self.dir / "LATEST", final.name + "\n")
         _fsync_dir(self.dir)
-        _prune(self.dir, keep)
+        for pack in _prune(self.dir, keep):
+            self._sizes.pop(pack, None)
+        gone = [k for k, (pack, _, _) in where.items() if pack not in self._sizes]
+        for k in gone:
+            del where[k]
         return final
+
+    def _to_compact(self, refs: dict[str, str], new: dict[str, tuple[int, int]]) -> dict[str, str]:
+        """key -> an entry holding it, for the individuals this checkpoint holds in packs of which
+        it holds less than COMPACT_BELOW of the bytes: those are copied into its own pack."""
+        where = self._where or {}
+        held: dict[str, int] = {}
+        entry_of: dict[str, str] = {}
+        for entry, key in refs.items():
+            if key not in new and key not in entry_of:
+                entry_of[key] = entry
+                pack, _, length = where[key]
+                held[pack] = held.get(pack, 0) + length
+        sparse = {pack for pack, n in held.items() if n < COMPACT_BELOW * self._sizes.get(pack, 0)}
+        return {key: entry for key, entry in entry_of.items() if where[key][0] in sparse}
 
 
 def save(ckpt_dir: Path, generation: int, state: dict[str, Any], individuals: dict[str, dict[str, np.ndarray]],
@@ -348,6 +424,27 @@ def _newest_valid(ckpt_dir: Path, listing: list[str]) -> Loaded:
 def read(path: Path) -> tuple[dict[str, Any], dict[str, bytes | dict[str, np.ndarray]]]:
     """Verify and read one checkpoint directory: its state and, per entry, the individual's
     arrays as stored. Raises ValueError naming what is wrong."""
+    state = _verified_state(path)
+    if state["format"] == 1:
+        with np.load(path / "arrays.npz", allow_pickle=False) as z:
+            flat = {k: z[k] for k in z.files}
+        stored: dict[str, bytes | dict[str, np.ndarray]] = {}
+        for k, v in flat.items():
+            entry, _, rest = k.partition("/")
+            stored.setdefault(entry, {})[rest] = v  # type: ignore[index]
+    else:
+        refs = state.get("individuals")
+        if not isinstance(refs, dict) or not all(isinstance(v, str) for v in refs.values()):
+            raise ValueError("state.json: 'individuals' is missing or not a map of entry to hash")
+        cache = _read_packed(path.parent, state, set(refs.values())) if state["format"] == 3 else \
+            _read_files(path.parent, set(refs.values()))
+        stored = {entry: cache[key] for entry, key in refs.items()}
+    _check_shape(state, stored)
+    return state, stored
+
+
+def _verified_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's state.json, once its manifest's checksums hold (ValueError otherwise)."""
     manifest_path = path / "MANIFEST.json"
     if not manifest_path.is_file():
         raise ValueError("no MANIFEST.json (checkpoint incomplete)")
@@ -363,29 +460,67 @@ def read(path: Path) -> tuple[dict[str, Any], dict[str, bytes | dict[str, np.nda
     state = json.loads((path / "state.json").read_bytes())
     if not isinstance(state, dict) or state.get("format") not in READABLE:
         raise ValueError(f"state.json is not a checkpoint state of format {' or '.join(map(str, READABLE))}")
-    if state["format"] == 1:
-        with np.load(path / "arrays.npz", allow_pickle=False) as z:
-            flat = {k: z[k] for k in z.files}
-        stored: dict[str, bytes | dict[str, np.ndarray]] = {}
-        for k, v in flat.items():
-            entry, _, rest = k.partition("/")
-            stored.setdefault(entry, {})[rest] = v  # type: ignore[index]
-    else:
-        refs = state.get("individuals")
-        if not isinstance(refs, dict) or not all(isinstance(v, str) for v in refs.values()):
-            raise ValueError("state.json: 'individuals' is missing or not a map of entry to hash")
-        objects, cache = path.parent / OBJECTS, {}
-        for key in set(refs.values()):
-            file = objects / f"{key}{SUFFIX}"
-            if not file.is_file():
-                raise ValueError(f"{OBJECTS}/{file.name} is missing")
-            try:
-                cache[key] = _read_individual(file)
-            except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-                raise ValueError(f"{OBJECTS}/{file.name} cannot be used: {e}") from e
-        stored = {entry: cache[key] for entry, key in refs.items()}
-    _check_shape(state, stored)
-    return state, stored
+    return state
+
+
+def _places(state: dict[str, Any]) -> dict[str, tuple[str, int, int]]:
+    """A format-3 state's individuals: key -> (pack, offset, length)."""
+    packs, places = state.get("packs"), state.get("places")
+    if not isinstance(packs, list) or not all(isinstance(p, str) and len(p) == 64 and p.isalnum() for p in packs):
+        raise ValueError("state.json: 'packs' is missing or not a list of pack names")
+    if not isinstance(places, dict):
+        raise ValueError("state.json: 'places' is missing or not a map of individual to place")
+    out = {}
+    for key, place in places.items():
+        if not (isinstance(place, list) and len(place) == 3 and all(type(v) is int and v >= 0 for v in place)
+                and place[0] < len(packs)):
+            raise ValueError(f"state.json: the place of individual {key[:12]} is not [pack, offset, length]")
+        out[key] = (packs[place[0]], place[1], place[2])
+    return out
+
+
+def _read_packed(ckpt_dir: Path, state: dict[str, Any], keys: set[str]) -> dict[str, bytes]:
+    """The bytes of the individuals `keys` from their packs, each checked against its name."""
+    places = _places(state)
+    by_pack: dict[str, list[str]] = {}
+    for key in keys:
+        if key not in places:
+            raise ValueError(f"state.json: individual {key[:12]} has no place")
+        by_pack.setdefault(places[key][0], []).append(key)
+    out = {}
+    for pack, held in by_pack.items():
+        file = ckpt_dir / PACKS / f"{pack}{PACK_SUFFIX}"
+        if not file.is_file():
+            raise ValueError(f"{PACKS}/{file.name} is missing")
+        with open(file, "rb") as f:
+            for key in sorted(held, key=lambda k: places[k][1]):
+                _, offset, length = places[key]
+                f.seek(offset)
+                blob = f.read(length)
+                try:
+                    if len(blob) < length:
+                        raise ValueError(f"{length - len(blob)} bytes short (truncated)")
+                    if digest(blob) != key:
+                        raise ValueError("does not match its hash (truncated or modified)")
+                    decode(blob)  # refuses what is not an individual's bytes, here rather than in a resume
+                except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+                    raise ValueError(f"{PACKS}/{file.name}: individual {key[:12]} cannot be used: {e}") from e
+                out[key] = blob
+    return out
+
+
+def _read_files(ckpt_dir: Path, keys: set[str]) -> dict[str, bytes]:
+    """Format 2: the bytes of the individuals `keys`, one file each."""
+    out = {}
+    for key in keys:
+        file = ckpt_dir / OBJECTS / f"{key}{SUFFIX}"
+        if not file.is_file():
+            raise ValueError(f"{OBJECTS}/{file.name} is missing")
+        try:
+            out[key] = _read_individual(file)
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{OBJECTS}/{file.name} cannot be used: {e}") from e
+    return out
 
 
 def _check_shape(state: dict[str, Any], stored: dict[str, Any]) -> None:
@@ -431,32 +566,40 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def _prune(ckpt_dir: Path, keep: int) -> None:
-    """The newest `keep` checkpoints stay; then the individuals none of them refers to go. If
-    a checkpoint's references cannot be read, no individual is removed: it may need them."""
+def _prune(ckpt_dir: Path, keep: int) -> list[str]:
+    """The newest `keep` checkpoints stay; then the packs (and format-2 individual files) none of
+    them refers to go. If a checkpoint's references cannot be read, nothing is removed: it may
+    need them. Returns the names of the packs removed."""
     complete = sorted(p for p in ckpt_dir.glob("gen-*") if p.is_dir())
     for old in complete[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    objects = ckpt_dir / OBJECTS
-    # Listed once, as names: a Path per stored individual costs more than the rest of this.
-    stored = [entry.name for entry in os.scandir(objects)] if objects.is_dir() else []
-    for tmp in [*ckpt_dir.glob(".tmp-*"), *(objects / n for n in stored if n.startswith(".tmp-"))]:
+    # Listed once, as names: a Path per stored file costs more than the rest of this.
+    listed = {d: [entry.name for entry in os.scandir(ckpt_dir / d)] if (ckpt_dir / d).is_dir() else []
+              for d in (PACKS, OBJECTS)}
+    for tmp in [*ckpt_dir.glob(".tmp-*"), *(ckpt_dir / d / n for d, names in listed.items() for n in names
+                                            if n.startswith(".tmp-"))]:
         if f"-{os.getpid()}" not in tmp.name:
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process
             else:
                 tmp.unlink(missing_ok=True)
-    referenced: set[str] = set()
+    referenced: dict[str, set[str]] = {PACKS: set(), OBJECTS: set()}
     for kept in complete[-keep:]:
         try:
             manifest = json.loads((kept / "MANIFEST.json").read_bytes())
-            referenced |= set(manifest.get("individuals", []))
+            referenced[PACKS] |= set(manifest.get("packs", []))
+            if manifest.get("format") == 2:  # its individuals are files; a format-3 one's lie in packs
+                referenced[OBJECTS] |= set(manifest.get("individuals", []))
         except (OSError, ValueError, TypeError, AttributeError) as e:
-            log.warning("individuals of old checkpoints are kept: the manifest of %s cannot be read (%s)", kept, e)
-            return
-    for n in stored:
-        if n.endswith(SUFFIX) and not n.startswith(".") and n[:-len(SUFFIX)] not in referenced:
-            (objects / n).unlink(missing_ok=True)
+            log.warning("the packs of old checkpoints are kept: the manifest of %s cannot be read (%s)", kept, e)
+            return []
+    removed = []
+    for d, suffix in ((PACKS, PACK_SUFFIX), (OBJECTS, SUFFIX)):
+        for n in listed[d]:
+            if n.endswith(suffix) and not n.startswith(".") and n[:-len(suffix)] not in referenced[d]:
+                (ckpt_dir / d / n).unlink(missing_ok=True)
+                removed.append(n[:-len(suffix)])
+    return removed
 
 
 def _sha256(path: Path) -> str:

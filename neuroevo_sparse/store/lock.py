@@ -9,7 +9,10 @@ writer still needs them. So `run`, `resume` and `evolve` hold this lock from bef
 first write to after their last; a second writer is refused with one line naming the holder,
 and changes nothing. The OS releases the lock of a process that dies (SIGKILL, OOM, power
 loss of the holder), so a dead holder's lock is simply taken, and its leftover writer.json
-says whose it was. Readers (`inspect`, `plot`, `export`, `load_run`) never take it.
+says whose it was. A holder that is ending (a SIGKILL pending, exiting, a zombie: a supervised
+run whose `neuroevo` parent was just killed is sent SIGKILL by the kernel) frees the lock in a
+moment, so a writer that finds one waits for it rather than refusing. Readers (`inspect`,
+`plot`, `export`, `load_run`) never take it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -28,6 +32,7 @@ log = logging.getLogger("neuroevo_sparse")
 
 LOCK = ".writer.lock"
 HOLDER = "writer.json"
+ENDING_WAIT_S = 15.0  # how long a writer waits for a holder that is ending to be gone
 
 
 class RunDirLocked(RuntimeError):
@@ -52,9 +57,11 @@ class WriterLock:
         try:
             self._lock.acquire(blocking=False)
         except Timeout:
-            raise RunDirLocked(f"{self.path} is being written by another process ({describe(self._holder(wait_s=2.0))}): "
-                               f"a run directory has one writer at a time; wait for it to end or stop it, "
-                               f"then resume") from None
+            holder = self._holder(wait_s=2.0)
+            if not (ending(holder) and self._acquire_within(ENDING_WAIT_S)):
+                raise RunDirLocked(f"{self.path} is being written by another process ({describe(holder)}): "
+                                   f"a run directory has one writer at a time; wait for it to end or stop it, "
+                                   f"then resume") from None
         previous = self._holder(wait_s=0.0)
         if previous is not None:
             log.warning("took over the writer lock of %s from %s, which ended without releasing it",
@@ -65,6 +72,13 @@ class WriterLock:
         tmp.write_text(json.dumps(record))
         os.replace(tmp, self.path / HOLDER)
         return self
+
+    def _acquire_within(self, seconds: float) -> bool:
+        try:
+            self._lock.acquire(timeout=seconds)
+            return True
+        except Timeout:
+            return False
 
     def release(self) -> None:
         """Let go of the lock (a no-op if not held); the holder record goes first, so a record
@@ -95,6 +109,26 @@ class WriterLock:
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.05)
+
+
+def ending(record: dict[str, Any] | None) -> bool:
+    """Whether the holder `record` names is a process of this host that is ending: SIGKILL
+    pending, exiting, or a zombie. The OS frees its lock in a moment (Linux's /proc; False where
+    that cannot be told)."""
+    if not isinstance(record, dict) or record.get("host") != socket.gethostname():
+        return False
+    try:
+        pid = int(record["pid"])
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                      if ":" in line)
+        fields = stat[stat.rindex(")") + 2:].split()
+        state, flags = fields[0], int(fields[6])
+        pending = int(status.get("SigPnd", "0"), 16) | int(status.get("ShdPnd", "0"), 16)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+    PF_EXITING = 0x4
+    return state in ("Z", "X") or bool(flags & PF_EXITING) or bool(pending >> (signal.SIGKILL - 1) & 1)
 
 
 def describe(record: dict[str, Any] | None) -> str:
