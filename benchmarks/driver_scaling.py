@@ -20,8 +20,8 @@ can be counted):
   load            the machine's 1-minute load average before and after the case (a shared machine
                   slows the driver: compare runs at similar loads)
   ref s           seconds of a fixed pure-Python loop (10M additions) just before the case: a VM's
-                  speed varies from day to day by more than the load shows (1.9 s to 3.2 s seen on
-                  the same VM), and the driver is Python: compare driver times at similar ref s
+                  speed varies from day to day by more than the load shows; a rough guide only (it
+                  varies by itself), so compare versions by interleaved runs on one machine
 
     python benchmarks/driver_scaling.py                      # both networks, populations 64 256 1024
     python benchmarks/driver_scaling.py --networks quickstart --populations 64 --generations 2

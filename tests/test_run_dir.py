@@ -114,20 +114,20 @@ def test_a_survivor_is_written_once_and_removed_when_no_checkpoint_needs_it(tmp_
 
 
 def test_a_pack_mostly_dead_has_its_survivors_copied_and_goes(tmp_path):
-    """A checkpoint holding under a quarter of an older pack's bytes copies those individuals into
+    """A checkpoint holding under an eighth of an older pack's bytes copies those individuals into
     its own pack, so the older one goes with the checkpoints that still need it."""
     rng = np.random.default_rng(7)
-    pool = [individual(rng) for _ in range(6)]
+    pool = [individual(rng) for _ in range(11)]
     writer = checkpoint.Writer(tmp_path)
-    writer.save(0, state([0, 1, 2, 3, 4]), {f"g{i}": pool[i] for i in range(5)}, keep=1)
+    writer.save(0, state(list(range(10))), {f"g{i}": pool[i] for i in range(10)}, keep=1)
     old = pack_of(tmp_path, 0, pool[0])
-    writer.save(1, state([0, 1]), {"g0": pool[0], "g1": pool[1]}, keep=1)  # 2 of 5 live: stays
-    assert pack_of(tmp_path, 1, pool[0]) == old and set(packs(tmp_path)) == {old, pack_of(tmp_path, 1, pool[0])}
-    writer.save(2, state([0, 5]), {"g0": pool[0], "g5": pool[5]}, keep=1)  # 1 of 5 live: copied
-    assert pack_of(tmp_path, 2, pool[0]) == pack_of(tmp_path, 2, pool[5]) != old
+    writer.save(1, state([0, 1]), {"g0": pool[0], "g1": pool[1]}, keep=1)  # 2 of 10 live: stays
+    assert pack_of(tmp_path, 1, pool[0]) == old and set(packs(tmp_path)) == {old}
+    writer.save(2, state([0, 10]), {"g0": pool[0], "g10": pool[10]}, keep=1)  # 1 of 10 live: copied
+    assert pack_of(tmp_path, 2, pool[0]) == pack_of(tmp_path, 2, pool[10]) != old
     assert set(packs(tmp_path)) == {pack_of(tmp_path, 2, pool[0])}
     loaded = checkpoint.load_latest(tmp_path)
-    assert same(loaded.arrays_of("g0"), pool[0]) and same(loaded.arrays_of("g5"), pool[5])
+    assert same(loaded.arrays_of("g0"), pool[0]) and same(loaded.arrays_of("g10"), pool[10])
 
 
 def test_a_damaged_individual_falls_back_to_an_older_checkpoint(tmp_path):
