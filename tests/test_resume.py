@@ -133,12 +133,12 @@ def test_malicious_checkpoint_runs_no_code(reference, tmp_path, how):
     # The attacker also points the checkpoint at it and fixes the checksums, so only the
     # loader's refusal to unpickle stands.
     state = json.loads((ckpt / "state.json").read_text())
-    state["individuals"] = {entry: evil for entry in state["individuals"]}
-    state["packs"], state["places"] = [evil], {evil: [0, 0, size]}
+    state["individuals"] = {entry: [evil, 0, 0, size] for entry in state["individuals"]}
+    state["packs"] = [evil]
     (ckpt / "state.json").write_text(json.dumps(state))
     manifest = json.loads((ckpt / "MANIFEST.json").read_text())
     manifest["files"]["state.json"] = checkpoint._sha256(ckpt / "state.json")
-    manifest["individuals"], manifest["packs"] = [evil], [evil]
+    manifest["packs"] = [evil]
     (ckpt / "MANIFEST.json").write_text(json.dumps(manifest))
     r = cli("resume", str(run), "--generations", "3")
     assert not marker.exists(), "code from the checkpoint ran"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import numpy as np
@@ -19,6 +20,11 @@ def individual(rng: np.random.Generator, density: float = 0.2, extra: bool = Fal
         arrays["momentum/fc.weight"] = np.where(mask, 1.5, 0).astype(np.float32)
         arrays["lineage/steps"] = np.array(1234, dtype=np.int64)
     return arrays
+
+
+def individual_of(rng: np.random.Generator, shape: tuple[int, int], density: float = 0.5) -> dict[str, np.ndarray]:
+    mask = rng.random(shape) < density
+    return {"mask/fc.weight": mask, "weight/fc.weight": np.where(mask, rng.standard_normal(shape), 0).astype(np.float32)}
 
 
 def state(ids: list[int], generation: int = 0) -> dict:
@@ -84,10 +90,10 @@ def packs(root) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in (root / checkpoint.PACKS).glob(f"*{checkpoint.PACK_SUFFIX}")}
 
 
-def pack_of(root, generation: int, arrays: dict[str, np.ndarray]) -> str:
-    """The pack file in which checkpoint `generation` holds `arrays`."""
+def pack_of(root, generation: int, entry: str) -> str:
+    """The pack file in which checkpoint `generation` holds `entry`."""
     st = json.loads((root / checkpoint.name(generation) / "state.json").read_text())
-    return st["packs"][st["places"][checkpoint.digest(checkpoint.encode(arrays))][0]] + checkpoint.PACK_SUFFIX
+    return st["packs"][st["individuals"][entry][1]] + checkpoint.PACK_SUFFIX
 
 
 def test_a_survivor_is_written_once_and_removed_when_no_checkpoint_needs_it(tmp_path):
@@ -96,38 +102,49 @@ def test_a_survivor_is_written_once_and_removed_when_no_checkpoint_needs_it(tmp_
     writer = checkpoint.Writer(tmp_path)
     writer.save(0, state([0, 1]), {"g0": a, "g1": b}, keep=2)
     first = packs(tmp_path)
-    assert len(first) == 1 and pack_of(tmp_path, 0, a) == pack_of(tmp_path, 0, b)
+    assert len(first) == 1 and pack_of(tmp_path, 0, "g0") == pack_of(tmp_path, 0, "g1")
     writer.save(1, state([0, 2]), {"g0": a, "g2": c}, keep=2)  # 0 survives, 1 is gone, 2 is born
     after = packs(tmp_path)
     assert len(after) == 2 and all(after[n] == t for n, t in first.items())  # a is not written again
-    assert pack_of(tmp_path, 1, a) in first and pack_of(tmp_path, 1, c) not in first
+    assert pack_of(tmp_path, 1, "g0") in first and pack_of(tmp_path, 1, "g2") not in first
     writer.save(2, state([2, 3]), {"g2": c, "g3": d}, keep=2)  # gen-000000 goes; gen-000001 keeps a's pack
-    assert set(packs(tmp_path)) == {pack_of(tmp_path, 1, a), pack_of(tmp_path, 2, c), pack_of(tmp_path, 2, d)}
+    assert set(packs(tmp_path)) == {pack_of(tmp_path, 1, "g0"), pack_of(tmp_path, 2, "g2"), pack_of(tmp_path, 2, "g3")}
     loaded = checkpoint.load_latest(tmp_path)
     assert loaded.path.name == "gen-000002" and same(loaded.arrays_of("g3"), d) and same(loaded.arrays_of("g2"), c)
     # A new writer (a resumed run) finds the same individuals where the newest checkpoint has them,
     # writes none again; gen-000001 goes, and with it the pack only it needed (a's).
-    again, a_pack = packs(tmp_path), pack_of(tmp_path, 1, a)
+    again, a_pack = packs(tmp_path), pack_of(tmp_path, 1, "g0")
     checkpoint.Writer(tmp_path).save(3, state([2, 3]), {"g2": c, "g3": d}, keep=2)
     assert packs(tmp_path) == {n: t for n, t in again.items() if n != a_pack}
     assert same(checkpoint.load_latest(tmp_path).arrays_of("g2"), c)
 
 
-def test_a_pack_mostly_dead_has_its_survivors_copied_and_goes(tmp_path):
-    """A checkpoint holding under an eighth of an older pack's bytes copies those individuals into
-    its own pack, so the older one goes with the checkpoints that still need it."""
+def test_the_bytes_of_individuals_no_checkpoint_needs_are_freed_and_never_referred_to_again(tmp_path):
+    """A pack stays while a kept checkpoint refers to one of its individuals; the others' bytes
+    are freed in place (a hole punched), and one that comes back is written anew."""
+    from neuroevo_sparse.store.checkpoint import _punch
+
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"x" * 3 * checkpoint.BLOCK)
+    os.fsync(os.open(probe, os.O_RDONLY))
+    _punch(probe, [(0, 3 * checkpoint.BLOCK)])
+    if probe.stat().st_blocks * 512 >= 3 * checkpoint.BLOCK:
+        pytest.skip("this file system does not punch holes")
     rng = np.random.default_rng(7)
-    pool = [individual(rng) for _ in range(11)]
-    writer = checkpoint.Writer(tmp_path)
-    writer.save(0, state(list(range(10))), {f"g{i}": pool[i] for i in range(10)}, keep=1)
-    old = pack_of(tmp_path, 0, pool[0])
-    writer.save(1, state([0, 1]), {"g0": pool[0], "g1": pool[1]}, keep=1)  # 2 of 10 live: stays
-    assert pack_of(tmp_path, 1, pool[0]) == old and set(packs(tmp_path)) == {old}
-    writer.save(2, state([0, 10]), {"g0": pool[0], "g10": pool[10]}, keep=1)  # 1 of 10 live: copied
-    assert pack_of(tmp_path, 2, pool[0]) == pack_of(tmp_path, 2, pool[10]) != old
-    assert set(packs(tmp_path)) == {pack_of(tmp_path, 2, pool[0])}
-    loaded = checkpoint.load_latest(tmp_path)
-    assert same(loaded.arrays_of("g0"), pool[0]) and same(loaded.arrays_of("g10"), pool[10])
+    big = [individual_of(rng, (200, 100)) for _ in range(6)]
+    root = tmp_path / "ckpt"
+    writer = checkpoint.Writer(root)
+    writer.save(0, state(list(range(5))), {f"g{i}": big[i] for i in range(5)}, keep=1)
+    pack = root / checkpoint.PACKS / pack_of(root, 0, "g0")
+    size, used = pack.stat().st_size, pack.stat().st_blocks * 512
+    writer.save(1, state([0, 5]), {"g0": big[0], "g5": big[5]}, keep=1)  # 1-4 gone: their bytes freed
+    assert pack_of(root, 1, "g0") == pack.name and pack.stat().st_size == size
+    assert pack.stat().st_blocks * 512 < 0.4 * used
+    assert same(checkpoint.load_latest(root).arrays_of("g0"), big[0])
+    writer.save(2, state([0, 1]), {"g0": big[0], "g1": big[1]}, keep=1)  # 1 is back: written anew
+    assert pack_of(root, 2, "g1") != pack.name
+    loaded = checkpoint.load_latest(root)
+    assert same(loaded.arrays_of("g1"), big[1]) and same(loaded.arrays_of("g0"), big[0])
 
 
 def test_a_damaged_individual_falls_back_to_an_older_checkpoint(tmp_path):
@@ -136,7 +153,7 @@ def test_a_damaged_individual_falls_back_to_an_older_checkpoint(tmp_path):
     writer = checkpoint.Writer(tmp_path)
     writer.save(0, state([0]), {"g0": a}, keep=3)
     writer.save(1, state([1]), {"g1": b}, keep=3)
-    path = tmp_path / checkpoint.PACKS / pack_of(tmp_path, 1, b)
+    path = tmp_path / checkpoint.PACKS / pack_of(tmp_path, 1, "g1")
     blob = bytearray(path.read_bytes())
     blob[-40] ^= 1
     path.write_bytes(bytes(blob))
@@ -276,9 +293,9 @@ def test_checkpoint_bytes_scale_with_what_changed(tiny, tmp_path):
     stored = {p.stem: p.stat().st_size for p in (ckpts / checkpoint.PACKS).glob(f"*{checkpoint.PACK_SUFFIX}")}
     assert set(stored) == set().union(*(s["packs"] for s in states)) and len(stored) <= len(states)
     # The population of 4 survives in part from one generation to the next: fewer bytes than references.
-    held = [sum(length for _, _, length in s["places"].values()) for s in states]
+    held = [sum({key: length for key, _, _, length in s["individuals"].values()}.values()) for s in states]
     assert sum(stored.values()) < sum(held)
     # every stored individual is far smaller than its dense arrays (masks 1 byte, weights 4)
     loaded = run.load_checkpoint()
     dense = sum(v.nbytes for v in loaded.arrays_of(f"g{loaded.state['population'][0]}").values())
-    assert max(length for s in states for _, _, length in s["places"].values()) < 0.6 * dense
+    assert max(length for s in states for _, _, _, length in s["individuals"].values()) < 0.6 * dense

@@ -4,10 +4,9 @@ Layout of RUN_DIR/checkpoints/:
     packs/<sha256>.pack       the individuals new to one checkpoint, one after another (see below):
                               written once, shared by every later checkpoint that holds them
     gen-000005/state.json     plain JSON (generation, counters, lineage, fitness, config hash) and,
-                              per individual, the sha256 of its bytes and where they lie (pack,
-                              offset, length)
-    gen-000005/MANIFEST.json  sha256 of state.json, the individuals and the packs it refers to,
-                              written last
+                              per individual, the sha256 of its bytes and where they lie
+                              ("individuals": entry -> [sha256, pack, offset, length])
+    gen-000005/MANIFEST.json  sha256 of state.json and the packs it refers to, written last
     LATEST                    name of the newest complete checkpoint
 
 An individual's bytes hold each array of `Genome.to_arrays()` under its own name, encoded by
@@ -23,12 +22,11 @@ A checkpoint writes one pack: the individuals that no earlier kept checkpoint st
 survivor is written once however many checkpoints hold it, and a checkpoint costs the new
 individuals, at about (4 x density + 1/8) bytes per maskable weight, in one file (one file per
 individual made the file system, not the data, a checkpoint's cost: 0.2-1 ms per file here). A
-pack is removed once no kept checkpoint refers to it. So that packs whose individuals mostly died
-do not pile up, a checkpoint copies the individuals it holds from a pack of which it holds less
-than an eighth of the bytes into its own pack: the older pack then goes with the checkpoints
-that still refer to it, and each byte is copied at most once per eightfold fall of its pack's
-live share (at most a seventh more bytes written than the new individuals' in all; 2% more over
-8 generations of the quickstart at population 512, 19x fewer bytes than format 1).
+pack is removed once no kept checkpoint refers to it; before that, the bytes of its individuals
+that no kept checkpoint refers to any more are freed in place (a hole punched in the file, on
+Linux file systems that support it: ext4, xfs, btrfs, tmpfs), so the disk holds about what the
+kept checkpoints need without an individual being written twice. An individual whose bytes
+were freed is never referred to again: if it comes back, it is written anew.
 
 A checkpoint's pack is written first, then its directory is built under a hidden temporary name
 and renamed into place, then LATEST is replaced; a kill at any moment leaves the previous
@@ -50,6 +48,7 @@ import math
 import operator
 import os
 import shutil
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,9 +65,7 @@ PACKS = "packs"
 PACK_SUFFIX = ".pack"
 OBJECTS = "individuals"  # format 2: one file per individual
 SUFFIX = ".ind"
-# A pack of which a checkpoint holds less than this share of the bytes has those individuals
-# copied into the checkpoint's own pack (see the module's docstring).
-COMPACT_BELOW = 0.125
+BLOCK = 4096  # holes are punched in whole blocks of this size
 MAGIC = b"neuroevo_sparse individual 1\n"
 
 log = logging.getLogger("neuroevo_sparse")
@@ -255,7 +252,7 @@ class Writer:
         self.dir = ckpt_dir
         self._known: dict[str, tuple[list[np.ndarray], str]] = {}
         self._where: dict[str, tuple[str, int, int]] | None = None  # key -> (pack, offset, length)
-        self._sizes: dict[str, int] = {}  # pack -> its bytes
+        self._held: dict[str, set[str]] = {}  # checkpoint name -> the keys it refers to
 
     def _key(self, entry: str, arrays: dict[str, np.ndarray]) -> tuple[str, bytes | None]:
         """The individual's name, and its bytes unless they were not needed to find it."""
@@ -272,7 +269,7 @@ class Writer:
         """Where the individuals of the newest checkpoint that verifies lie (a resumed run's
         writer starts from them), once; then kept up to date by `saving`."""
         if self._where is None:
-            self._where, self._sizes = {}, {}
+            self._where = {}
             for path in (self.dir / n for n in reversed(_listing(self.dir))):
                 try:
                     state = _verified_state(path)
@@ -281,11 +278,12 @@ class Writer:
                     places = _places(state)
                 except (OSError, ValueError, KeyError, TypeError):
                     continue
-                for key, (pack, offset, length) in places.items():
+                sizes: dict[str, int] = {}
+                for key, pack, offset, length in places.values():
                     file = self.dir / PACKS / f"{pack}{PACK_SUFFIX}"
-                    if pack not in self._sizes and file.is_file():
-                        self._sizes[pack] = file.stat().st_size
-                    if pack in self._sizes and offset + length <= self._sizes[pack]:
+                    if pack not in sizes:
+                        sizes[pack] = file.stat().st_size if file.is_file() else -1
+                    if offset + length <= sizes[pack]:
                         self._where[key] = (pack, offset, length)
                 break
         return self._where
@@ -311,25 +309,19 @@ class Writer:
         new: dict[str, tuple[int, int]] = {}  # key -> (offset, length) in this checkpoint's pack
         tmp = packs / f".tmp-{name(generation)}-{os.getpid()}"
         with open(tmp, "wb") as out:
-            def append(key: str, blob: bytes) -> None:
-                new[key] = (out.tell(), len(blob))
-                out.write(blob)
-
             for entry, arrays in individuals.items():
                 key, blob = self._key(entry, arrays)
                 if key not in where and key not in new:
-                    append(key, blob if blob is not None else encode(arrays))
+                    blob = blob if blob is not None else encode(arrays)
+                    new[key] = (out.tell(), len(blob))
+                    out.write(blob)
                 refs[entry] = key
                 yield
-            self._known = {e: self._known[e] for e in refs}
-            for key, entry in self._to_compact(refs, new).items():
-                append(key, encode(individuals[entry]))
-            size = out.tell()
+        self._known = {e: self._known[e] for e in refs}
         if new:
             pack = hashlib.sha256("\n".join(new).encode()).hexdigest()  # the keys in order fix the bytes
             os.replace(tmp, packs / f"{pack}{PACK_SUFFIX}")
             _sync(packs, [str(packs / f"{pack}{PACK_SUFFIX}")])  # on disk before a checkpoint refers to it
-            self._sizes[pack] = size
             where.update({key: (pack, offset, length) for key, (offset, length) in new.items()})
         else:
             tmp.unlink()
@@ -338,14 +330,12 @@ class Writer:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        keys = sorted(set(refs.values()))
-        held = sorted({where[k][0] for k in keys})
+        held = sorted({where[k][0] for k in refs.values()})
         index = {pack: i for i, pack in enumerate(held)}
-        places = {k: [index[where[k][0]], where[k][1], where[k][2]] for k in keys}
-        (tmp / "state.json").write_text(_state_json({"format": FORMAT, **state, "individuals": refs,
-                                                     "packs": held, "places": places}))
-        manifest = {"format": FORMAT, "files": {f: _sha256(tmp / f) for f in FILES}, "individuals": keys,
-                    "packs": held}
+        places = {entry: [key, index[where[key][0]], where[key][1], where[key][2]] for entry, key in refs.items()}
+        (tmp / "state.json").write_text(_state_json({"format": FORMAT, **state, "individuals": places,
+                                                     "packs": held}))
+        manifest = {"format": FORMAT, "files": {f: _sha256(tmp / f) for f in FILES}, "packs": held}
         for f in FILES:
             _fsync(tmp / f)
         faults.point("checkpoint-files", generation)
@@ -357,26 +347,26 @@ class Writer:
         faults.point("checkpoint-renamed", generation)
         _write_atomic(self.dir / "LATEST", final.name + "\n")
         _fsync_dir(self.dir)
-        for pack in _prune(self.dir, keep):
-            self._sizes.pop(pack, None)
-        gone = [k for k, (pack, _, _) in where.items() if pack not in self._sizes]
-        for k in gone:
-            del where[k]
+        self._held[final.name] = set(refs.values())
+        removed = set(_prune(self.dir, keep))
+        self._free(where, removed)
         return final
 
-    def _to_compact(self, refs: dict[str, str], new: dict[str, tuple[int, int]]) -> dict[str, str]:
-        """key -> an entry holding it, for the individuals this checkpoint holds in packs of which
-        it holds less than COMPACT_BELOW of the bytes: those are copied into its own pack."""
-        where = self._where or {}
-        held: dict[str, int] = {}
-        entry_of: dict[str, str] = {}
-        for entry, key in refs.items():
-            if key not in new and key not in entry_of:
-                entry_of[key] = entry
-                pack, _, length = where[key]
-                held[pack] = held.get(pack, 0) + length
-        sparse = {pack for pack, n in held.items() if n < COMPACT_BELOW * self._sizes.get(pack, 0)}
-        return {key: entry for key, entry in entry_of.items() if where[key][0] in sparse}
+    def _free(self, where: dict[str, tuple[str, int, int]], removed: set[str]) -> None:
+        """Forget the individuals of removed packs; free the bytes of those no kept checkpoint
+        refers to (known only once every kept checkpoint was written by this writer)."""
+        kept = _listing(self.dir)
+        self._held = {n: keys for n, keys in self._held.items() if n in kept}
+        live = set().union(*self._held.values()) if set(kept) <= set(self._held) else None
+        dead: dict[str, list[tuple[int, int]]] = {}
+        for key, (pack, offset, length) in list(where.items()):
+            if pack in removed:
+                del where[key]
+            elif live is not None and key not in live:
+                dead.setdefault(pack, []).append((offset, length))
+                del where[key]  # its bytes go: never referred to again
+        for pack, ranges in dead.items():
+            _punch(self.dir / PACKS / f"{pack}{PACK_SUFFIX}", ranges)
 
 
 def save(ckpt_dir: Path, generation: int, state: dict[str, Any], individuals: dict[str, dict[str, np.ndarray]],
@@ -434,11 +424,15 @@ def read(path: Path) -> tuple[dict[str, Any], dict[str, bytes | dict[str, np.nda
             entry, _, rest = k.partition("/")
             stored.setdefault(entry, {})[rest] = v  # type: ignore[index]
     else:
-        refs = state.get("individuals")
-        if not isinstance(refs, dict) or not all(isinstance(v, str) for v in refs.values()):
-            raise ValueError("state.json: 'individuals' is missing or not a map of entry to hash")
-        cache = _read_packed(path.parent, state, set(refs.values())) if state["format"] == 3 else \
-            _read_files(path.parent, set(refs.values()))
+        if state["format"] == 3:
+            places = _places(state)
+            refs = {entry: place[0] for entry, place in state["individuals"].items()}
+            cache = _read_packed(path.parent, {place[0]: place[1:] for place in places.values()})
+        else:
+            refs = state.get("individuals")
+            if not isinstance(refs, dict) or not all(isinstance(v, str) for v in refs.values()):
+                raise ValueError("state.json: 'individuals' is missing or not a map of entry to hash")
+            cache = _read_files(path.parent, set(refs.values()))
         stored = {entry: cache[key] for entry, key in refs.items()}
     _check_shape(state, stored)
     return state, stored
@@ -464,30 +458,27 @@ def _verified_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def _places(state: dict[str, Any]) -> dict[str, tuple[str, int, int]]:
-    """A format-3 state's individuals: key -> (pack, offset, length)."""
-    packs, places = state.get("packs"), state.get("places")
+def _places(state: dict[str, Any]) -> dict[str, tuple[str, str, int, int]]:
+    """A format-3 state's individuals: entry -> (key, pack, offset, length)."""
+    packs, refs = state.get("packs"), state.get("individuals")
     if not isinstance(packs, list) or not all(isinstance(p, str) and len(p) == 64 and p.isalnum() for p in packs):
         raise ValueError("state.json: 'packs' is missing or not a list of pack names")
-    if not isinstance(places, dict):
-        raise ValueError("state.json: 'places' is missing or not a map of individual to place")
+    if not isinstance(refs, dict):
+        raise ValueError("state.json: 'individuals' is missing or not a map of entry to place")
     out = {}
-    for key, place in places.items():
-        if not (isinstance(place, list) and len(place) == 3 and all(type(v) is int and v >= 0 for v in place)
-                and place[0] < len(packs)):
-            raise ValueError(f"state.json: the place of individual {key[:12]} is not [pack, offset, length]")
-        out[key] = (packs[place[0]], place[1], place[2])
+    for entry, place in refs.items():
+        if not (isinstance(place, list) and len(place) == 4 and isinstance(place[0], str)
+                and all(type(v) is int and v >= 0 for v in place[1:]) and place[1] < len(packs)):
+            raise ValueError(f"state.json: the place of {entry!r} is not [sha256, pack, offset, length]")
+        out[entry] = (place[0], packs[place[1]], place[2], place[3])
     return out
 
 
-def _read_packed(ckpt_dir: Path, state: dict[str, Any], keys: set[str]) -> dict[str, bytes]:
-    """The bytes of the individuals `keys` from their packs, each checked against its name."""
-    places = _places(state)
+def _read_packed(ckpt_dir: Path, places: dict[str, tuple[str, int, int]]) -> dict[str, bytes]:
+    """The bytes of the individuals `places` (key -> pack, offset, length), each checked against its name."""
     by_pack: dict[str, list[str]] = {}
-    for key in keys:
-        if key not in places:
-            raise ValueError(f"state.json: individual {key[:12]} has no place")
-        by_pack.setdefault(places[key][0], []).append(key)
+    for key, (pack, _, _) in places.items():
+        by_pack.setdefault(pack, []).append(key)
     out = {}
     for pack, held in by_pack.items():
         file = ckpt_dir / PACKS / f"{pack}{PACK_SUFFIX}"
@@ -601,6 +592,46 @@ def _prune(ckpt_dir: Path, keep: int) -> list[str]:
                 (ckpt_dir / d / n).unlink(missing_ok=True)
                 removed.append(n[:-len(suffix)])
     return removed
+
+
+def _punch(path: Path, ranges: list[tuple[int, int]]) -> None:
+    """Free the whole blocks of `path` within the (offset, length) `ranges`, the file's size and
+    every other byte unchanged (fallocate's PUNCH_HOLE; nothing where the system lacks it)."""
+    merged: list[list[int]] = []
+    for offset, length in sorted(ranges):
+        if merged and offset <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], offset + length)
+        else:
+            merged.append([offset, offset + length])
+    fallocate = _fallocate()
+    if fallocate is None:
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        for start, end in merged:
+            start, end = -(-start // BLOCK) * BLOCK, end // BLOCK * BLOCK
+            if end > start and fallocate(fd, 0x02 | 0x01, start, end - start) != 0:  # PUNCH_HOLE | KEEP_SIZE
+                return  # not supported by this file system: the bytes stay until the pack goes
+    finally:
+        os.close(fd)
+
+
+@functools.lru_cache(maxsize=1)
+def _fallocate():
+    """libc's fallocate(2), with 64-bit offsets, or None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        f = ctypes.CDLL(None, use_errno=True).fallocate
+        f.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        return f
+    except (OSError, AttributeError):
+        return None
 
 
 def _sha256(path: Path) -> str:
