@@ -231,11 +231,12 @@ def decode(blob: bytes | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return dict(sorted(out.items(), key=lambda kv: header[kv[0]].get("at", 0)))
 
 
-def _read_individual(path: Path) -> bytes:
-    blob = path.read_bytes()
-    if digest(blob) != path.stem:
+def _checked(blob: bytes, key: str) -> bytes:
+    """`blob`, once it matches its name `key` and is an individual's bytes (ValueError otherwise:
+    refused here rather than deep inside a resume)."""
+    if digest(blob) != key:
         raise ValueError("does not match its hash (truncated or modified)")
-    decode(blob)  # refuses what is not an individual's file, here rather than in a resume
+    decode(blob)
     return blob
 
 
@@ -492,9 +493,7 @@ def _read_packed(ckpt_dir: Path, places: dict[str, tuple[str, int, int]]) -> dic
                 try:
                     if len(blob) < length:
                         raise ValueError(f"{length - len(blob)} bytes short (truncated)")
-                    if digest(blob) != key:
-                        raise ValueError("does not match its hash (truncated or modified)")
-                    decode(blob)  # refuses what is not an individual's bytes, here rather than in a resume
+                    _checked(blob, key)
                 except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
                     raise ValueError(f"{PACKS}/{file.name}: individual {key[:12]} cannot be used: {e}") from e
                 out[key] = blob
@@ -509,7 +508,7 @@ def _read_files(ckpt_dir: Path, keys: set[str]) -> dict[str, bytes]:
         if not file.is_file():
             raise ValueError(f"{OBJECTS}/{file.name} is missing")
         try:
-            out[key] = _read_individual(file)
+            out[key] = _checked(file.read_bytes(), key)
         except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
             raise ValueError(f"{OBJECTS}/{file.name} cannot be used: {e}") from e
     return out
