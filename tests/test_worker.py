@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -14,6 +15,7 @@ from neuroevo_sparse.train import kernels
 from neuroevo_sparse.problem.models import Architecture
 from neuroevo_sparse.train.jobs import TrainJob, TrainSpec
 from neuroevo_sparse.train.paths import FIXED_GROUP, _group
+from neuroevo_sparse.train.sparse import layers_to_sparsify
 from neuroevo_sparse.train.worker import MAX_GROUP, groups
 
 
@@ -94,3 +96,23 @@ def test_a_members_results_do_not_depend_on_its_group_when_sizes_differ(tiny, tm
     histories = histories_over_layouts(base, tmp_path, [(1, "auto"), (2, "auto"), (1, 7), (1, 1)])
     for other in histories[1:]:
         pd.testing.assert_frame_equal(histories[0], other, check_exact=True)
+
+
+def test_a_gpu_keeps_auto_layers_dense(tiny):
+    """torch's CSR ops on CUDA do not repeat themselves (measured on an H200): on a GPU, "auto"
+    runs no layer truly sparse, where a CPU would run the large sparse one on CSR."""
+    from neuroevo_sparse.train.paths import spec_for
+
+    def layers(gpus: float, kernels: str):
+        exp = replace(tiny, model=replace(tiny.model, hidden=[2048, 64]),
+                      sparsity=replace(tiny.sparsity, density=0.1),
+                      training=replace(tiny.training, sparse_kernels=kernels, cpu_kernels="torch"),
+                      resources=replace(tiny.resources, gpus_per_job=gpus))
+        arch = Architecture.of(exp, (1, 8, 8), 4)
+        spec = spec_for(exp, arch)
+        masks = {n: np.random.default_rng(0).random(arch.info[n].shape) < 0.1 for n in arch.maskable}
+        return layers_to_sparsify(masks, spec.training, chosen=spec.sparse_layers)
+
+    assert layers(0.0, "auto") == ["fc1.weight", "fc2.weight"]  # 131k weights each; fc3 is below sparse_min_size
+    assert layers(1.0, "auto") == []
+    assert len(layers(1.0, "on")) == len(layers(0.0, "on")) >= 2

@@ -50,8 +50,17 @@ class DeviceData:
 
 
 def pick_device(gpus: float) -> str:
-    """The device a job that asked for `gpus` GPUs trains on: CUDA if asked and present."""
-    return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+    """The device a job that asked for `gpus` GPUs trains on: CUDA if asked and present.
+
+    On CUDA, cuDNN is held to its deterministic algorithms, process-wide: its default
+    convolution backward accumulates with atomics, so a CNN trained twice on one GPU differed
+    in the 8th digit of its loss and a resumed run was not the run that never stopped
+    (tests/test_gpu.py, on an H200). The matmuls of MLPs repeat themselves without it."""
+    if gpus > 0 and torch.cuda.is_available():
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        return "cuda"
+    return "cpu"
 
 
 def build_model(spec: TrainSpec, weights: dict[str, np.ndarray], device: str) -> nn.Module:

@@ -29,8 +29,23 @@ def spec_for(exp: Experiment, arch: Architecture, plan: Plan | None = None) -> T
     return TrainSpec(arch.builder, exp.training, exp.resources.torch_threads, exp.resources.job_timeout_s,
                      _vectorise(exp, arch) if plan is None else plan.vectorise and not exp.training.inherit_optimizer,
                      exp.output.test_accuracy == "all",
-                     _native_kernels(exp), _group(exp, arch), None if plan is None else plan.sparse_layers,
+                     _native_kernels(exp), _group(exp, arch), _sparse_layers(exp, plan),
                      tuple((n, float(density[n])) for n in arch.maskable))
+
+
+def _sparse_layers(exp: Experiment, plan: Plan | None) -> tuple[str, ...] | None:
+    """The layers a measured plan runs truly sparse (None: the rules decide, per job). On a GPU
+    "auto" picks none: torch's CSR ops on CUDA do not repeat themselves (the Fashion-MNIST MLP
+    at 10% density, run twice on one H200, differed in a third of its history, from the first
+    generation; dense masked weights gave it bit for bit), and a GPU's dense matmuls need no
+    sparsity to be fast at these sizes (benchmarks/gpu.py)."""
+    if exp.resources.gpus_per_job > 0 and exp.training.sparse_kernels != "off":
+        if exp.training.sparse_kernels == "auto":
+            return ()
+        log.warning('training.sparse_kernels = "on" on a GPU: torch\'s CSR ops on CUDA do not repeat bit for '
+                    'bit, so this run will not reproduce exactly, nor resume as the run that never stopped; '
+                    '"auto" trains dense masked weights there')
+    return None if plan is None else plan.sparse_layers
 
 
 # training.vectorise_group = "auto" on a GPU, and for networks other than the built-in MLP
