@@ -75,47 +75,11 @@ class RayNodes:
             raise RuntimeError(f"ray start {' '.join(args)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
 
     def processes(self) -> list[int]:
-        """The processes this cluster's nodes started: those whose environment holds its mark
-        (GCS, raylets, monitors), or that hold a file of its temp directory open (Ray's agents and
-        workers, which overwrite their environment with their process title), and their
-        children. Never this process or its parents."""
-        needle, tmp = f"{MARK}={self.mark}".encode(), self.tmp + os.sep
-        spared = set(_ancestors(os.getpid()))
-        parent: dict[int, int] = {}
-        mine: set[int] = set()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) in spared:
-                continue
-            pid = int(entry.name)
-            try:
-                parent[pid] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                if needle in (entry / "environ").read_bytes().split(b"\0") or any(
-                        os.readlink(fd).startswith(tmp) for fd in (entry / "fd").iterdir()):
-                    mine.add(pid)
-            except OSError:  # gone, or not ours to read
-                continue
-        grown = True
-        while grown:
-            children = {pid for pid, ppid in parent.items() if ppid in mine} - mine
-            mine |= children
-            grown = bool(children)
-        return sorted(mine)
+        return processes(self.mark, self.tmp)
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """End this cluster's processes: SIGTERM, then SIGKILL what is left after `grace_s`."""
-        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-            pids = self.processes()
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + wait
-            while pids and time.monotonic() < deadline:
-                pids = [p for p in pids if _alive(p)]
-                time.sleep(0.2)
-            if not pids:
-                break
+        """End this cluster's processes (`stop`) and remove its temp directory."""
+        stop(self.mark, self.tmp, grace_s)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> "RayNodes":
@@ -124,6 +88,52 @@ class RayNodes:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+
+
+def processes(mark: str, tmp: str) -> list[int]:
+    """The processes started under `mark` and `tmp` (a cluster's, or a test session's): those
+    whose environment holds the mark (GCS, raylets, monitors), or that hold a file of the temp
+    directory open (Ray's agents and workers, which overwrite their environment with their
+    process title), and their children. Never this process or its parents."""
+    needle, tmp = f"{MARK}={mark}".encode(), tmp.rstrip(os.sep) + os.sep
+    spared = set(_ancestors(os.getpid()))
+    parent: dict[int, int] = {}
+    mine: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in spared:
+            continue
+        pid = int(entry.name)
+        try:
+            parent[pid] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if needle in (entry / "environ").read_bytes().split(b"\0") or any(
+                    os.readlink(fd).startswith(tmp) for fd in (entry / "fd").iterdir()):
+                mine.add(pid)
+        except OSError:  # gone, or not ours to read
+            continue
+    grown = True
+    while grown:
+        children = {pid for pid, ppid in parent.items() if ppid in mine} - mine
+        mine |= children
+        grown = bool(children)
+    return sorted(mine)
+
+
+def stop(mark: str, tmp: str, grace_s: float = 5.0) -> None:
+    """End the processes of `processes(mark, tmp)`: SIGTERM, then SIGKILL what is left after
+    `grace_s`. Unlike `ray stop`, which ends every Ray of the user on the machine."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        pids = processes(mark, tmp)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if _alive(p)]
+            time.sleep(0.2)
+        if not pids:
+            break
 
 def _ancestors(pid: int) -> list[int]:
     out = []

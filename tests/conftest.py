@@ -10,7 +10,35 @@ from pathlib import Path
 # Ray otherwise rewrites 127.0.0.1 to the machine's interface address.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
+import secrets
+import shutil
+import tempfile
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import ray_nodes  # noqa: E402  (benchmarks/ray_nodes.py: finds and ends one cluster's processes)
+
+# Every Ray the tests start (clusters, the local Ray of a `neuroevo run`) under a temp directory
+# and a mark of this session's own (short: Ray's socket paths may not exceed 107 bytes), so that
+# `stop_session_rays` ends exactly those, never a Ray of the user's on the same machine, as
+# `ray stop` would.
+SESSION_RAY_TMP = tempfile.mkdtemp(prefix="nt", dir="/tmp")
+os.environ["RAY_TMPDIR"] = SESSION_RAY_TMP
+os.environ[ray_nodes.MARK] = secrets.token_hex(8)
+
+
+def stop_session_rays() -> None:
+    """End every Ray process this test session started that is still running."""
+    ray_nodes.stop(os.environ[ray_nodes.MARK], SESSION_RAY_TMP)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_rays():
+    """Whatever Ray a test left running, passed or failed, ends with the session."""
+    yield
+    stop_session_rays()
+    shutil.rmtree(SESSION_RAY_TMP, ignore_errors=True)
 
 from neuroevo_sparse import config
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import TINY, neuroevo_cmd
+from conftest import TINY, neuroevo_cmd, stop_session_rays
 from neuroevo_sparse.store.history import NONDETERMINISTIC
 
 pytestmark = pytest.mark.ray
@@ -25,7 +25,8 @@ ARGS = ["--set", "evolution.generations=2", "--set", "training.steps=300", "--se
 
 
 def ray_stop() -> None:
-    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+    """End the Ray processes this test session started (never another Ray on the machine)."""
+    stop_session_rays()
 
 
 class LoopbackCluster:
