@@ -708,8 +708,6 @@ def _cross_checks(exp: Experiment, problems: list[str]) -> None:
                         f">= population ({ev.population}); got {exp.n_offspring} + {ev.elitism}")
     if not ev.mutations and ev.crossover == "none":
         problems.append("evolution.mutations: empty while evolution.crossover = \"none\": nothing would vary")
-    if exp.model.kind == "cnn" and exp.data.dataset in ("digits", "synthetic"):
-        pass  # flat datasets are reshaped to images by data.py when their size is square
     if ev.trunk_rungs > 0 and (sp.fixed or ev.trunk_steps == 0):
         problems.append(f"evolution.trunk_rungs: a pruning ladder below the trunk needs evolution.trunk_steps > 0 "
                         f"and sizes searched (sparsity.fixed = false); got trunk_steps = {ev.trunk_steps}, "
