@@ -103,8 +103,8 @@ def test_multi_node_cluster_gives_the_local_history(toml, local_history, tmp_pat
     assert "Ray: 2 node(s)" in p.stderr
     assert "has no GPU: training on CPU" in p.stderr  # asked for a GPU on a CPU-only cluster
     df = history(run)
-    # Asking for a GPU is part of the config, and it chooses the training path (torch's sparse
-    # kernels, fixed groups of 8), so the same config on the local backend is the reference.
+    # Asking for a GPU is part of the config, and it chooses the training path (torch's ops, no
+    # CSR layers, fixed groups of 8), so the same config on the local backend is the reference.
     same = cli("run", str(toml), "--run-dir", str(tmp_path / "local"), *ARGS, "--set", "resources.gpus_per_job=0.5")
     assert same.returncode == 0, same.stderr[-3000:]
     pd.testing.assert_frame_equal(metrics(df), metrics(history(tmp_path / "local")), check_exact=True)

@@ -37,8 +37,7 @@ def _sparse_layers(exp: Experiment, plan: Plan | None) -> tuple[str, ...] | None
     """The layers a measured plan runs truly sparse (None: the rules decide, per job). On a GPU
     "auto" picks none: torch's CSR ops on CUDA do not repeat themselves (the Fashion-MNIST MLP
     at 10% density, run twice on one H200, differed in a third of its history, from the first
-    generation; dense masked weights gave it bit for bit), and a GPU's dense matmuls need no
-    sparsity to be fast at these sizes (benchmarks/gpu.py)."""
+    generation; with dense masked weights the two runs were equal)."""
     if exp.resources.gpus_per_job > 0 and exp.training.sparse_kernels != "off":
         if exp.training.sparse_kernels == "auto":
             return ()
