@@ -90,11 +90,18 @@ class RayNodes:
 
 
 
-def processes(mark: str, tmp: str) -> list[int]:
+# What only Ray's own processes have on their command line: its binaries, its worker and agent
+# titles, and the scripts of its package.
+RAY_PROCESS = (b"gcs_server", b"raylet", b"ray::", b"default_worker", b"site-packages/ray/")
+
+
+def processes(mark: str, tmp: str, ray_only: bool = False) -> list[int]:
     """The processes started under `mark` and `tmp` (a cluster's, or a test session's): those
     whose environment holds the mark (GCS, raylets, monitors), or that hold a file of the temp
     directory open (Ray's agents and workers, which overwrite their environment with their
-    process title), and their children. Never this process or its parents."""
+    process title), and their children. Never this process or its parents. `ray_only`: of
+    those, only Ray's own (RAY_PROCESS), where the mark is also in other processes' environment
+    (a test session's children inherit it)."""
     needle, tmp = f"{MARK}={mark}".encode(), tmp.rstrip(os.sep) + os.sep
     spared = set(_ancestors(os.getpid()))
     parent: dict[int, int] = {}
@@ -115,14 +122,24 @@ def processes(mark: str, tmp: str) -> list[int]:
         children = {pid for pid, ppid in parent.items() if ppid in mine} - mine
         mine |= children
         grown = bool(children)
+    if ray_only:
+        mine = {pid for pid in mine if _is_ray(pid)}
     return sorted(mine)
 
 
-def stop(mark: str, tmp: str, grace_s: float = 5.0) -> None:
+def _is_ray(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return any(part in cmdline for part in RAY_PROCESS)
+
+
+def stop(mark: str, tmp: str, grace_s: float = 5.0, ray_only: bool = False) -> None:
     """End the processes of `processes(mark, tmp)`: SIGTERM, then SIGKILL what is left after
     `grace_s`. Unlike `ray stop`, which ends every Ray of the user on the machine."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        pids = processes(mark, tmp)
+        pids = processes(mark, tmp, ray_only)
         for pid in pids:
             try:
                 os.kill(pid, sig)

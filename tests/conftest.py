@@ -24,19 +24,26 @@ import ray_nodes  # noqa: E402  (benchmarks/ray_nodes.py: finds and ends one clu
 # `stop_session_rays` ends exactly those, never a Ray of the user's on the same machine, as
 # `ray stop` would.
 SESSION_RAY_TMP = tempfile.mkdtemp(prefix="nt", dir="/tmp")
+SESSION_MARK = secrets.token_hex(8)
 os.environ["RAY_TMPDIR"] = SESSION_RAY_TMP
-os.environ[ray_nodes.MARK] = secrets.token_hex(8)
+os.environ[ray_nodes.MARK] = SESSION_MARK
 
 
 def stop_session_rays() -> None:
-    """End every Ray process this test session started that is still running."""
-    ray_nodes.stop(os.environ[ray_nodes.MARK], SESSION_RAY_TMP)
+    """End every Ray process this test session started that is still running (Ray's own
+    processes only: every child of the session carries the mark)."""
+    ray_nodes.stop(SESSION_MARK, SESSION_RAY_TMP, ray_only=True)
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _session_rays():
-    """Whatever Ray a test left running, passed or failed, ends with the session."""
+    """Whatever Ray a test left running, passed or failed, ends with the session; a Ray this
+    process still holds is shut down first, so that its exit handler finds nothing to wait on."""
     yield
+    if "ray" in sys.modules:
+        import ray
+        if ray.is_initialized():
+            ray.shutdown()
     stop_session_rays()
     shutil.rmtree(SESSION_RAY_TMP, ignore_errors=True)
 
