@@ -251,9 +251,9 @@ class TrainingConfig:
     # "auto": for masked Linear layers below `sparse_below` density with at least
     # `sparse_min_size` weights (thresholds measured by benchmarks/throughput.py; the size
     # floor is for torch's CSR ops, whose per-call cost small layers do not repay: vectorised
-    # groups on the native kernels below have none), none on a GPU (torch's CSR ops on CUDA do
-    # not repeat bit for bit: measured on an H200, tests/test_gpu.py); "on": every masked
-    # Linear layer; "off": always dense weight * mask.
+    # groups on the native kernels below have none), none when resources.gpus_per_job > 0
+    # (torch's CSR ops on CUDA do not repeat bit for bit: measured on an H200); "on": every
+    # masked Linear layer; "off": always dense weight * mask.
     sparse_kernels: Literal["auto", "on", "off"] = "auto"
     # sparse_kernels = "auto": a masked Linear layer runs truly sparse below this density and from
     # this many weights up.

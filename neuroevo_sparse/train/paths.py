@@ -42,9 +42,9 @@ def _sparse_layers(exp: Experiment, plan: Plan | None) -> tuple[str, ...] | None
     if exp.resources.gpus_per_job > 0 and exp.training.sparse_kernels != "off":
         if exp.training.sparse_kernels == "auto":
             return ()
-        log.warning('training.sparse_kernels = "on" on a GPU: torch\'s CSR ops on CUDA do not repeat bit for '
-                    'bit, so this run will not reproduce exactly, nor resume as the run that never stopped; '
-                    '"auto" trains dense masked weights there')
+        log.warning('training.sparse_kernels = "on" with resources.gpus_per_job > 0: torch\'s CSR ops on CUDA '
+                    'do not repeat bit for bit, so on a GPU this run will not reproduce exactly, nor resume as '
+                    'the run that never stopped; "auto" trains dense masked weights there')
     return None if plan is None else plan.sparse_layers
 
 
