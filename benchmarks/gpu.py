@@ -146,7 +146,10 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args()
     if a.report_only:
-        result = harness.read(a.json)
+        try:
+            result = harness.read(a.json)
+        except (OSError, ValueError) as e:
+            sys.exit(f"error: cannot read {a.json} ({e}); run `python benchmarks/gpu.py` on a machine with a GPU to make it")
         if (stale := harness.staleness(result)):
             print(stale)
     else:

@@ -89,7 +89,6 @@ class RayNodes:
         self.stop()
 
 
-
 # What only Ray's own processes have on their command line: its binaries, its worker and agent
 # titles, and the scripts of its package.
 RAY_PROCESS = (b"gcs_server", b"raylet", b"ray::", b"default_worker", b"site-packages/ray/")
@@ -151,6 +150,7 @@ def stop(mark: str, tmp: str, grace_s: float = 5.0, ray_only: bool = False) -> N
             time.sleep(0.2)
         if not pids:
             break
+
 
 def _ancestors(pid: int) -> list[int]:
     out = []
