@@ -13,6 +13,8 @@ import hashlib
 
 import numpy as np
 
+from . import draws
+
 
 def _key_int(key: int | str) -> int:
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
@@ -31,10 +33,11 @@ def _name_int(name: str) -> int:
 
 def derive(seed: int, *keys: int | str) -> int:
     """A 63-bit seed for the stream named by `keys` under the run seed `seed`: the first 64-bit
-    word of the stream's state, shifted right by one (as a Python int: numpy's scalar
-    arithmetic costs more than the shift; one word is all a longer state would start with)."""
-    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=tuple(map(_key_int, keys)))
-    return int(ss.generate_state(1, dtype=np.uint64)[0]) >> 1
+    word of numpy's `SeedSequence(seed, spawn_key=keys)` state, shifted right by one (one word
+    is all a longer state would start with; computed by draws.seed, numpy's at C speed)."""
+    if seed < 0:
+        raise ValueError(f"the run seed must be non-negative, got {seed}")
+    return draws.seed(int(seed), tuple(map(_key_int, keys))) >> 1
 
 
 def rng(seed: int, *keys: int | str) -> np.random.Generator:

@@ -22,7 +22,7 @@ LAYERS = [
     {"topology"},
     {"problem"},
     {"config"},
-    {"seeds", "faults"},
+    {"seeds", "draws", "faults"},
 ]
 
 

@@ -7,5 +7,5 @@ NSGA-II, the hall of fame / Pareto archive and the hypervolume (fitness.py), and
 display (progress.py).
 
 May import: evaluators, store, train (the job types), topology, problem, config, seeds,
-faults. DEAP objects never leave this package's process: workers get plain jobs.
+draws, faults. DEAP objects never leave this package's process: workers get plain jobs.
 """

@@ -25,6 +25,7 @@ import numpy as np
 from deap import base, tools
 
 from ..config.schema import FitnessConfig
+from .. import draws
 from ..topology.genome import Genome
 from ..problem.models import LayerInfo
 
@@ -97,7 +98,7 @@ class Objectives:
         size = tournament if self.cfg.mode == "weighted" else 2
         chosen = []
         for _ in range(k):
-            entrants = rng.choice(len(population), size=min(size, len(population)), replace=False)
+            entrants = draws.choice(rng, len(population), min(size, len(population)))
             chosen.append(population[max(entrants, key=lambda i: key[i])])
         return chosen
 

@@ -6,5 +6,5 @@ without pickle) and the structure-update rules (structure.py: SET, RigL, the see
 two methods, magnitude and gradual pruning), shared by the GA's mutations and by one
 network's training (`neuroevo train`).
 
-May import: problem, config, seeds. Numpy only in structure.py.
+May import: problem, config, seeds, draws. Numpy only in structure.py.
 """

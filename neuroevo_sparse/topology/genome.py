@@ -17,6 +17,7 @@ import numpy as np
 
 from ..config.schema import ConfigError
 from ..problem.models import LayerInfo
+from .. import draws
 
 
 @dataclass
@@ -275,7 +276,7 @@ def random_genome(gid: int, template: dict[str, np.ndarray], info: dict[str, Lay
     for name, like in template.items():
         if name in counts:
             flat = np.zeros(like.size, dtype=bool)
-            flat[rng.choice(like.size, size=counts[name], replace=False)] = True
+            flat[draws.choice(rng, like.size, counts[name])] = True
             masks[name] = flat.reshape(like.shape)
             w = np.zeros(like.size, dtype=np.float32)
             w[flat] = init.draw(info[name], counts[name] / like.size, counts[name], rng)

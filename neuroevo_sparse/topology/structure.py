@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import draws
+
 METHODS_WITHOUT_GRADIENTS = ("set", "threshold", "strength")
 
 
@@ -102,9 +104,9 @@ def below_threshold(mask: np.ndarray, w: np.ndarray, level: float, max_fraction:
 
 def choose(candidates: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """`rng.choice(candidates, size=n, replace=False)` for a 1-d array: the same draws and the
-    same result, without the checks `choice` adds for an array argument, which cost as much
-    as the draw itself on the driver's layer sizes."""
-    return candidates[rng.choice(len(candidates), size=n, replace=False)]
+    same result, without the checks `choice` adds, which cost several times the draw itself
+    on the driver's layer sizes (draws.py)."""
+    return candidates[draws.choice(rng, len(candidates), n)]
 
 
 def grow_random(free: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
