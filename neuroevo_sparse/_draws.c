@@ -16,7 +16,7 @@
  * draws below 2^32). The bit generator is used through numpy's public `bitgen_t` interface (its
  * capsule), so its state advances exactly as numpy's own call would advance it.
  *
- * Equality with the installed numpy is checked once per process by neuroevo_sparse.topology.draws,
+ * Equality with the installed numpy is checked once per process by neuroevo_sparse.draws,
  * which falls back to numpy's `choice` should a numpy version ever draw differently: a run's
  * results never depend on whether this module was built.
  */
@@ -116,8 +116,9 @@ static int draw(bitgen_t *g, int64_t n, int64_t size, int64_t *out) {
 }
 
 /* choice(capsule, n, out): fill the writable int64 buffer `out` with len(out) distinct draws
- * from [0, n), from the bit generator in `capsule` (a numpy BitGenerator's `.capsule`). The GIL
- * is held throughout, so no other thread draws from the generator meanwhile. */
+ * from [0, n), from the bit generator in `capsule` (a numpy BitGenerator's `.capsule`). The caller
+ * holds the bit generator's lock, as numpy's own draws do; the GIL is released for a long draw,
+ * as numpy releases it, so that it does not stall the process's other threads. */
 static PyObject *choice(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     if (nargs != 3) {
@@ -141,7 +142,14 @@ static PyObject *choice(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "choice: cannot take a larger sample than the population");
         return NULL;
     }
-    const int failed = draw(g, (int64_t)n, (int64_t)size, (int64_t *)buf.buf);
+    int failed;
+    if (size > 10000 || (n > 10000 && size > n / 50)) {  /* a long draw: let other threads run */
+        Py_BEGIN_ALLOW_THREADS
+        failed = draw(g, (int64_t)n, (int64_t)size, (int64_t *)buf.buf);
+        Py_END_ALLOW_THREADS
+    } else {  /* microseconds: giving the GIL away could cost the driver a thread switch */
+        failed = draw(g, (int64_t)n, (int64_t)size, (int64_t *)buf.buf);
+    }
     PyBuffer_Release(&buf);
     if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;

@@ -26,9 +26,12 @@ def _native() -> ModuleType | None:
     except ImportError:
         return None
     # Both branches of numpy's choice (Floyd's, and the shuffle of a large population) and
-    # their edges; seeds with 1 and 2 words, without and with keys of 1 and 2 words.
+    # their edges; seeds with 1 and 2 words, without and with keys of 1 and 2 words. (The
+    # capsule does not keep its bit generator alive: the Generators here are held while used.)
+    # Populations of 2^32 and more draw bounded integers of 64 bits (and 2^32 - 1 is a bound of its own).
     for seed, n, size in ((0, 0, 0), (1, 1, 1), (2, 7, 7), (3, 100, 37), (4, 10_000, 10_000), (5, 10_001, 200),
-                          (6, 10_001, 201), (7, 50_000, 3_000), (8, 1 << 20, 5)):
+                          (6, 10_001, 201), (7, 50_000, 3_000), (8, 1 << 20, 5), (9, 1 << 32, 3),
+                          (10, (1 << 32) + 3, 40), (11, 1 << 40, 40)):
         ours, theirs = np.random.default_rng(seed), np.random.default_rng(seed)
         out = np.empty(size, dtype=np.int64)
         _draws.choice(ours.bit_generator.capsule, n, out)
@@ -48,7 +51,9 @@ def choice(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     if native is None or not 0 <= size <= n:  # numpy's own errors for a bad size
         return rng.choice(n, size=size, replace=False)
     out = np.empty(size, dtype=np.int64)
-    native.choice(rng.bit_generator.capsule, n, out)
+    bits = rng.bit_generator
+    with bits.lock:  # as numpy's own draws hold it: a thread drawing meanwhile waits
+        native.choice(bits.capsule, n, out)
     return out
 
 

@@ -35,9 +35,10 @@ def derive(seed: int, *keys: int | str) -> int:
     """A 63-bit seed for the stream named by `keys` under the run seed `seed`: the first 64-bit
     word of numpy's `SeedSequence(seed, spawn_key=keys)` state, shifted right by one (one word
     is all a longer state would start with; computed by draws.seed, numpy's at C speed)."""
+    seed = int(seed)
     if seed < 0:
         raise ValueError(f"the run seed must be non-negative, got {seed}")
-    return draws.seed(int(seed), tuple(map(_key_int, keys))) >> 1
+    return draws.seed(seed, tuple(map(_key_int, keys))) >> 1
 
 
 def rng(seed: int, *keys: int | str) -> np.random.Generator:

@@ -13,7 +13,19 @@ from hypothesis import strategies as st
 
 from neuroevo_sparse import draws, seeds
 
-native = pytest.mark.skipif(not draws.native(), reason="the C module _draws was not built (no C compiler)")
+try:
+    from neuroevo_sparse import _draws  # noqa: F401
+    BUILT = True
+except ImportError:
+    BUILT = False
+native = pytest.mark.skipif(not BUILT, reason="the C module _draws was not built (no C compiler)")
+
+
+@native
+def test_the_built_module_is_used():
+    """Built but not used would mean it failed its check against this numpy: the draws are then
+    still numpy's, but the driver runs at numpy's speed, which must not go unnoticed."""
+    assert draws.native()
 
 # Populations around numpy's switch from Floyd's algorithm to a shuffle (above 10000, more
 # than 1/50 drawn), and above 2^32, where the bounded draws take 64 bits.
