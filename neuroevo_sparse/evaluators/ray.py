@@ -263,6 +263,7 @@ class RayEvaluator:
                  len(ray.nodes()), cluster.get("CPU", 0), cluster.get("GPU", 0),
                  resources.cpus_per_job, gpus)
         self.job_timeout_s = resources.job_timeout_s
+        self._warm = False  # no task has returned yet (see _deadline)
         self.data_ref = ray.put(splits)
         self.data_key = self.data_ref.hex()
         self.data_bytes = _nbytes(ray, splits)  # once per run
@@ -282,12 +283,16 @@ class RayEvaluator:
             done: list[list[TrainResult] | None] = [None] * len(batches)
             pending = list(refs)
             warned = False
-            deadline = self._deadline(batches)
+            self._started = time.monotonic()
+            deadline = self._deadline(batches, len(batches), self._started)
             while pending:
                 # A bounded wait: signal handlers run between waits, and a task that hangs
                 # (past every job's own time limit) is cancelled instead of waited for forever.
                 ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
-                if not ready and deadline is not None and time.monotonic() > deadline:
+                if ready:  # progress: the tasks left get their time from now
+                    self._warm = True
+                    deadline = self._deadline(batches, len(pending), time.monotonic())
+                elif deadline is not None and time.monotonic() > deadline:
                     for ref in pending:
                         ray.cancel(ref, force=True)
                         i = index[ref]
@@ -313,16 +318,18 @@ class RayEvaluator:
                 ray.exceptions.RpcError, ConnectionError) as e:
             raise ClusterLost(f"the Ray cluster stopped answering: {type(e).__name__}: {e}") from e
 
-    def _deadline(self, batches: list[list[TrainJob]]) -> float | None:
-        """When a generation's last task must have returned, if jobs have a time limit: as many
-        rounds of tasks as the cluster's slots need, each its group's jobs' limits, plus slack
-        for start-up and transfers. Beyond that no task can be working: it hangs."""
-        self._started = time.monotonic()
+    def _deadline(self, batches: list[list[TrainJob]], left: int, since: float) -> float | None:
+        """When the last of `left` tasks must have returned, counted from `since` (the start, or
+        the last result), if jobs have a time limit: as many rounds of tasks as the cluster's
+        slots need, each its group's jobs' limits, plus slack for transfers. Beyond that no task
+        can be working: it hangs. Counting from the last result rather than from submission keeps
+        a loaded machine's slow but steady tasks alive; before any task of the run has returned,
+        a minute more for the workers' start-up (each imports torch)."""
         if self.job_timeout_s is None or not batches:
             return None
-        rounds = math.ceil(len(batches) / self.slots)
+        rounds = math.ceil(left / self.slots)
         per_task = max(len(b) for b in batches) * self.job_timeout_s
-        return self._started + rounds * per_task * 1.5 + 20.0
+        return since + rounds * per_task * 1.5 + 20.0 + (0.0 if self._warm else 60.0)
 
     @staticmethod
     def _failed(jobs: list[TrainJob], error: str) -> list[TrainResult]:
