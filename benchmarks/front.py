@@ -96,6 +96,16 @@ VARIANTS = {
     # (CNN) Rungs of 100 steps and evaluations of 80 (the file has 160 and 70: 6 x 60 = 36 x 10
     # steps, the same budget), weighed against the file on the held-out seeds.
     "rungs-100": ["evolution.trunk_rung_steps=100", "training.steps=80"],
+    # (CNN) The ladder from 50% down to 0.39% instead of 0.5%: the same 6 rungs (a factor 2.24
+    # apiece), each just under a grid density (22.3%, 9.9%, 4.4%, 1.97%, 0.88%, 0.39%) rather than
+    # at or just over it (23.2%, 10.8%, 5.0%, 2.3%, 1.1%, 0.5%). The same budget.
+    "ladder-0.39%": ["sparsity.min_density=0.0039"],
+    # (CNN) 7 rungs of the file's 160 steps (one rung more: 160 steps of the budget's slack).
+    "rungs-7-160": ["evolution.trunk_rungs=7"],
+    # (CNN) Grow and prune by 15% of each layer's connections instead of 30%: a prune of a rung
+    # lands at 0.85x its size (2.32% -> 1.97%) instead of 0.7x (1.62%), so sizes between two rungs
+    # (a factor 2.15 apart) are filled more finely. The same budget.
+    "resize-0.15": ["evolution.resize_fraction=0.15"],
     # Optimiser state (momentum) inherited with the weights instead of a fresh optimiser per training.
     "inherit-optimizer": ["training.inherit_optimizer=true"],
     # The ablations down to trunk-no-grow were measured with sizes searched down to 0.2% ("wide"),
