@@ -106,6 +106,11 @@ VARIANTS = {
     # lands at 0.85x its size (2.32% -> 1.97%) instead of 0.7x (1.62%), so sizes between two rungs
     # (a factor 2.15 apart) are filled more finely. The same budget.
     "resize-0.15": ["evolution.resize_fraction=0.15"],
+    # Budget by rank, successive halving inside each generation: every offspring trains half of its
+    # 240 steps, then the better half by the run's ranking (NSGA-II) trains the rest; the quarter of
+    # the steps saved buys 3 more offspring per generation (11 x 120 + 6 x 120 = 2040 steps against
+    # 8 x 240 = 1920): more candidates, each that stays on trained as long as before.
+    "halving": ["evolution.halving_at=0.5", "evolution.halving_keep=0.5", "evolution.offspring=11"],
     # Optimiser state (momentum) inherited with the weights instead of a fresh optimiser per training.
     "inherit-optimizer": ["training.inherit_optimizer=true"],
     # The ablations down to trunk-no-grow were measured with sizes searched down to 0.2% ("wide"),
