@@ -76,9 +76,10 @@ def test_results_come_in_job_order_and_callbacks_on_the_calling_thread(tiny, mon
             slow_first.set()
         return out
 
-    monkeypatch.setattr("neuroevo_sparse.evaluators.local.train_group", train_group)
     seen = []
     evaluator = LocalEvaluator(spec, splits, slots=3)
+    evaluator.evaluate(jobs[:2])  # the process's first group trains alone; from here on, all at once
+    monkeypatch.setattr("neuroevo_sparse.evaluators.local.train_group", train_group)
     try:
         results = evaluator.evaluate(jobs, lambda r: seen.append((r.individual_id, threading.current_thread())))
     finally:
@@ -87,6 +88,47 @@ def test_results_come_in_job_order_and_callbacks_on_the_calling_thread(tiny, mon
     assert sorted(i for i, _ in seen) == list(range(7)) and seen[-1][0] == 0
     assert {t for _, t in seen} == {threading.current_thread()}
     assert all(r.status == "ok" for r in results)
+
+
+def test_the_first_group_of_a_process_trains_alone(tiny, monkeypatch):
+    """Libraries set up state on first use; two groups doing so at once once trained one of
+    them with a different rounding. So no other group starts before the first has finished,
+    in the first evaluation only: later ones train every group at once."""
+    from neuroevo_sparse.train import worker
+
+    _, splits, spec, jobs = _jobs(tiny, 3)
+    real = worker.train_group
+    events = []
+
+    def train_group(group, spec, data):
+        events.append(("start", group[0].individual_id))
+        out = real(group, spec, data)
+        events.append(("end", group[0].individual_id))
+        return out
+
+    monkeypatch.setattr("neuroevo_sparse.evaluators.local.train_group", train_group)
+    evaluator = LocalEvaluator(spec, splits, slots=3)
+    try:
+        first = evaluator.evaluate(jobs)
+        assert events[:2] == [("start", 0), ("end", 0)] and len(events) == 6
+        events.clear()
+        release = threading.Event()
+
+        def slow(group, spec, data):  # later, the others start while the first still trains
+            events.append(("start", group[0].individual_id))
+            if group[0].individual_id == 0:
+                assert release.wait(timeout=30)
+            elif group[0].individual_id == 2:
+                release.set()
+            return real(group, spec, data)
+
+        monkeypatch.setattr("neuroevo_sparse.evaluators.local.train_group", slow)
+        again = evaluator.evaluate(jobs)
+    finally:
+        evaluator.close()
+    assert {("start", 1), ("start", 2)} <= set(events) and release.is_set()
+    assert [r.individual_id for r in again] == [0, 1, 2]
+    assert all(a.train_loss == b.train_loss for a, b in zip(first, again))
 
 
 def test_threads_leave_torchs_thread_count_as_they_found_it(tiny, monkeypatch):
@@ -121,10 +163,11 @@ def test_threads_leave_torchs_thread_count_as_they_found_it(tiny, monkeypatch):
             if first:
                 first_is_back.set()
 
-    monkeypatch.setattr("neuroevo_sparse.evaluators.local.train_group", train_group)
     before = torch.get_num_threads()
     torch.set_num_threads(3)
     evaluator = LocalEvaluator(spec, splits, slots=3)
+    evaluator.evaluate(jobs[:1])  # the process's first group trains alone; from here on, all at once
+    monkeypatch.setattr("neuroevo_sparse.evaluators.local.train_group", train_group)
     try:
         results = evaluator.evaluate(jobs)
         seen = []

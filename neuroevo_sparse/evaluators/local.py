@@ -49,6 +49,7 @@ class LocalEvaluator:
         self._pool = (ThreadPoolExecutor(self.slots, thread_name_prefix="neuroevo-train",
                                          initializer=torch.set_num_threads, initargs=(spec.torch_threads,))
                       if self.slots > 1 else None)
+        self._warm = False  # whether a group has trained in this process (see evaluate)
 
     def evaluate(self, jobs: list[TrainJob], on_result: OnResult | None = None) -> list[TrainResult]:
         batches = groups(jobs, self.spec, self.slots)
@@ -66,8 +67,27 @@ class LocalEvaluator:
         # puts back its own when the generation is done.
         threads = torch.get_num_threads()
         torch.set_num_threads(self.spec.torch_threads)
-        futures = {self._pool.submit(train_group, batch, self.spec, self.data): i for i, batch in enumerate(batches)}
         out: list[list[TrainResult] | None] = [None] * len(batches)
+        indexed = list(enumerate(batches))
+        # The process's first group trains alone. With two groups as a process's first, one of
+        # them trained with a different rounding in about 1 of 150 fresh runs (a resumed run then
+        # differed from the one that never stopped, tests/test_resume.py); never in later groups,
+        # nor with the first alone. State that torch or MKL sets up on a kernel's first use, by two
+        # threads at once, is the likely cause; it was not pinned down further.
+        waves = [indexed[:1], indexed[1:]] if not self._warm else [indexed]
+        try:
+            for wave in waves:
+                self._train_concurrently(wave, out, on_result)
+            self._warm = self._warm or bool(batches)
+        finally:
+            torch.set_num_threads(threads)
+        return [r for batch in out for r in batch]  # type: ignore[union-attr]
+
+    def _train_concurrently(self, indexed: list[tuple[int, list[TrainJob]]], out: list,
+                            on_result: OnResult | None) -> None:
+        """Train the groups of `indexed` (index, jobs) at once on the pool, each result into
+        `out` at its index."""
+        futures = {self._pool.submit(train_group, batch, self.spec, self.data): i for i, batch in indexed}
         pending = set(futures)
         try:
             while pending:
@@ -82,9 +102,6 @@ class LocalEvaluator:
                 future.cancel()
             wait(pending)
             raise
-        finally:
-            torch.set_num_threads(threads)
-        return [r for batch in out for r in batch]  # type: ignore[union-attr]
 
     def close(self) -> None:
         if self._pool is not None:
