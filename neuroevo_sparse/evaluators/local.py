@@ -49,7 +49,7 @@ class LocalEvaluator:
         self._pool = (ThreadPoolExecutor(self.slots, thread_name_prefix="neuroevo-train",
                                          initializer=torch.set_num_threads, initargs=(spec.torch_threads,))
                       if self.slots > 1 else None)
-        self._warm = False  # whether a group has trained in this process (see evaluate)
+        self._warm = False  # whether a group has trained on this evaluator (see evaluate)
 
     def evaluate(self, jobs: list[TrainJob], on_result: OnResult | None = None) -> list[TrainResult]:
         batches = groups(jobs, self.spec, self.slots)
@@ -69,11 +69,12 @@ class LocalEvaluator:
         torch.set_num_threads(self.spec.torch_threads)
         out: list[list[TrainResult] | None] = [None] * len(batches)
         indexed = list(enumerate(batches))
-        # The process's first group trains alone. With two groups as a process's first, one of
-        # them trained with a different rounding in about 1 of 150 fresh runs (a resumed run then
-        # differed from the one that never stopped, tests/test_resume.py); never in later groups,
-        # nor with the first alone. State that torch or MKL sets up on a kernel's first use, by two
-        # threads at once, is the likely cause; it was not pinned down further.
+        # The evaluator's first group (in a run, the process's first) trains alone. With two
+        # groups as a process's first, one of them trained with a different rounding in about 1
+        # of 150 fresh runs (a resumed run then differed from the one that never stopped,
+        # tests/test_resume.py); never in later groups, nor with the first alone. State that
+        # torch or MKL sets up on a kernel's first use, by two threads at once, is the likely
+        # cause; it was not pinned down further.
         waves = [indexed[:1], indexed[1:]] if not self._warm else [indexed]
         try:
             for wave in waves:

@@ -283,8 +283,8 @@ class RayEvaluator:
             done: list[list[TrainResult] | None] = [None] * len(batches)
             pending = list(refs)
             warned = False
-            self._started = time.monotonic()
-            deadline = self._deadline(batches, len(batches), self._started)
+            started = time.monotonic()
+            deadline = self._deadline(batches, len(batches), started)
             while pending:
                 # A bounded wait: signal handlers run between waits, and a task that hangs
                 # (past every job's own time limit) is cancelled instead of waited for forever.
@@ -296,7 +296,7 @@ class RayEvaluator:
                     for ref in pending:
                         ray.cancel(ref, force=True)
                         i = index[ref]
-                        done[i] = self._failed(batches[i], f"no result within {deadline - self._started:.0f} s "
+                        done[i] = self._failed(batches[i], f"no result within {deadline - started:.0f} s "
                                                            f"(resources.job_timeout_s = {self.job_timeout_s:g} "
                                                            f"per job): the task hung and was cancelled")
                         for result in done[i] if on_result else ():
